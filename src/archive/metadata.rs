@@ -1,0 +1,116 @@
+//! `juju-backup/metadata.json`: Juju's backup metadata keys, plus a `juju-brd` object of our own.
+//!
+//! Juju's field names are kept exactly (PascalCase, `ID`, `HANodes`) so Juju's tooling and people used
+//! to it read our archives; every Juju field is optional on read because its set grew over releases.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: i64 = 1;
+/// Upper bound for metadata.json: anything larger is not metadata.
+pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    #[serde(rename = "FormatVersion", default)]
+    pub format_version: i64,
+    #[serde(rename = "ID", default)]
+    pub id: String,
+    #[serde(rename = "Started", default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(rename = "Finished", default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(rename = "Notes", default)]
+    pub notes: String,
+    /// Juju 1.x called the model "environment" and stored its UUID here.
+    #[serde(rename = "Environment", default)]
+    pub environment: String,
+    #[serde(rename = "ModelUUID", default)]
+    pub model_uuid: String,
+    #[serde(rename = "Machine", default)]
+    pub machine: String,
+    #[serde(rename = "Hostname", default)]
+    pub hostname: String,
+    #[serde(rename = "Version", default)]
+    pub version: String,
+    #[serde(rename = "Series", default)]
+    pub series: String,
+    #[serde(rename = "Base", default)]
+    pub base: String,
+    #[serde(rename = "ControllerUUID", default)]
+    pub controller_uuid: String,
+    /// Number of state-servers when the backup was taken.
+    #[serde(rename = "HANodes", default)]
+    pub ha_nodes: i64,
+    #[serde(rename = "ControllerMachineID", default)]
+    pub controller_machine_id: String,
+    #[serde(rename = "juju-brd", default, skip_serializing_if = "Option::is_none")]
+    pub brd: Option<BrdMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrdMetadata {
+    pub tool_version: String,
+    /// The environment *name* (`JUJU_ENV` / config), which `restore -e` is checked against.
+    pub environment: String,
+    /// Every state-server address known at backup time; restore probes each before it proceeds.
+    pub state_server_addresses: Vec<String>,
+    /// `none`, `sqlite`, `command`, ...: tells verify and restore how to treat `dump/`.
+    pub database_engine: String,
+    pub config_digest: String,
+    /// `gzip` or `zstd`.
+    pub compression: String,
+    pub files: u64,
+    pub root_tar_bytes: u64,
+    pub dump_bytes: u64,
+}
+
+impl Metadata {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        let m: Metadata = serde_json::from_slice(bytes)
+            .map_err(|e| format!("metadata.json is not valid: {e}"))?;
+        if m.format_version > FORMAT_VERSION {
+            return Err(format!(
+                "metadata.json FormatVersion {} is newer than this juju-brd understands ({FORMAT_VERSION})",
+                m.format_version
+            ));
+        }
+        Ok(m)
+    }
+
+    /// The environment name to compare `restore -e` with.
+    pub fn environment_name(&self) -> &str {
+        match &self.brd {
+            Some(b) => &b.environment,
+            None => &self.environment,
+        }
+    }
+
+    pub fn engine(&self) -> &str {
+        self.brd.as_ref().map_or("unknown", |b| &b.database_engine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_juju_written_metadata_file() {
+        let juju = br#"{"ID":"20140909-115934.asdf-zxcv-qwe","Checksum":"123af2cef","ChecksumFormat":"SHA-1, base64 encoded","Size":10,"Stored":"0001-01-01T00:00:00Z","Started":"2014-09-09T11:59:34Z","Finished":"2014-09-09T12:00:34Z","Notes":"","Environment":"asdf-zxcv-qwe","Machine":"0","Hostname":"myhost","Version":"1.21-alpha3"}"#;
+        let m = Metadata::parse(juju).unwrap();
+        assert_eq!(m.machine, "0");
+        assert_eq!(m.environment_name(), "asdf-zxcv-qwe");
+        assert!(m.brd.is_none());
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        assert!(Metadata::parse(br#"{"ID": 5}"#).is_err());
+        assert!(Metadata::parse(br#"{"HANodes": "three"}"#).is_err());
+        assert!(Metadata::parse(br#"{"Started": "yesterday"}"#).is_err());
+        assert!(Metadata::parse(br#"{"FormatVersion": 99}"#).is_err());
+        assert!(Metadata::parse(br#"[1,2]"#).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Opens an archive for reading: detects gzip or zstd by magic bytes, hashes the compressed bytes
+//! (for the sidecar) and refuses decompression bombs by bounding the expansion ratio.
+
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// Default bound on decompressed/compressed bytes. Real state-server data stays far below it
+/// (even SQLite free pages); a gzip bomb reaches 1000:1.
+pub const DEFAULT_MAX_RATIO: u64 = 200;
+/// Small archives may expand past the ratio (tar headers of empty files compress ~1000:1).
+const RATIO_FLOOR: u64 = 64 << 20;
+
+#[derive(Clone, Default)]
+pub struct RawStats {
+    bytes: Arc<AtomicU64>,
+    hash: Arc<Mutex<Sha256>>,
+}
+
+impl RawStats {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn sha256_hex(&self) -> String {
+        hex::encode(self.hash.lock().expect("hash lock").clone().finalize())
+    }
+}
+
+struct RawReader<R> {
+    inner: R,
+    stats: RawStats,
+}
+
+impl<R: Read> Read for RawReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.stats.hash.lock().expect("hash lock").update(&buf[..n]);
+        self.stats.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+struct RatioLimit<R> {
+    inner: R,
+    raw: RawStats,
+    out: u64,
+    max_ratio: u64,
+}
+
+impl<R: Read> Read for RatioLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        let allowed = RATIO_FLOOR.saturating_add(self.raw.bytes().saturating_mul(self.max_ratio));
+        if self.out > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "decompresses beyond {}:1 (a compression bomb?); refused",
+                    self.max_ratio
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+pub struct OpenedArchive {
+    pub reader: Box<dyn Read + Send>,
+    pub raw: RawStats,
+    pub compression: &'static str,
+}
+
+pub fn open(path: &Path, max_ratio: u64) -> io::Result<OpenedArchive> {
+    let mut file = File::open(path)?;
+    let mut magic = [0u8; 4];
+    let got = read_up_to(&mut file, &mut magic)?;
+    let raw = RawStats::default();
+    let prefix = io::Cursor::new(magic[..got].to_vec());
+    let counted = RawReader {
+        inner: BufReader::with_capacity(1 << 20, prefix.chain(file)),
+        stats: raw.clone(),
+    };
+    let (decoded, compression): (Box<dyn Read + Send>, _) = match magic[..got] {
+        [0x1f, 0x8b, ..] => (Box::new(flate2::read::MultiGzDecoder::new(counted)), "gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(counted)?), "zstd"),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a gzip or zstd archive (bad magic bytes)",
+            ))
+        }
+    };
+    Ok(OpenedArchive {
+        reader: Box::new(RatioLimit {
+            inner: decoded,
+            raw: raw.clone(),
+            out: 0,
+            max_ratio,
+        }),
+        raw,
+        compression,
+    })
+}
+
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}

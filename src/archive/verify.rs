@@ -1,0 +1,402 @@
+//! `verify`: proves an archive is whole and safe in one streaming pass, naming the first problem.
+//!
+//! Checks, in the order the bytes arrive: compression framing and checksums, the outer tar's shape
+//! (only `juju-backup/...` regular files and directories, no duplicates), metadata.json, the manifest,
+//! every member of root.tar (safe path, allowed type, size and SHA-256 against the manifest), every
+//! dump file (hash; SQLite dumps also pass `PRAGMA integrity_check`), then the sidecar checksum of the
+//! whole file. It writes nothing but a private temporary copy of an SQLite dump, removed on return.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::manifest::{Entry, Kind, Manifest, MAX_MANIFEST_BYTES};
+use super::metadata::{Metadata, MAX_METADATA_BYTES};
+use super::paths::{safe_relative, symlink_stays_inside};
+use super::reader;
+use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct VerifyError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarStatus {
+    Match,
+    Missing,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VerifyReport {
+    pub metadata: Metadata,
+    pub has_manifest: bool,
+    pub compression: &'static str,
+    pub sha256: String,
+    pub sidecar: SidecarStatus,
+    pub root_members: u64,
+    pub root_bytes: u64,
+    pub dump_files: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    pub max_ratio: u64,
+    /// Run the engine's own integrity check on the dump (SQLite `PRAGMA integrity_check`).
+    pub check_database: bool,
+    /// Where a temporary copy of an SQLite dump may be made; the system temp dir if `None`.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        VerifyOptions {
+            max_ratio: reader::DEFAULT_MAX_RATIO,
+            check_database: true,
+            scratch_dir: None,
+        }
+    }
+}
+
+/// What an inner root.tar member looked like, for comparison with the manifest.
+fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry), String> {
+    let raw_path = entry.path_bytes().into_owned();
+    let path = safe_relative(&raw_path)?;
+    let kind = entry.header().entry_type();
+    let shown = path.display().to_string();
+    let link = || -> Result<PathBuf, String> {
+        let l = entry
+            .link_name_bytes()
+            .ok_or_else(|| format!("link `{shown}` has no target"))?;
+        Ok(PathBuf::from(std::str::from_utf8(&l).map_err(|_| {
+            format!("link target of `{shown}` is not UTF-8")
+        })?))
+    };
+    let e = match kind {
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let mut h = Sha256::new();
+            let size = io::copy(entry, &mut HashWriter(&mut h))
+                .map_err(|e| format!("reading `{shown}`: {e}"))?;
+            Entry {
+                kind: Kind::File,
+                size,
+                sha256: hex::encode(h.finalize()),
+                link: None,
+            }
+        }
+        tar::EntryType::Directory => Entry {
+            kind: Kind::Dir,
+            size: 0,
+            sha256: String::new(),
+            link: None,
+        },
+        tar::EntryType::Symlink => {
+            let target = link()?;
+            if !symlink_stays_inside(&path, &target) {
+                return Err(format!(
+                    "symlink `{shown}` -> `{}` escapes the root",
+                    target.display()
+                ));
+            }
+            Entry {
+                kind: Kind::Symlink,
+                size: 0,
+                sha256: String::new(),
+                link: Some(target.display().to_string()),
+            }
+        }
+        tar::EntryType::Link => {
+            let target = safe_relative(link()?.as_os_str().as_encoded_bytes())
+                .map_err(|e| format!("hardlink `{shown}` escapes the root: {e}"))?;
+            Entry {
+                kind: Kind::Hardlink,
+                size: 0,
+                sha256: String::new(),
+                link: Some(target.display().to_string()),
+            }
+        }
+        tar::EntryType::Char | tar::EntryType::Block => {
+            return Err(format!("device node `{shown}` is not allowed"))
+        }
+        tar::EntryType::Fifo => return Err(format!("FIFO `{shown}` is not allowed")),
+        other => return Err(format!("member `{shown}` has unsupported type {other:?}")),
+    };
+    Ok((path, e))
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+impl Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Checks an inner root.tar stream: safe members, no duplicates, links resolve to earlier members,
+/// nothing is written through a symlinked directory. Returns the members seen.
+pub fn check_root_tar<R: Read>(inner: R) -> Result<BTreeMap<String, Entry>, String> {
+    let mut archive = tar::Archive::new(inner);
+    let mut seen: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    for entry in archive
+        .entries()
+        .map_err(|e| format!("root.tar is not a tar: {e}"))?
+    {
+        let mut entry = entry.map_err(|e| format!("root.tar is damaged: {e}"))?;
+        let (path, e) = describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
+        if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains(*a)) {
+            return Err(format!(
+                "root.tar: `{}` would be written through symlink `{}`",
+                path.display(),
+                parent.display()
+            ));
+        }
+        let key = path.display().to_string();
+        if e.kind == Kind::Hardlink {
+            let target = e.link.as_deref().unwrap_or_default();
+            if seen.get(target).map(|t| t.kind) != Some(Kind::File) {
+                return Err(format!(
+                    "root.tar: hardlink `{key}` -> `{target}` does not point to an earlier file"
+                ));
+            }
+        }
+        if e.kind == Kind::Symlink {
+            symlinks.insert(path.clone());
+        }
+        if seen.insert(key.clone(), e).is_some() {
+            return Err(format!("root.tar: duplicate member `{key}`"));
+        }
+    }
+    Ok(seen)
+}
+
+fn compare(
+    section: &str,
+    manifest: &BTreeMap<String, Entry>,
+    found: &BTreeMap<String, Entry>,
+) -> Result<(), String> {
+    for (path, want) in manifest {
+        match found.get(path) {
+            None => return Err(format!("{section} member `{path}` listed in the manifest is missing")),
+            Some(got) if got != want => {
+                return Err(format!(
+                    "{section} member `{path}` does not match the manifest (size {} vs {}, sha256 {} vs {})",
+                    got.size, want.size, short(&got.sha256), short(&want.sha256)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = found.keys().find(|k| !manifest.contains_key(*k)) {
+        return Err(format!("{section} member `{extra}` is not in the manifest"));
+    }
+    Ok(())
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+fn read_small<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    r.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("reading {what}: {e}"))?;
+    if buf.len() as u64 > limit {
+        return Err(format!("{what} is larger than {limit} bytes"));
+    }
+    Ok(buf)
+}
+
+pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let fail = |message: String| VerifyError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let opened = reader::open(path, opts.max_ratio).map_err(|e| fail(e.to_string()))?;
+    let mut outer = tar::Archive::new(opened.reader);
+    let mut names = HashSet::new();
+    let mut metadata: Option<Metadata> = None;
+    let mut manifest: Option<Manifest> = None;
+    let mut root: Option<BTreeMap<String, Entry>> = None;
+    let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
+    let scratch = tempfile::Builder::new()
+        .prefix("juju-brd-verify-")
+        .tempdir_in(opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))
+        .map_err(|e| fail(format!("cannot create a scratch directory: {e}")))?;
+    let mut sqlite_dumps = Vec::new();
+
+    let entries = outer
+        .entries()
+        .map_err(|e| fail(format!("not a tar archive: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| fail(format!("archive is damaged or truncated: {e}")))?;
+        let raw = entry.path_bytes().into_owned();
+        let rel = safe_relative(&raw).map_err(fail)?;
+        let name = rel.display().to_string();
+        if !names.insert(name.clone()) {
+            return Err(fail(format!("duplicate member `{name}`")));
+        }
+        let kind = entry.header().entry_type();
+        if !(name == TOP || name.starts_with(&format!("{TOP}/"))) {
+            return Err(fail(format!("unexpected member `{name}` outside {TOP}/")));
+        }
+        match kind {
+            tar::EntryType::Directory => continue,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {}
+            other => return Err(fail(format!("member `{name}` has type {other:?}; only files and directories belong at the top level"))),
+        }
+        let inner = &name[TOP.len() + 1..];
+        match inner {
+            METADATA => {
+                let bytes = read_small(&mut entry, MAX_METADATA_BYTES, METADATA).map_err(fail)?;
+                metadata = Some(Metadata::parse(&bytes).map_err(fail)?);
+            }
+            MANIFEST => {
+                let bytes = read_small(&mut entry, MAX_MANIFEST_BYTES, MANIFEST).map_err(fail)?;
+                manifest = Some(Manifest::parse(&bytes).map_err(fail)?);
+            }
+            ROOT_TAR => root = Some(check_root_tar(&mut entry).map_err(fail)?),
+            d if d.starts_with(&format!("{DUMP_DIR}/")) => {
+                let rel = d[DUMP_DIR.len() + 1..].to_string();
+                let is_sqlite = metadata.as_ref().is_some_and(|m| m.engine() == "sqlite");
+                let mut h = Sha256::new();
+                let size = if opts.check_database && is_sqlite {
+                    let copy = scratch.path().join(format!("dump-{}", sqlite_dumps.len()));
+                    let mut f = std::fs::File::create(&copy)
+                        .map_err(|e| fail(format!("scratch copy: {e}")))?;
+                    let n = io::copy(
+                        &mut entry,
+                        &mut TeeHash {
+                            out: &mut f,
+                            hash: &mut h,
+                        },
+                    )
+                    .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?;
+                    sqlite_dumps.push((rel.clone(), copy));
+                    n
+                } else {
+                    io::copy(&mut entry, &mut HashWriter(&mut h))
+                        .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?
+                };
+                dump.insert(
+                    rel,
+                    Entry {
+                        kind: Kind::File,
+                        size,
+                        sha256: hex::encode(h.finalize()),
+                        link: None,
+                    },
+                );
+            }
+            other => return Err(fail(format!("unexpected member `{TOP}/{other}`"))),
+        }
+    }
+    // The tar end marker may be followed only by zero padding.
+    let mut rest = outer.into_inner();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = rest
+            .read(&mut buf)
+            .map_err(|e| fail(format!("archive is damaged or truncated: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Err(fail("data after the end of the tar archive".into()));
+        }
+    }
+
+    let metadata = metadata.ok_or_else(|| fail(format!("{TOP}/{METADATA} is missing")))?;
+    let root = root.ok_or_else(|| fail(format!("{TOP}/{ROOT_TAR} is missing")))?;
+    if metadata.brd.is_some() && manifest.is_none() {
+        return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
+    }
+    if let Some(m) = &manifest {
+        compare("root.tar", &m.root, &root).map_err(fail)?;
+        compare("dump", &m.dump, &dump).map_err(fail)?;
+    }
+    for (rel, copy) in &sqlite_dumps {
+        crate::snapshot::db::sqlite::integrity_check(copy).map_err(|e| {
+            fail(format!(
+                "dump `{rel}` fails the SQLite integrity check: {e}"
+            ))
+        })?;
+    }
+
+    let sha256 = opened.raw.sha256_hex();
+    let sidecar = check_sidecar(path, &sha256).map_err(fail)?;
+    Ok(VerifyReport {
+        root_members: root.len() as u64,
+        root_bytes: root.values().map(|e| e.size).sum(),
+        dump_files: dump.keys().cloned().collect(),
+        has_manifest: manifest.is_some(),
+        compression: opened.compression,
+        metadata,
+        sha256,
+        sidecar,
+    })
+}
+
+struct TeeHash<'a, W> {
+    out: &'a mut W,
+    hash: &'a mut Sha256,
+}
+impl<W: Write> Write for TeeHash<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// `NAME.sha256` beside the archive, in sha256sum format; absent is allowed (Juju writes none).
+fn check_sidecar(path: &Path, sha256: &str) -> Result<SidecarStatus, String> {
+    let mut side = path.as_os_str().to_owned();
+    side.push(super::name::SIDECAR_SUFFIX);
+    let text = match std::fs::read_to_string(&side) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SidecarStatus::Missing),
+        Err(e) => return Err(format!("cannot read sidecar: {e}")),
+    };
+    let want = text.split_whitespace().next().unwrap_or_default();
+    if !want.eq_ignore_ascii_case(sha256) {
+        return Err(format!(
+            "checksum {} does not match the sidecar's {}",
+            short(sha256),
+            short(want)
+        ));
+    }
+    Ok(SidecarStatus::Match)
+}
+
+/// Reads just the metadata (the first member of our archives), without checking the rest.
+pub fn read_metadata(path: &Path) -> Result<Metadata, VerifyError> {
+    let fail = |message: String| VerifyError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let opened = reader::open(path, reader::DEFAULT_MAX_RATIO).map_err(|e| fail(e.to_string()))?;
+    let mut outer = tar::Archive::new(opened.reader);
+    let want = format!("{TOP}/{METADATA}");
+    for entry in outer.entries().map_err(|e| fail(e.to_string()))? {
+        let mut entry = entry.map_err(|e| fail(format!("archive is damaged: {e}")))?;
+        let name = safe_relative(&entry.path_bytes()).map_err(fail)?;
+        if name == Path::new(&want) {
+            let bytes = read_small(&mut entry, MAX_METADATA_BYTES, METADATA).map_err(fail)?;
+            return Metadata::parse(&bytes).map_err(fail);
+        }
+    }
+    Err(fail(format!("{want} is missing")))
+}

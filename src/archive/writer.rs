@@ -1,0 +1,273 @@
+//! Writes one compressed archive safely: into `NAME.part` (mode 0600, created exclusively), fsync,
+//! rename to `NAME`, fsync the directory, then the `NAME.sha256` sidecar the same way.
+//!
+//! A writer that is dropped before `finish` removes its `.part`, so a failed backup leaves nothing
+//! that looks like an archive. A crash can leave a `.part`, which listing ignores and the daemon
+//! removes at start-up.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use gzp::deflate::Gzip;
+use gzp::par::compress::{ParCompress, ParCompressBuilder};
+use gzp::ZWriter;
+use sha2::{Digest, Sha256};
+
+use super::name::{ArchiveName, PART_SUFFIX};
+use crate::config::Compression;
+
+/// What a finished archive is, as written.
+#[derive(Debug, Clone)]
+pub struct WrittenArchive {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// The compressed bytes go through here on their way to disk, so the sidecar's checksum costs no
+/// second read of the archive.
+struct HashingFile {
+    out: BufWriter<File>,
+    hash: Sha256,
+    bytes: u64,
+}
+
+impl Write for HashingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+enum Compressor {
+    Gzip(ParCompress<'static, Gzip, HashingFile>),
+    Zstd(zstd::Encoder<'static, HashingFile>),
+}
+
+impl Write for Compressor {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(w) => w.write(buf),
+            Compressor::Zstd(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(w) => w.flush(),
+            Compressor::Zstd(w) => w.flush(),
+        }
+    }
+}
+
+impl Compressor {
+    fn finish(self) -> io::Result<HashingFile> {
+        match self {
+            Compressor::Gzip(mut w) => w.finish().map_err(io::Error::other),
+            Compressor::Zstd(w) => w.finish(),
+        }
+    }
+}
+
+pub struct ArchiveWriter {
+    dir: PathBuf,
+    name: ArchiveName,
+    part: PathBuf,
+    tar: Option<tar::Builder<Compressor>>,
+    mtime: u64,
+}
+
+/// Number of compression threads to use for `threads = 0`.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl ArchiveWriter {
+    pub fn create(
+        dir: &Path,
+        name: ArchiveName,
+        level: u32,
+        threads: usize,
+    ) -> io::Result<ArchiveWriter> {
+        let part = dir.join(format!("{name}{PART_SUFFIX}"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&part)
+            .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", part.display())))?;
+        let sink = HashingFile {
+            out: BufWriter::with_capacity(1 << 20, file),
+            hash: Sha256::new(),
+            bytes: 0,
+        };
+        let threads = if threads == 0 {
+            default_threads()
+        } else {
+            threads
+        };
+        let compressor = match name.compression {
+            Compression::Gzip => Compressor::Gzip(
+                ParCompressBuilder::<Gzip>::new()
+                    .num_threads(threads)
+                    .map_err(io::Error::other)?
+                    .buffer_size(256 << 10)
+                    .map_err(io::Error::other)?
+                    .compression_level(flate2::Compression::new(level))
+                    .from_writer(sink),
+            ),
+            Compression::Zstd => {
+                let mut enc = zstd::Encoder::new(sink, level as i32)?;
+                if threads > 1 {
+                    enc.multithread(threads as u32)?;
+                }
+                enc.include_checksum(true)?;
+                Compressor::Zstd(enc)
+            }
+        };
+        let mut tar = tar::Builder::new(compressor);
+        tar.mode(tar::HeaderMode::Complete);
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Ok(ArchiveWriter {
+            dir: dir.to_path_buf(),
+            name,
+            part,
+            tar: Some(tar),
+            mtime,
+        })
+    }
+
+    pub fn name(&self) -> &ArchiveName {
+        &self.name
+    }
+
+    fn header(&self, kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_mtime(self.mtime);
+        h.set_uid(nix::unistd::getuid().as_raw() as u64);
+        h.set_gid(nix::unistd::getgid().as_raw() as u64);
+        h
+    }
+
+    fn tar(&mut self) -> &mut tar::Builder<Compressor> {
+        self.tar.as_mut().expect("writer used after finish")
+    }
+
+    pub fn append_dir(&mut self, path: &str) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Directory, 0, 0o700);
+        self.tar().append_data(&mut h, path, io::empty())
+    }
+
+    pub fn append_bytes(&mut self, path: &str, data: &[u8]) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, data.len() as u64, 0o600);
+        self.tar().append_data(&mut h, path, data)
+    }
+
+    /// Appends exactly `size` bytes read from `src`; a short source is an error, never a short entry.
+    pub fn append_reader(&mut self, path: &str, size: u64, src: impl io::Read) -> io::Result<()> {
+        let mut h = self.header(tar::EntryType::Regular, size, 0o600);
+        let mut exact = ExactReader {
+            inner: src,
+            left: size,
+        };
+        self.tar().append_data(&mut h, path, &mut exact)?;
+        if exact.left != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{path}: source ended {} bytes early", exact.left),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Completes the archive: tar trailer, compressor, fsync, rename, directory fsync, sidecar.
+    pub fn finish(mut self) -> io::Result<WrittenArchive> {
+        let tar = self.tar.take().expect("finish called once");
+        let compressor = tar.into_inner()?;
+        let mut sink = compressor.finish()?;
+        sink.out.flush()?;
+        let file = sink.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        let final_path = self.dir.join(self.name.to_string());
+        std::fs::rename(&self.part, &final_path)?;
+        sync_dir(&self.dir)?;
+        let sha256 = hex::encode(sink.hash.finalize());
+        write_atomic(
+            &self.dir.join(self.name.sidecar()),
+            format!("{sha256}  {}\n", self.name).as_bytes(),
+            0o600,
+        )?;
+        Ok(WrittenArchive {
+            path: final_path,
+            size: sink.bytes,
+            sha256,
+        })
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        if self.tar.is_some() {
+            // Not finished: stop the compressor threads, then remove the partial file.
+            drop(self.tar.take());
+            let _ = std::fs::remove_file(&self.part);
+        }
+    }
+}
+
+struct ExactReader<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: io::Read> io::Read for ExactReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let cap = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` via `path.part`, fsync and rename: readers see the old or the new
+/// content, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut part = path.as_os_str().to_owned();
+    part.push(PART_SUFFIX);
+    let part = PathBuf::from(part);
+    let _ = std::fs::remove_file(&part);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&part)?;
+    let result = f.write_all(bytes).and_then(|()| f.sync_all());
+    drop(f);
+    if let Err(e) = result.and_then(|()| std::fs::rename(&part, path)) {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The `juju-brd` command line. Each subcommand parses its flags, loads the config and calls the
+//! library; this is the only place errors become exit codes and text for a person.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::archive::verify::{self, VerifyOptions};
+use crate::catalog;
+use crate::config::Config;
+use crate::snapshot::{self, BackupRequest, Progress};
+
+/// Backup and restore for Juju state-servers (controllers).
+#[derive(Parser, Debug)]
+#[command(name = "juju-brd", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Config file [default: $JUJU_BRD_CONFIG, then /etc/juju-brd/juju-brd.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// More log output (also: JUJU_BRD_LOG=debug).
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take a backup now and print the archive's path (last line of stdout).
+    Backup {
+        /// Take the backup in this process instead of asking the running daemon.
+        #[arg(long)]
+        offline: bool,
+        /// Free text stored in the archive's metadata.
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// Check an archive completely; exit 0 if sound, 1 naming the first problem otherwise.
+    Verify {
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refuse archives that decompress beyond this ratio (compression bombs).
+        #[arg(long, default_value_t = crate::archive::reader::DEFAULT_MAX_RATIO)]
+        max_ratio: u64,
+    },
+    /// Print an archive's metadata.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List archives in the configured directory, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Verify archives not verified yet (reads each one completely).
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Validate a config file and print the effective settings.
+    CheckConfig,
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("juju-brd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(flag: Option<&Path>) -> Result<Config> {
+    let path = Config::resolve_path(flag);
+    Ok(Config::load(&path)?)
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config_flag = cli.config.as_deref();
+    match cli.command {
+        Command::Backup { offline, notes } => {
+            let cfg = load_config(config_flag)?;
+            if !offline {
+                anyhow::bail!(
+                    "no juju-brd daemon answers at {}; run `juju-brd backup --offline` to back up in this process",
+                    cfg.api.socket.display()
+                );
+            }
+            backup_offline(&cfg, notes)
+        }
+        Command::Verify {
+            file,
+            json,
+            max_ratio,
+        } => verify_cmd(config_flag, &file, json, max_ratio),
+        Command::Show { file, json } => show(&file, json),
+        Command::List { json, verify } => list(&load_config(config_flag)?, json, verify),
+        Command::CheckConfig => check_config(config_flag),
+    }
+}
+
+fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
+    let progress = Arc::new(Progress::default());
+    let req = BackupRequest {
+        notes,
+        environment: cfg.effective_environment(),
+    };
+    let outcome = snapshot::take(cfg, &req, &progress)?;
+    if outcome.verified.is_some() {
+        if let Err(e) = catalog::record_verification(&cfg.state_dir, &outcome.archive.path, true) {
+            tracing::warn!(error = %e, "cannot record the verification result");
+        }
+    }
+    tracing::info!(
+        archive = %outcome.archive.path.display(),
+        bytes = outcome.archive.size,
+        "backup complete"
+    );
+    println!("{}", outcome.archive.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_cmd(
+    config_flag: Option<&Path>,
+    file: &Path,
+    json: bool,
+    max_ratio: u64,
+) -> Result<ExitCode> {
+    let opts = VerifyOptions {
+        max_ratio,
+        ..VerifyOptions::default()
+    };
+    let result = verify::verify(file, &opts);
+    // Remember the result when the archive is in the configured directory (best effort).
+    if let Ok(cfg) = load_config(config_flag) {
+        if file.parent().map(|p| p.canonicalize().ok()) == Some(cfg.archive_dir.canonicalize().ok())
+        {
+            let _ = catalog::record_verification(&cfg.state_dir, file, result.is_ok());
+        }
+    }
+    match result {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "{}: OK ({} root members, {} bytes of files, dump: {}, sidecar: {:?}, sha256 {})",
+                    file.display(),
+                    report.root_members,
+                    report.root_bytes,
+                    if report.dump_files.is_empty() { "none".to_string() } else { report.dump_files.join(", ") },
+                    report.sidecar,
+                    report.sha256
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("juju-brd: verify failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn show(file: &Path, json: bool) -> Result<ExitCode> {
+    let m = verify::read_metadata(file)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = |d: Option<chrono::DateTime<chrono::Utc>>| d.map_or("-".into(), |d| d.to_rfc3339());
+    println!("ID:             {}", m.id);
+    println!("Environment:    {}", m.environment_name());
+    println!("Model UUID:     {}", m.model_uuid);
+    println!("Controller:     {}", m.controller_uuid);
+    println!("Machine:        {}", m.machine);
+    println!("Hostname:       {}", m.hostname);
+    println!("Juju version:   {}", m.version);
+    println!("Started:        {}", t(m.started));
+    println!("Finished:       {}", t(m.finished));
+    println!("HA nodes:       {}", m.ha_nodes);
+    println!("Notes:          {}", m.notes);
+    if let Some(b) = &m.brd {
+        println!("Addresses:      {}", b.state_server_addresses.join(", "));
+        println!(
+            "Database:       {} ({} bytes)",
+            b.database_engine, b.dump_bytes
+        );
+        println!(
+            "Files:          {} ({} bytes of root.tar)",
+            b.files, b.root_tar_bytes
+        );
+        println!(
+            "Made by:        juju-brd {} (config {})",
+            b.tool_version, b.config_digest
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
+    let mut archives = catalog::list(&cfg.archive_dir, &cfg.state_dir)
+        .with_context(|| format!("listing {}", cfg.archive_dir.display()))?;
+    if verify_now {
+        for a in archives
+            .iter_mut()
+            .filter(|a| a.verification != catalog::VerifyState::Verified)
+        {
+            let ok = verify::verify(&a.path, &VerifyOptions::default()).is_ok();
+            let _ = catalog::record_verification(&cfg.state_dir, &a.path, ok);
+            a.verification = if ok {
+                catalog::VerifyState::Verified
+            } else {
+                catalog::VerifyState::Failed
+            };
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&archives)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if archives.is_empty() {
+        println!("no archives in {}", cfg.archive_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now();
+    println!("{:<44} {:>12} {:>10}  STATUS", "NAME", "SIZE", "AGE");
+    for a in &archives {
+        println!(
+            "{:<44} {:>12} {:>10}  {}",
+            a.name,
+            human_bytes(a.size),
+            human_age(now - a.started),
+            match a.verification {
+                catalog::VerifyState::Verified => "verified",
+                catalog::VerifyState::Failed => "FAILED",
+                catalog::VerifyState::Unverified => "unverified",
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
+    let path = Config::resolve_path(config_flag);
+    let cfg = Config::load(&path)?;
+    println!("# {} is valid; effective settings:", path.display());
+    print!(
+        "{}",
+        toml::to_string_pretty(&cfg).context("rendering the config")?
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn human_age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

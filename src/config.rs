@@ -1,0 +1,850 @@
+//! The configuration file: one strict serde tree.
+//!
+//! Owns parsing, defaults and validation. It never touches the state-server: loading a config (even a
+//! broken one) has no side effect, so `check-config` and SIGHUP can call it freely.
+//!
+//! Every error names the file, the key and the line, because the operator reading it is usually
+//! editing that file over SSH at the worst possible moment.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the config is looked for when neither `--config` nor `JUJU_BRD_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/juju-brd/juju-brd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based line, or 0 when the problem is not tied to one line.
+        line: usize,
+        /// Dotted key path, e.g. `retention.keep_daily`.
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Juju environment (model/controller) name recorded in every archive; `JUJU_ENV` overrides it.
+    pub environment: String,
+    /// Where finished archives are written and looked for.
+    #[serde(default = "defaults::archive_dir")]
+    pub archive_dir: PathBuf,
+    /// Daemon state: last run, job records, lock file.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub backup: BackupOptions,
+    #[serde(default)]
+    pub files: FileSet,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub controller: ControllerOverrides,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupOptions {
+    /// `gzip` (what Juju and `tar xzf` read) or `zstd`.
+    #[serde(default = "defaults::compression")]
+    pub compression: Compression,
+    /// gzip 1-9, zstd 1-19.
+    #[serde(default = "defaults::level")]
+    pub level: u32,
+    /// Compression threads; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Re-read every archive after writing it (`verify`) before it counts as good.
+    #[serde(default = "defaults::yes")]
+    pub verify_after: bool,
+    /// How often a file that changes while it is read is read again before the backup gives up.
+    #[serde(default = "defaults::file_retries")]
+    pub file_retries: u32,
+}
+
+/// An include entry: one glob, or a list of alternatives of which the first that exists is taken
+/// (Juju keeps the shared secret in one of two places depending on how juju-db is installed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum IncludeEntry {
+    One(String),
+    FirstOf(Vec<String>),
+}
+
+impl<'de> Deserialize<'de> for IncludeEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            FirstOf(Vec<String>),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::One(s)) => Ok(IncludeEntry::One(s)),
+            Ok(Raw::FirstOf(v)) => Ok(IncludeEntry::FirstOf(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a path glob (\"/var/lib/juju/x\") or a list of alternative globs",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSet {
+    /// The host root the absolute paths below are read from: `/` in production, a directory in tests.
+    #[serde(default = "defaults::root")]
+    pub root: PathBuf,
+    /// Required: a glob that matches nothing fails the backup.
+    #[serde(default = "defaults::include")]
+    pub include: Vec<IncludeEntry>,
+    /// Optional: missing entries are logged and skipped.
+    #[serde(default = "defaults::optional")]
+    pub optional: Vec<String>,
+    /// Globs (on the absolute host path) that are never archived.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    None,
+    Sqlite,
+    Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "defaults::engine")]
+    pub engine: Engine,
+    /// sqlite: the live database file (read through SQLite's online backup API).
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// command: argv of a dump command; its stdout becomes `dump/<dump_file>`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// command: argv of the matching restore command; the dump is fed on stdin.
+    #[serde(default)]
+    pub restore_command: Vec<String>,
+    /// command: the file name the dump gets under `dump/`.
+    #[serde(default = "defaults::dump_file")]
+    pub dump_file: String,
+    /// command: KEY=VALUE lines given to the child's environment, so passwords never reach argv.
+    #[serde(default)]
+    pub environment_file: Option<PathBuf>,
+    /// command: expected dump size, used only for the free-space check.
+    #[serde(default)]
+    pub estimate_bytes: u64,
+    #[serde(default = "defaults::db_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// argv run before the snapshot (e.g. to quiesce an agent); failure fails the backup.
+    #[serde(default)]
+    pub pre: Vec<String>,
+    /// argv run after the snapshot, always, even when the backup failed.
+    #[serde(default)]
+    pub post: Vec<String>,
+    #[serde(default = "defaults::hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Facts about the controller normally read from the machine agent's `agent.conf`; set them here
+/// only when that file is missing or wrong.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerOverrides {
+    pub model_uuid: Option<String>,
+    pub controller_uuid: Option<String>,
+    pub machine: Option<String>,
+    pub version: Option<String>,
+    pub series: Option<String>,
+    /// Every state-server's address (host or host:port); restore probes each of them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// 5-field cron, or 6-field with seconds first. Empty disables scheduled backups.
+    #[serde(default = "defaults::cron")]
+    pub cron: String,
+    /// IANA zone the cron expression and retention buckets are read in.
+    #[serde(default = "defaults::timezone")]
+    pub timezone: String,
+    /// Random delay added to each run, so many controllers do not hit shared storage at once.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Take one backup at start-up when a scheduled run was missed while the daemon was down.
+    #[serde(default = "defaults::yes")]
+    pub catch_up: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Size like "2GiB": below this free space, the oldest archives the policy allows go first.
+    #[serde(default)]
+    pub min_free_space: Option<ByteSize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    #[serde(default = "defaults::socket")]
+    pub socket: PathBuf,
+    /// Octal file mode of the socket, as a string ("0660").
+    #[serde(default = "defaults::socket_mode")]
+    pub socket_mode: String,
+    /// Optional TCP listener, e.g. "127.0.0.1:17071"; requires `token_file`.
+    #[serde(default)]
+    pub tcp_listen: Option<String>,
+    /// File holding the bearer token for the TCP listener (never on the command line).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Needed to bind `tcp_listen` to anything but loopback.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Commands (argv) that stop the state-server before files are replaced.
+    #[serde(default = "defaults::stop_commands")]
+    pub stop_commands: Vec<Vec<String>>,
+    /// Commands (argv) that start it again afterwards.
+    #[serde(default = "defaults::start_commands")]
+    pub start_commands: Vec<Vec<String>>,
+    /// argv that exits 0 once the restored state-server is up.
+    #[serde(default)]
+    pub health_command: Vec<String>,
+    #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
+    pub health_timeout: Duration,
+    /// Ports probed on every recorded state-server address to make sure the old one is gone.
+    #[serde(default = "defaults::probe_ports")]
+    pub probe_ports: Vec<u16>,
+    #[serde(default = "defaults::probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
+}
+
+/// A byte count written as "512MiB", "2GB" or a plain integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size like 512MiB or 2GB"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1000u64.pow(4),
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+        };
+        Ok(ByteSize((num * mult as f64) as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}MiB", self.0 / (1 << 20))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d).map_err(|_| {
+            serde::de::Error::custom("expected a size like \"512MiB\" or a number of bytes")
+        })? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod defaults {
+    use super::*;
+    pub fn archive_dir() -> PathBuf {
+        "/var/lib/juju-brd/archives".into()
+    }
+    pub fn state_dir() -> PathBuf {
+        "/var/lib/juju-brd".into()
+    }
+    pub fn compression() -> Compression {
+        Compression::Gzip
+    }
+    pub fn level() -> u32 {
+        6
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn file_retries() -> u32 {
+        5
+    }
+    pub fn root() -> PathBuf {
+        "/".into()
+    }
+    pub fn include() -> Vec<IncludeEntry> {
+        vec![
+            IncludeEntry::One("/var/lib/juju/agents/machine-*".into()),
+            IncludeEntry::One("/var/lib/juju/tools".into()),
+            IncludeEntry::One("/var/lib/juju/system-identity".into()),
+            IncludeEntry::One("/var/lib/juju/server.pem".into()),
+            IncludeEntry::FirstOf(vec![
+                "/var/lib/juju/shared-secret".into(),
+                "/var/snap/juju-db/common/shared-secret".into(),
+            ]),
+        ]
+    }
+    pub fn optional() -> Vec<String> {
+        [
+            "/var/lib/juju/init/*",
+            "/var/lib/juju/nonce.txt",
+            "/home/ubuntu/.ssh/authorized_keys",
+            "/etc/systemd/system/jujud-machine-*.service",
+            "/etc/systemd/system/juju-db.service",
+            "/etc/init/jujud-machine-*.conf",
+            "/etc/init/juju-db.conf",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect()
+    }
+    pub fn engine() -> Engine {
+        Engine::None
+    }
+    pub fn dump_file() -> String {
+        "database.dump".into()
+    }
+    pub fn db_timeout() -> Duration {
+        Duration::from_secs(30 * 60)
+    }
+    pub fn hook_timeout() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
+    pub fn cron() -> String {
+        "0 3 * * *".into()
+    }
+    pub fn timezone() -> String {
+        "UTC".into()
+    }
+    pub fn socket() -> PathBuf {
+        "/run/juju-brd/juju-brd.sock".into()
+    }
+    pub fn socket_mode() -> String {
+        "0660".into()
+    }
+    pub fn stop_commands() -> Vec<Vec<String>> {
+        vec![vec![
+            "systemctl".into(),
+            "stop".into(),
+            "jujud-machine-*".into(),
+            "juju-db".into(),
+        ]]
+    }
+    pub fn start_commands() -> Vec<Vec<String>> {
+        vec![vec![
+            "systemctl".into(),
+            "start".into(),
+            "juju-db".into(),
+            "jujud-machine-*".into(),
+        ]]
+    }
+    pub fn health_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn probe_ports() -> Vec<u16> {
+        vec![17070, 37017]
+    }
+    pub fn probe_timeout() -> Duration {
+        Duration::from_secs(2)
+    }
+}
+
+macro_rules! default_via_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // The serde defaults are the single source of truth for every field.
+                toml::from_str("").expect("all fields have serde defaults")
+            }
+        }
+    )*};
+}
+default_via_serde!(
+    BackupOptions,
+    FileSet,
+    DatabaseConfig,
+    Hooks,
+    ScheduleConfig,
+    ApiConfig,
+    RestoreConfig
+);
+
+impl Config {
+    /// The config path from, in order: the flag, `JUJU_BRD_CONFIG`, the default.
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("JUJU_BRD_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; relative paths in the file are taken relative to the file's folder.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| line_of_offset(text, s.start))
+                .or_else(|| locate_key(text, &key))
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: with_suggestion(inner.message()),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.make_paths_absolute(base);
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: locate_key(text, key).unwrap_or(0),
+                key: key.to_string(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    fn make_paths_absolute(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = normalize(&base.join(&*p));
+            }
+        };
+        fix(&mut self.archive_dir);
+        fix(&mut self.state_dir);
+        fix(&mut self.files.root);
+        fix(&mut self.api.socket);
+        if let Some(p) = self.database.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.database.environment_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.api.token_file.as_mut() {
+            fix(p);
+        }
+    }
+
+    /// Semantic checks serde cannot express; the error names the offending key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.environment.trim().is_empty() {
+            return Err(("environment", "must not be empty".into()));
+        }
+        let b = &self.backup;
+        match b.compression {
+            Compression::Gzip if !(1..=9).contains(&b.level) => {
+                return Err((
+                    "backup.level",
+                    format!("gzip level must be 1-9, got {}", b.level),
+                ))
+            }
+            Compression::Zstd if !(1..=19).contains(&b.level) => {
+                return Err((
+                    "backup.level",
+                    format!("zstd level must be 1-19, got {}", b.level),
+                ))
+            }
+            _ => {}
+        }
+        for e in &self.files.include {
+            let globs: Vec<&String> = match e {
+                IncludeEntry::One(g) => vec![g],
+                IncludeEntry::FirstOf(v) if v.is_empty() => {
+                    return Err((
+                        "files.include",
+                        "an alternatives list must not be empty".into(),
+                    ))
+                }
+                IncludeEntry::FirstOf(v) => v.iter().collect(),
+            };
+            for g in globs {
+                check_glob("files.include", g)?;
+            }
+        }
+        for g in &self.files.optional {
+            check_glob("files.optional", g)?;
+        }
+        for g in &self.files.exclude {
+            globset::Glob::new(g).map_err(|e| ("files.exclude", format!("bad glob `{g}`: {e}")))?;
+        }
+        let db = &self.database;
+        match db.engine {
+            Engine::Sqlite if db.path.is_none() => {
+                return Err(("database.path", "engine \"sqlite\" needs `path`".into()))
+            }
+            Engine::Command if db.command.is_empty() => {
+                return Err((
+                    "database.command",
+                    "engine \"command\" needs `command`".into(),
+                ))
+            }
+            _ => {}
+        }
+        if db.dump_file.is_empty()
+            || db.dump_file.contains('/')
+            || db.dump_file == "."
+            || db.dump_file == ".."
+        {
+            return Err(("database.dump_file", "must be a plain file name".into()));
+        }
+        if !self.schedule.cron.trim().is_empty() {
+            crate::schedule::CronSchedule::parse(&self.schedule.cron, &self.schedule.timezone)
+                .map_err(|e| match e {
+                    crate::schedule::ScheduleError::Timezone(_) => {
+                        ("schedule.timezone", e.to_string())
+                    }
+                    _ => ("schedule.cron", e.to_string()),
+                })?;
+        } else {
+            // An empty cron only disables the schedule; the zone is still used by retention.
+            crate::schedule::parse_timezone(&self.schedule.timezone)
+                .map_err(|e| ("schedule.timezone", e.to_string()))?;
+        }
+        u32::from_str_radix(self.api.socket_mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or((
+                "api.socket_mode",
+                "must be an octal mode like \"0660\"".into(),
+            ))?;
+        if let Some(addr) = &self.api.tcp_listen {
+            let sa: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|_| ("api.tcp_listen", format!("`{addr}` is not an address:port")))?;
+            if self.api.token_file.is_none() {
+                return Err((
+                    "api.token_file",
+                    "a TCP listener requires a bearer token file".into(),
+                ));
+            }
+            if !sa.ip().is_loopback() && !self.api.allow_non_loopback {
+                return Err((
+                    "api.tcp_listen",
+                    format!(
+                        "{addr} is not a loopback address; set api.allow_non_loopback = true \
+                         if you really mean to expose the API"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The environment name: `JUJU_ENV` if set, else the config's.
+    pub fn effective_environment(&self) -> String {
+        match std::env::var("JUJU_ENV") {
+            Ok(e) if !e.trim().is_empty() => e,
+            _ => self.environment.clone(),
+        }
+    }
+
+    /// Socket mode as a number.
+    pub fn socket_mode(&self) -> u32 {
+        u32::from_str_radix(self.api.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660)
+    }
+
+    /// A digest of the effective config, recorded in archives so an operator can tell which
+    /// config produced a backup.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&text)[..8])
+    }
+}
+
+/// Folds `.` and `..` lexically, so paths in messages read as the operator would write them.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn check_glob(key: &'static str, g: &str) -> Result<(), (&'static str, String)> {
+    if !g.starts_with('/') {
+        return Err((key, format!("`{g}` must be an absolute path")));
+    }
+    glob::Pattern::new(g).map_err(|e| (key, format!("bad glob `{g}`: {e}")))?;
+    Ok(())
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line where a dotted key (`schedule.cron`) is set, for errors found after parsing.
+pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut last_span = None;
+    for part in dotted.split('.').filter(|p| !p.is_empty()) {
+        if let Ok(index) = part.parse::<usize>() {
+            item = item.as_array().and_then(|a| a.get(index)).map(|_| item)?;
+            continue;
+        }
+        let table = item.as_table_like()?;
+        let (key, value) = table.get_key_value(part)?;
+        last_span = key.span().or(last_span);
+        item = value;
+    }
+    last_span.map(|s| line_of_offset(text, s.start))
+}
+
+/// Turns serde's "unknown field `keep_dayly`, expected one of ..." into a suggestion of the
+/// closest known name, which is what the operator actually needs.
+fn with_suggestion(message: &str) -> String {
+    let message = message.trim_end();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, tail)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let candidates: Vec<&str> = tail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(unknown, c), *c))
+        .min()
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3));
+    match best {
+        Some((_, c)) => format!("unknown key `{unknown}`; did you mean `{c}`?"),
+        None => format!(
+            "unknown key `{unknown}`; known keys: {}",
+            candidates.join(", ")
+        ),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/juju-brd/test.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_production_defaults() {
+        let c = parse("environment = \"prod\"\n").unwrap();
+        assert_eq!(c.archive_dir, PathBuf::from("/var/lib/juju-brd/archives"));
+        assert_eq!(c.backup.level, 6);
+        assert_eq!(c.files.include.len(), 5);
+        assert_eq!(c.schedule.timezone, "UTC");
+        assert!(c.schedule.catch_up);
+    }
+
+    #[test]
+    fn wrong_type_names_file_key_and_line() {
+        let e = err("environment = \"p\"\n\n[retention]\nkeep_daily = \"seven\"\n");
+        assert!(
+            e.starts_with("/etc/juju-brd/test.toml:4: retention.keep_daily:"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_a_suggestion() {
+        let e = err("environment = \"p\"\n[retention]\nkeep_dayly = 7\n");
+        assert!(e.contains(":3: retention"), "{e}");
+        assert!(e.contains("did you mean `keep_daily`?"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key_and_line() {
+        let e = err("environment = \"p\"\n[schedule]\ncron = \"61 * * * *\"\n");
+        assert!(e.contains(":3: schedule.cron:"), "{e}");
+        let e = err("environment = \"p\"\n[schedule]\ntimezone = \"Mars/Olympus\"\n");
+        assert!(e.contains(":3: schedule.timezone:"), "{e}");
+        let e = err("environment = \"p\"\n[backup]\nlevel = 12\n");
+        assert!(
+            e.contains(":3: backup.level: gzip level must be 1-9"),
+            "{e}"
+        );
+        let e = err("environment = \"p\"\n[database]\nengine = \"sqlite\"\n");
+        assert!(e.contains("database.path"), "{e}");
+        let e = err("environment = \"p\"\n[api]\ntcp_listen = \"0.0.0.0:1\"\ntoken_file = \"t\"\n");
+        assert!(e.contains(":3: api.tcp_listen:"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_and_size_values_are_explained() {
+        let e = err("environment = \"p\"\n[backup]\ncompression = \"lz4\"\n");
+        assert!(
+            e.contains(":3: backup.compression:") && e.contains("lz4"),
+            "{e}"
+        );
+        let e = err("environment = \"p\"\n[retention]\nmin_free_space = \"lots\"\n");
+        assert!(e.contains("retention.min_free_space"), "{e}");
+        let e = err("environment = \"p\"\n[hooks]\ntimeout = \"soon\"\n");
+        assert!(e.contains(":3: hooks.timeout:"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = err("environment = \"p\"\n[backup\n");
+        assert!(e.contains("test.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(ByteSize::parse("2GiB").unwrap().0, 2 << 30);
+        assert_eq!(ByteSize::parse("512 MiB").unwrap().0, 512 << 20);
+        assert_eq!(ByteSize::parse("1000").unwrap().0, 1000);
+        assert!(ByteSize::parse("2 parsecs").is_err());
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let c = parse("environment = \"p\"\narchive_dir = \"out\"\n").unwrap();
+        assert_eq!(c.archive_dir, PathBuf::from("/etc/juju-brd/out"));
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 1, "no configs under {}", dir.display());
+    }
+}

@@ -1,0 +1,23 @@
+//! juju-brd: the backup-and-restore daemon for Juju state-servers.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, strictly parsed; errors name file, key and line.
+//! - [`snapshot`]: taking one backup — file capture, hooks, database engines (`snapshot::db`).
+//! - [`archive`]: the archive format — names, metadata, manifest, writer, reader, verify.
+//! - [`catalog`]: the archives in a directory and their verification state.
+//! - [`schedule`]: when the next backup is due (pure, time passed in).
+//! - [`process`]: running hook and dump commands with timeouts and without leaking secrets.
+//! - [`agent_conf`]: reading Juju's machine agent config.
+//! - [`space`]: free-space rules.
+//! - [`cli`]: the `juju-brd` command line; `main` only calls [`cli::run`].
+
+pub mod agent_conf;
+pub mod archive;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod process;
+pub mod schedule;
+pub mod snapshot;
+pub mod space;

@@ -1,0 +1,459 @@
+//! State-server files: which ones (plan), and capturing them into `root.tar` without tearing.
+//!
+//! `root.tar` is built in a staging file, not straight into the compressed stream, for two reasons:
+//! the outer tar needs its size up front, and a file that changes while it is read can be cut back
+//! out of a seekable file and read again. A file is archived only when its size, mtime and ctime are
+//! the same before and after the read and the read returned exactly that size.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::SnapshotError;
+use crate::archive::manifest::{Entry, Kind};
+use crate::config::{FileSet, IncludeEntry};
+
+/// What will be captured. Paths are host-absolute (`/var/lib/juju/...`), read under `root`.
+#[derive(Debug, Default)]
+pub struct FilePlan {
+    pub paths: BTreeSet<PathBuf>,
+    /// Bytes of regular files, for the free-space check and progress.
+    pub bytes: u64,
+    pub skipped_optional: Vec<String>,
+}
+
+pub struct Captured {
+    pub entries: BTreeMap<String, Entry>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> SnapshotError {
+    SnapshotError::Io {
+        what: what.to_string(),
+        path: path.to_path_buf(),
+        err: e,
+    }
+}
+
+/// Expands one glob under `root`; returns host-absolute matches.
+fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, SnapshotError> {
+    let base = glob::Pattern::escape(&root.to_string_lossy());
+    let full = format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        pattern.trim_start_matches('/')
+    );
+    let mut out = Vec::new();
+    let opts = glob::MatchOptions {
+        require_literal_leading_dot: false,
+        ..Default::default()
+    };
+    for m in glob::glob_with(&full, opts).map_err(|e| SnapshotError::Config(e.to_string()))? {
+        let m = m.map_err(|e| {
+            let p = e.path().to_path_buf();
+            io_err("read directory", &p, e.into())
+        })?;
+        let rel = m.strip_prefix(root).unwrap_or(&m);
+        out.push(Path::new("/").join(rel));
+    }
+    Ok(out)
+}
+
+pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
+    let mut excludes = globset::GlobSetBuilder::new();
+    for g in &set.exclude {
+        excludes.add(globset::Glob::new(g).map_err(|e| SnapshotError::Config(e.to_string()))?);
+    }
+    let excludes = excludes
+        .build()
+        .map_err(|e| SnapshotError::Config(e.to_string()))?;
+    let mut plan = FilePlan::default();
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for entry in &set.include {
+        let alternatives: Vec<&String> = match entry {
+            IncludeEntry::One(g) => vec![g],
+            IncludeEntry::FirstOf(v) => v.iter().collect(),
+        };
+        let mut found = None;
+        for g in &alternatives {
+            let m = expand(&set.root, g)?;
+            if !m.is_empty() {
+                found = Some(m);
+                break;
+            }
+        }
+        match found {
+            Some(m) => roots.extend(m),
+            None => {
+                return Err(SnapshotError::MissingRequired(
+                    alternatives
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                ))
+            }
+        }
+    }
+    for g in &set.optional {
+        let m = expand(&set.root, g)?;
+        if m.is_empty() {
+            tracing::info!(path = %g, "optional path not present; skipped");
+            plan.skipped_optional.push(g.clone());
+        }
+        roots.extend(m);
+    }
+    for host in roots {
+        // Ancestors first, so restore recreates directories with their modes and owners.
+        for anc in host.ancestors().skip(1) {
+            if anc != Path::new("/") && !excludes.is_match(anc) {
+                plan.paths.insert(anc.to_path_buf());
+            }
+        }
+        let real = real_path(&set.root, &host);
+        let walker = walkdir::WalkDir::new(&real)
+            .follow_links(false)
+            .into_iter()
+            .filter_entry(|e| {
+                let h = host_path(&set.root, e.path());
+                !excludes.is_match(&h)
+            });
+        for e in walker {
+            let e = e.map_err(|e| {
+                let p = e.path().map(Path::to_path_buf).unwrap_or_default();
+                io_err("walk", &p, e.into())
+            })?;
+            let h = host_path(&set.root, e.path());
+            if plan.paths.insert(h) {
+                let md = e
+                    .metadata()
+                    .map_err(|err| io_err("stat", e.path(), err.into()))?;
+                if md.is_file() {
+                    plan.bytes += md.len();
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn real_path(root: &Path, host: &Path) -> PathBuf {
+    root.join(host.strip_prefix("/").unwrap_or(host))
+}
+
+fn host_path(root: &Path, real: &Path) -> PathBuf {
+    Path::new("/").join(real.strip_prefix(root).unwrap_or(real))
+}
+
+/// Writer that knows its position, so a torn entry can be cut off the staging file.
+pub struct Spool {
+    file: io::BufWriter<File>,
+    pos: u64,
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Spool {
+    pub fn new(file: File) -> Self {
+        Spool {
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            pos: 0,
+        }
+    }
+
+    fn rewind_to(&mut self, pos: u64) -> io::Result<()> {
+        self.file.flush()?;
+        let f = self.file.get_mut();
+        f.set_len(pos)?;
+        f.seek(SeekFrom::Start(pos))?;
+        self.pos = pos;
+        Ok(())
+    }
+
+    pub fn into_file(self) -> io::Result<File> {
+        self.file.into_inner().map_err(|e| e.into())
+    }
+}
+
+/// Identity and change markers of a file: equal before and after a read means the read is whole.
+#[derive(PartialEq, Eq, Clone, Copy)]
+struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &std::fs::Metadata) -> Self {
+        Stamp {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+pub struct CaptureContext<'a> {
+    pub root: &'a Path,
+    pub retries: u32,
+    pub cancel: &'a AtomicBool,
+    pub progress: &'a AtomicU64,
+}
+
+struct Names {
+    users: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> Option<String> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
+            .clone()
+    }
+    fn group(&mut self, gid: u32) -> Option<String> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+            })
+            .clone()
+    }
+}
+
+pub fn capture(
+    plan: &FilePlan,
+    ctx: &CaptureContext<'_>,
+    spool: Spool,
+) -> Result<(Captured, Spool), SnapshotError> {
+    let mut tar = tar::Builder::new(spool);
+    tar.follow_symlinks(false);
+    let mut names = Names {
+        users: HashMap::new(),
+        groups: HashMap::new(),
+    };
+    let mut out = Captured {
+        entries: BTreeMap::new(),
+        files: 0,
+        bytes: 0,
+    };
+    let mut hardlinks: HashMap<(u64, u64), String> = HashMap::new();
+    for host in &plan.paths {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Err(SnapshotError::Cancelled);
+        }
+        let real = real_path(ctx.root, host);
+        let member = host.strip_prefix("/").unwrap_or(host).to_path_buf();
+        let key = member.display().to_string();
+        let md = match std::fs::symlink_metadata(&real) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(path = %host.display(), "removed before it could be read; skipped");
+                continue;
+            }
+            Err(e) => return Err(io_err("stat", &real, e)),
+        };
+        let mut header = header_for(&md, &mut names);
+        let ft = md.file_type();
+        let entry = if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            append_xattrs(&mut tar, &real)?;
+            tar.append_data(&mut header, &member, io::empty())
+                .map_err(|e| io_err("write staging tar", &real, e))?;
+            Entry {
+                kind: Kind::Dir,
+                size: 0,
+                sha256: String::new(),
+                link: None,
+            }
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&real).map_err(|e| io_err("readlink", &real, e))?;
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, &member, &target)
+                .map_err(|e| io_err("write staging tar", &real, e))?;
+            Entry {
+                kind: Kind::Symlink,
+                size: 0,
+                sha256: String::new(),
+                link: Some(target.display().to_string()),
+            }
+        } else if ft.is_file() {
+            let id = (md.dev(), md.ino());
+            if md.nlink() > 1 {
+                if let Some(first) = hardlinks.get(&id) {
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_size(0);
+                    tar.append_link(&mut header, &member, first)
+                        .map_err(|e| io_err("write staging tar", &real, e))?;
+                    out.entries.insert(
+                        key,
+                        Entry {
+                            kind: Kind::Hardlink,
+                            size: 0,
+                            sha256: String::new(),
+                            link: Some(first.clone()),
+                        },
+                    );
+                    continue;
+                }
+                hardlinks.insert(id, key.clone());
+            }
+            let e = capture_file(&mut tar, &real, &member, ctx, &mut names)?;
+            out.files += 1;
+            out.bytes += e.size;
+            e
+        } else {
+            tracing::warn!(path = %host.display(), "not a file, directory or symlink; skipped");
+            continue;
+        };
+        out.entries.insert(key, entry);
+    }
+    let spool = tar
+        .into_inner()
+        .map_err(|e| io_err("finish staging tar", Path::new("root.tar"), e))?;
+    Ok((out, spool))
+}
+
+fn header_for(md: &std::fs::Metadata, names: &mut Names) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_metadata_in_mode(md, tar::HeaderMode::Complete);
+    if let Some(u) = names.user(md.uid()) {
+        let _ = h.set_username(&u);
+    }
+    if let Some(g) = names.group(md.gid()) {
+        let _ = h.set_groupname(&g);
+    }
+    h
+}
+
+/// Extended attributes as PAX `SCHILY.xattr.*` records (what GNU tar and the tar crate read).
+fn append_xattrs(tar: &mut tar::Builder<Spool>, real: &Path) -> Result<(), SnapshotError> {
+    let names = match xattr::list(real) {
+        Ok(n) => n,
+        // Filesystems without xattr support simply have none.
+        Err(_) => return Ok(()),
+    };
+    let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in names {
+        let Some(n) = name.to_str() else { continue };
+        if let Ok(Some(v)) = xattr::get(real, n) {
+            records.push((format!("SCHILY.xattr.{n}"), v));
+        }
+    }
+    if !records.is_empty() {
+        tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(|e| io_err("write staging tar", real, e))?;
+    }
+    Ok(())
+}
+
+/// Reads a regular file into the tar until a read is whole (see the module doc).
+fn capture_file(
+    tar: &mut tar::Builder<Spool>,
+    real: &Path,
+    member: &Path,
+    ctx: &CaptureContext<'_>,
+    names: &mut Names,
+) -> Result<Entry, SnapshotError> {
+    let attempts = ctx.retries + 1;
+    for attempt in 1..=attempts {
+        let start = tar.get_ref().pos;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(real)
+            .map_err(|e| io_err("open", real, e))?;
+        let before = file.metadata().map_err(|e| io_err("stat", real, e))?;
+        if !before.is_file() {
+            return Err(io_err(
+                "read",
+                real,
+                io::Error::other("changed from a regular file while being archived"),
+            ));
+        }
+        let stamp = Stamp::of(&before);
+        let mut header = header_for(&before, names);
+        append_xattrs(tar, real)?;
+        let mut reader = CountingHash {
+            inner: &file,
+            left: stamp.size,
+            hash: Sha256::new(),
+            progress: ctx.progress,
+        };
+        tar.append_data(&mut header, member, &mut reader)
+            .map_err(|e| io_err("read", real, e))?;
+        let after = file.metadata().map_err(|e| io_err("stat", real, e))?;
+        // One more byte readable means the file grew past the size we recorded.
+        let grew = (&file)
+            .read(&mut [0u8; 1])
+            .map_err(|e| io_err("read", real, e))?
+            > 0;
+        if reader.left == 0 && !grew && Stamp::of(&after) == stamp {
+            return Ok(Entry {
+                kind: Kind::File,
+                size: stamp.size,
+                sha256: hex::encode(reader.hash.finalize()),
+                link: None,
+            });
+        }
+        tracing::info!(path = %real.display(), attempt, "changed while being read; reading it again");
+        ctx.progress
+            .fetch_sub(stamp.size - reader.left, Ordering::Relaxed);
+        tar.get_mut()
+            .rewind_to(start)
+            .map_err(|e| io_err("rewind staging tar", real, e))?;
+        std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)));
+    }
+    Err(SnapshotError::Unstable {
+        path: real.to_path_buf(),
+        attempts,
+    })
+}
+
+/// Reads at most `left` bytes, hashing them; `left > 0` afterwards means the file shrank.
+struct CountingHash<'a, R> {
+    inner: R,
+    left: u64,
+    hash: Sha256,
+    progress: &'a AtomicU64,
+}
+
+impl<R: Read> Read for CountingHash<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let cap = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..cap])?;
+        self.hash.update(&buf[..n]);
+        self.left -= n as u64;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}

@@ -1,0 +1,432 @@
+//! Taking one backup: the consistent snapshot of files and database, packed as one archive.
+//!
+//! Order: pre hook, plan, free-space check, stage `root.tar` and `dump/` in a private `*.part`
+//! directory beside the archives, write the archive (`.part`, fsync, rename), post hook (always),
+//! then verify what was written. Any failure removes everything this run created; earlier archives
+//! are never touched here.
+
+pub mod db;
+pub mod files;
+pub mod hooks;
+
+use std::collections::BTreeMap;
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+use crate::agent_conf::AgentConf;
+use crate::archive::manifest::{Entry, Kind, Manifest};
+use crate::archive::metadata::{BrdMetadata, Metadata, FORMAT_VERSION};
+use crate::archive::name::{ArchiveName, PART_SUFFIX};
+use crate::archive::verify::{self, VerifyOptions, VerifyReport};
+use crate::archive::writer::{ArchiveWriter, WrittenArchive};
+use crate::archive::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
+use crate::config::{Compression, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Hook(crate::process::ProcessError),
+    #[error("required path {0} is missing (files.include)")]
+    MissingRequired(String),
+    #[error("not enough free space in {}: want {want_mib} MiB, have {have_mib} MiB", dir.display())]
+    NoSpace {
+        dir: PathBuf,
+        want_mib: u64,
+        have_mib: u64,
+    },
+    #[error("{what} {}: {err}", path.display())]
+    Io {
+        what: String,
+        path: PathBuf,
+        err: io::Error,
+    },
+    #[error("{} kept changing while it was read ({attempts} attempts); not archived torn", path.display())]
+    Unstable { path: PathBuf, attempts: u32 },
+    #[error(transparent)]
+    Database(#[from] db::DbError),
+    #[error("the archive written failed verification: {0}")]
+    Verify(verify::VerifyError),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("backup cancelled")]
+    Cancelled,
+}
+
+/// Shared between a running backup and whoever watches it (the daemon's job record).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub cancel: AtomicBool,
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BackupRequest {
+    pub notes: String,
+    /// Environment name; `Config::effective_environment()` when empty.
+    pub environment: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    pub name: ArchiveName,
+    pub archive: WrittenArchive,
+    pub metadata: Metadata,
+    pub verified: Option<VerifyReport>,
+}
+
+/// Removes the staging directory however the backup ends.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
+    let (what, path) = (what.to_string(), path.to_path_buf());
+    move |err| SnapshotError::Io { what, path, err }
+}
+
+pub fn take(
+    cfg: &Config,
+    req: &BackupRequest,
+    progress: &Arc<Progress>,
+) -> Result<BackupOutcome, SnapshotError> {
+    let started = Utc::now();
+    hooks::run_pre(&cfg.hooks, &progress.cancel).map_err(SnapshotError::Hook)?;
+    let result = snapshot_and_write(cfg, req, progress, started);
+    // `post` runs whatever happened; its failure fails an otherwise good backup only if the
+    // archive is not there yet, never deletes a finished one.
+    if let Err(e) = hooks::run_post(&cfg.hooks) {
+        tracing::error!(error = %e, "post hook failed");
+        if result.is_ok() {
+            tracing::warn!("the archive was written before the post hook failed; it is kept");
+        } else {
+            return result;
+        }
+    }
+    let outcome = result?;
+    if cfg.backup.verify_after {
+        let opts = VerifyOptions {
+            scratch_dir: Some(cfg.archive_dir.clone()),
+            ..VerifyOptions::default()
+        };
+        match verify::verify(&outcome.archive.path, &opts) {
+            Ok(report) => {
+                return Ok(BackupOutcome {
+                    verified: Some(report),
+                    ..outcome
+                })
+            }
+            Err(e) => {
+                // An archive we cannot read back must not pass for a good backup.
+                let _ = std::fs::remove_file(&outcome.archive.path);
+                let _ = std::fs::remove_file(cfg.archive_dir.join(outcome.name.sidecar()));
+                return Err(SnapshotError::Verify(e));
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+fn snapshot_and_write(
+    cfg: &Config,
+    req: &BackupRequest,
+    progress: &Arc<Progress>,
+    started: DateTime<Utc>,
+) -> Result<BackupOutcome, SnapshotError> {
+    let dir = &cfg.archive_dir;
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("create archive directory", dir))?;
+
+    let plan = files::plan(&cfg.files)?;
+    let engine = db::from_config(&cfg.database);
+    let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
+    let staged = plan.bytes + db_estimate;
+    // Staging holds root.tar and the dump while the archive (at worst as large) is written.
+    let estimate = staged.saturating_mul(2);
+    let (have, total) =
+        crate::space::free_and_total(dir).map_err(io_err("check free space of", dir))?;
+    let want = crate::space::required(estimate, total);
+    if have < want {
+        return Err(SnapshotError::NoSpace {
+            dir: dir.clone(),
+            want_mib: want.div_ceil(1 << 20),
+            have_mib: have >> 20,
+        });
+    }
+    progress.bytes_total.store(staged * 2, Ordering::Relaxed);
+
+    let staging_path = dir.join(format!(
+        ".staging-{}{PART_SUFFIX}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&staging_path)
+        .map_err(io_err("create staging directory", &staging_path))?;
+    let staging = Staging(staging_path);
+
+    // Files.
+    let spool_path = staging.0.join(ROOT_TAR);
+    let spool_file = private_file(&spool_path)?;
+    let ctx = files::CaptureContext {
+        root: &cfg.files.root,
+        retries: cfg.backup.file_retries,
+        cancel: &progress.cancel,
+        progress: &progress.bytes_done,
+    };
+    let (captured, spool) = files::capture(&plan, &ctx, files::Spool::new(spool_file))?;
+    let spool_file = spool.into_file().map_err(io_err("write", &spool_path))?;
+    let root_tar_bytes = spool_file
+        .metadata()
+        .map_err(io_err("stat", &spool_path))?
+        .len();
+    drop(spool_file);
+
+    // Database.
+    let dump_dir = staging.0.join(DUMP_DIR);
+    DirBuilder::new()
+        .mode(0o700)
+        .create(&dump_dir)
+        .map_err(io_err("create", &dump_dir))?;
+    if let Some(engine) = &engine {
+        tracing::info!(engine = engine.name(), "dumping the database");
+        engine.dump(&dump_dir, &progress.cancel)?;
+    }
+    if progress.cancel.load(Ordering::Relaxed) {
+        return Err(SnapshotError::Cancelled);
+    }
+    let dump = hash_dir(&dump_dir)?;
+    let finished = Utc::now();
+
+    let mut manifest = Manifest::new();
+    manifest.root = captured.entries;
+    manifest.dump = dump;
+    let metadata = build_metadata(
+        cfg,
+        req,
+        started,
+        finished,
+        &captured_summary(&manifest, root_tar_bytes),
+        engine.as_deref(),
+    );
+
+    // The archive itself.
+    let name = ArchiveName::first_free(dir, started, cfg.backup.compression);
+    let mut w = ArchiveWriter::create(dir, name.clone(), cfg.backup.level, cfg.backup.threads)
+        .map_err(io_err("create archive in", dir))?;
+    let write_err = |e: io::Error| {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return SnapshotError::Cancelled;
+        }
+        SnapshotError::Io {
+            what: "write archive".into(),
+            path: dir.join(name.to_string()),
+            err: e,
+        }
+    };
+    w.append_dir(&format!("{TOP}/")).map_err(write_err)?;
+    let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+    w.append_bytes(&format!("{TOP}/{METADATA}"), &meta_json)
+        .map_err(write_err)?;
+    let manifest_json = serde_json::to_vec(&manifest).expect("manifest serialises");
+    w.append_bytes(&format!("{TOP}/{MANIFEST}"), &manifest_json)
+        .map_err(write_err)?;
+    let root_tar = File::open(&spool_path).map_err(io_err("open", &spool_path))?;
+    w.append_reader(
+        &format!("{TOP}/{ROOT_TAR}"),
+        root_tar_bytes,
+        ProgressReader {
+            inner: root_tar,
+            progress: &progress.bytes_done,
+            cancel: &progress.cancel,
+        },
+    )
+    .map_err(write_err)?;
+    w.append_dir(&format!("{TOP}/{DUMP_DIR}/"))
+        .map_err(write_err)?;
+    for (rel, e) in &manifest.dump {
+        let p = dump_dir.join(rel);
+        let f = File::open(&p).map_err(io_err("open", &p))?;
+        w.append_reader(&format!("{TOP}/{DUMP_DIR}/{rel}"), e.size, f)
+            .map_err(write_err)?;
+    }
+    let archive = w.finish().map_err(write_err)?;
+    drop(staging);
+    Ok(BackupOutcome {
+        name,
+        archive,
+        metadata,
+        verified: None,
+    })
+}
+
+struct Summary {
+    files: u64,
+    root_tar_bytes: u64,
+    dump_bytes: u64,
+}
+
+fn captured_summary(m: &Manifest, root_tar_bytes: u64) -> Summary {
+    Summary {
+        files: m.root.values().filter(|e| e.kind == Kind::File).count() as u64,
+        root_tar_bytes,
+        dump_bytes: m.dump.values().map(|e| e.size).sum(),
+    }
+}
+
+fn build_metadata(
+    cfg: &Config,
+    req: &BackupRequest,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+    s: &Summary,
+    engine: Option<&dyn db::DbEngine>,
+) -> Metadata {
+    let agent = AgentConf::find(&cfg.files.root)
+        .map(|(_, c)| c)
+        .unwrap_or_default();
+    let o = &cfg.controller;
+    let pick =
+        |over: &Option<String>, found: &str| over.clone().unwrap_or_else(|| found.to_string());
+    let model_uuid = pick(&o.model_uuid, agent.model_uuid());
+    let machine = pick(&o.machine, agent.machine_id());
+    let addresses = if o.addresses.is_empty() {
+        agent.addresses()
+    } else {
+        o.addresses.clone()
+    };
+    let ha_nodes = {
+        let mut hosts: Vec<String> = addresses.iter().map(|a| host_of(a)).collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts.len().max(1) as i64
+    };
+    let environment = if req.environment.is_empty() {
+        cfg.effective_environment()
+    } else {
+        req.environment.clone()
+    };
+    Metadata {
+        format_version: FORMAT_VERSION,
+        id: format!("{}.{}", started.format("%Y%m%d-%H%M%S"), model_uuid),
+        started: Some(started),
+        finished: Some(finished),
+        notes: req.notes.clone(),
+        environment: model_uuid.clone(),
+        model_uuid,
+        hostname: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        version: pick(&o.version, &agent.upgraded_to_version),
+        series: o.series.clone().unwrap_or_default(),
+        base: String::new(),
+        controller_uuid: pick(&o.controller_uuid, agent.controller_uuid()),
+        ha_nodes,
+        controller_machine_id: machine.clone(),
+        machine,
+        brd: Some(BrdMetadata {
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            environment,
+            state_server_addresses: addresses,
+            database_engine: engine.map_or("none", |e| e.name()).into(),
+            config_digest: cfg.digest(),
+            compression: match cfg.backup.compression {
+                Compression::Gzip => "gzip".into(),
+                Compression::Zstd => "zstd".into(),
+            },
+            files: s.files,
+            root_tar_bytes: s.root_tar_bytes,
+            dump_bytes: s.dump_bytes,
+        }),
+    }
+}
+
+/// `10.0.0.5:17070` -> `10.0.0.5`; `[::1]:17070` -> `::1`; a bare host stays as it is.
+pub fn host_of(addr: &str) -> String {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        return sa.ip().to_string();
+    }
+    match addr.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h.to_string(),
+        _ => addr.trim_matches(['[', ']']).to_string(),
+    }
+}
+
+fn private_file(path: &Path) -> Result<File, SnapshotError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))
+}
+
+/// Size and SHA-256 of every file in the dump directory (recursively), by relative path.
+fn hash_dir(dir: &Path) -> Result<BTreeMap<String, Entry>, SnapshotError> {
+    let mut out = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let e = e.map_err(|e| SnapshotError::Io {
+            what: "walk".into(),
+            path: dir.to_path_buf(),
+            err: e.into(),
+        })?;
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .expect("inside dir")
+            .display()
+            .to_string();
+        let mut f = File::open(e.path()).map_err(io_err("open", e.path()))?;
+        let mut h = Sha256::new();
+        let size = io::copy(&mut f, &mut h).map_err(io_err("read", e.path()))?;
+        out.insert(
+            rel,
+            Entry {
+                kind: Kind::File,
+                size,
+                sha256: hex::encode(h.finalize()),
+                link: None,
+            },
+        );
+    }
+    Ok(out)
+}
+
+struct ProgressReader<'a, R> {
+    inner: R,
+    progress: &'a AtomicU64,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: io::Read> io::Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: io::copy would retry that forever.
+            return Err(io::Error::other("backup cancelled"));
+        }
+        let n = self.inner.read(buf)?;
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
