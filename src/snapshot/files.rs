@@ -428,7 +428,9 @@ fn capture_file(
         tar.get_mut()
             .rewind_to(start)
             .map_err(|e| io_err("rewind staging tar", real, e))?;
-        std::thread::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)));
+        std::thread::sleep(std::time::Duration::from_millis(
+            (20 * u64::from(attempt)).min(200),
+        ));
     }
     Err(SnapshotError::Unstable {
         path: real.to_path_buf(),

@@ -102,8 +102,9 @@ pub fn take(
     progress: &Arc<Progress>,
 ) -> Result<BackupOutcome, SnapshotError> {
     let started = Utc::now();
-    hooks::run_pre(&cfg.hooks, &progress.cancel).map_err(SnapshotError::Hook)?;
-    let result = snapshot_and_write(cfg, req, progress, started);
+    let result = hooks::run_pre(&cfg.hooks, &progress.cancel)
+        .map_err(SnapshotError::Hook)
+        .and_then(|()| snapshot_and_write(cfg, req, progress, started));
     // `post` runs whatever happened; its failure fails an otherwise good backup only if the
     // archive is not there yet, never deletes a finished one.
     if let Err(e) = hooks::run_post(&cfg.hooks) {

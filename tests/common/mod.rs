@@ -1,0 +1,108 @@
+//! Shared fixtures for the end-to-end tests: a generated state-server tree and a config for it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_juju-brd");
+pub const FIXTURE: &str = env!("CARGO_BIN_EXE_juju-brd-fixture");
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    /// A temp dir with `root/` holding a generated state-server tree of `size_mib`.
+    pub fn new(size_mib: u64) -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(FIXTURE)
+            .arg(dir.path().join("root"))
+            .args(["--size-mib", &size_mib.to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "fixture: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Env { dir }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    pub fn archives(&self) -> PathBuf {
+        self.path("archives")
+    }
+
+    /// Writes `config.toml` for this tree; `extra` is appended (TOML sections).
+    pub fn config(&self, top: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "environment = \"test-env\"\narchive_dir = \"archives\"\nstate_dir = \"state\"\n{top}\n\
+             [files]\nroot = \"root\"\n\n{extra}\n"
+        );
+        let p = self.path("config.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn sqlite_section(&self) -> String {
+        "[database]\nengine = \"sqlite\"\npath = \"root/var/lib/juju/db/state.db\"\n".into()
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("JUJU_BRD_CONFIG", self.path("config.toml"))
+            .env_remove("JUJU_ENV")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `backup --offline` and returns the archive path it printed.
+    pub fn backup(&self) -> PathBuf {
+        let out = self.run(&["backup", "--offline"]);
+        assert!(
+            out.status.success(),
+            "backup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        PathBuf::from(stdout.lines().last().expect("archive path printed"))
+    }
+
+    /// Names in the archive directory (archives, sidecars, anything else).
+    pub fn archive_dir_listing(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.archives())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Extracts a .tar.gz with the system tar into `dest`.
+pub fn system_untar(archive: &Path, dest: &Path, extra: &[&str]) {
+    std::fs::create_dir_all(dest).unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dest)
+        .args(extra)
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar -xf {}", archive.display());
+}
