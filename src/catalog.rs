@@ -151,3 +151,37 @@ pub fn remove_partials(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     Ok(removed)
 }
+
+/// Applies the retention policy to the archive directory (or only reports, with `dry_run`).
+/// Every deletion is logged with the rule that removed it.
+pub fn prune(
+    cfg: &crate::config::Config,
+    dry_run: bool,
+) -> anyhow::Result<Vec<crate::retention::Decision>> {
+    let archives = list(&cfg.archive_dir, &cfg.state_dir)?;
+    let candidates: Vec<crate::retention::Candidate> = archives
+        .iter()
+        .map(|a| crate::retention::Candidate {
+            name: a.name.clone(),
+            started: a.started,
+            verified: a.verification == VerifyState::Verified,
+        })
+        .collect();
+    let tz = crate::schedule::parse_timezone(&cfg.schedule.timezone)?;
+    let decisions = crate::retention::plan(&cfg.retention, &candidates, tz)?;
+    for d in decisions.iter().filter(|d| !d.keep) {
+        if dry_run {
+            tracing::info!(archive = %d.name, reason = %d.reason, "would delete");
+            continue;
+        }
+        let path = cfg.archive_dir.join(&d.name);
+        std::fs::remove_file(&path)?;
+        let _ = std::fs::remove_file(cfg.archive_dir.join(format!(
+            "{}{}",
+            d.name,
+            crate::archive::name::SIDECAR_SUFFIX
+        )));
+        tracing::info!(archive = %d.name, reason = %d.reason, "deleted by retention");
+    }
+    Ok(decisions)
+}

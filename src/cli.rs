@@ -64,6 +64,14 @@ enum Command {
     },
     /// Validate a config file and print the effective settings.
     CheckConfig,
+    /// Apply the retention policy to the archive directory.
+    Prune {
+        /// Only print what would be deleted and why.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run the service: scheduled backups, the local API, retention (normally started by systemd).
+    Daemon,
 }
 
 pub fn run() -> ExitCode {
@@ -88,13 +96,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Backup { offline, notes } => {
             let cfg = load_config(config_flag)?;
-            if !offline {
-                anyhow::bail!(
-                    "no juju-brd daemon answers at {}; run `juju-brd backup --offline` to back up in this process",
-                    cfg.api.socket.display()
-                );
+            if offline {
+                backup_offline(&cfg, notes)
+            } else {
+                backup_via_daemon(&cfg, notes)
             }
-            backup_offline(&cfg, notes)
         }
         Command::Verify {
             file,
@@ -104,6 +110,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Show { file, json } => show(&file, json),
         Command::List { json, verify } => list(&load_config(config_flag)?, json, verify),
         Command::CheckConfig => check_config(config_flag),
+        Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
+        Command::Daemon => daemon(config_flag),
     }
 }
 
@@ -125,6 +133,101 @@ fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
         "backup complete"
     );
     println!("{}", outcome.archive.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode> {
+    use crate::api::types::{JobState, TriggerRequest, TriggerResponse};
+    let body = serde_json::to_vec(&TriggerRequest { notes })?;
+    let (status, bytes) = runtime()?.block_on(crate::api::client::request(
+        &cfg.api.socket,
+        hyper::Method::POST,
+        "/v1/backups?wait=true",
+        Some(body),
+    ))?;
+    let resp: TriggerResponse = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "unexpected answer from the daemon ({status}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })?;
+    if !resp.created {
+        eprintln!(
+            "a backup was already running (job {}); waited for it",
+            resp.job.id
+        );
+    }
+    match (resp.job.state, resp.job.archive) {
+        (JobState::Succeeded, Some(a)) => {
+            println!("{}", a.path);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => anyhow::bail!(
+            "backup failed: {}",
+            resp.job.error.unwrap_or_else(|| "unknown error".into())
+        ),
+    }
+}
+
+fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
+    let decisions = catalog::prune(cfg, dry_run)?;
+    for d in &decisions {
+        let verb = match (d.keep, dry_run) {
+            (true, _) => "keep",
+            (false, true) => "would delete",
+            (false, false) => "deleted",
+        };
+        println!("{verb:<13} {}  ({})", d.name, d.reason);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
+    let path = Config::resolve_path(config_flag);
+    let cfg = Config::load(&path)?;
+    let _lock = crate::daemon::lock_state_dir(&cfg.state_dir)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.socket_mode())?;
+        let tcp = match (&cfg.api.tcp_listen, &cfg.api.token_file) {
+            (Some(addr), Some(token_file)) => {
+                let token = std::fs::read_to_string(token_file)
+                    .with_context(|| format!("reading api.token_file {}", token_file.display()))?
+                    .trim()
+                    .to_string();
+                anyhow::ensure!(
+                    token.len() >= 16,
+                    "the token in {} is shorter than 16 characters",
+                    token_file.display()
+                );
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding api.tcp_listen {addr}"))?;
+                Some((l, token))
+            }
+            _ => None,
+        };
+        let socket = cfg.api.socket.clone();
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
+        let _ = std::fs::remove_file(&socket);
+        result
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

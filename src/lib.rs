@@ -5,6 +5,10 @@
 //! - [`snapshot`]: taking one backup — file capture, hooks, database engines (`snapshot::db`).
 //! - [`archive`]: the archive format — names, metadata, manifest, writer, reader, verify.
 //! - [`catalog`]: the archives in a directory and their verification state.
+//! - [`daemon`]: the service — one worker, the scheduler, signals, systemd notify.
+//! - [`api`]: the local HTTP API (`types` shared by server and client).
+//! - [`retention`]: which archives to keep (pure); [`state`]: what the daemon remembers.
+//! - [`metrics`]: Prometheus text.
 //! - [`schedule`]: when the next backup is due (pure, time passed in).
 //! - [`process`]: running hook and dump commands with timeouts and without leaking secrets.
 //! - [`agent_conf`]: reading Juju's machine agent config.
@@ -12,12 +16,17 @@
 //! - [`cli`]: the `juju-brd` command line; `main` only calls [`cli::run`].
 
 pub mod agent_conf;
+pub mod api;
 pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod logging;
+pub mod metrics;
 pub mod process;
+pub mod retention;
 pub mod schedule;
 pub mod snapshot;
 pub mod space;
+pub mod state;

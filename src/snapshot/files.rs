@@ -104,7 +104,7 @@ pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
     for g in &set.optional {
         let m = expand(&set.root, g)?;
         if m.is_empty() {
-            tracing::info!(path = %g, "optional path not present; skipped");
+            tracing::debug!(path = %g, "optional path not present; skipped");
             plan.skipped_optional.push(g.clone());
         }
         roots.extend(m);

@@ -1,0 +1,79 @@
+//! The API's request and response bodies, shared by the server handlers and the CLI client so the
+//! two can never disagree.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    #[serde(default)]
+    pub notes: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JobKind {
+    Api,
+    Scheduled,
+    CatchUp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ArchiveRecord {
+    pub name: String,
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub verified: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    pub notes: String,
+    pub created: DateTime<Utc>,
+    pub finished: Option<DateTime<Utc>>,
+    pub bytes_done: u64,
+    pub bytes_estimated: u64,
+    pub archive: Option<ArchiveRecord>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerResponse {
+    /// False when a backup was already running and this is that job.
+    pub created: bool,
+    pub job: JobInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub version: String,
+    pub environment: String,
+    pub state: String,
+    pub last_attempt: Option<DateTime<Utc>>,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_archive: Option<String>,
+    pub last_error: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
+    pub archive_count: usize,
+    pub free_space_bytes: u64,
+    pub current_job: Option<JobInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics, rendered in the classic text exposition format (0.0.4).
+//!
+//! Rendered here rather than with `prometheus-client`, which emits OpenMetrics: its counter families
+//! (`# TYPE x counter` with samples `x_total`) and `# EOF` trip `promtool check metrics`, which is what
+//! operators lint scrapes with. The format is a dozen lines of well-specified text.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Upper bounds (seconds) of the backup duration histogram.
+const BUCKETS: [f64; 10] = [
+    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub skipped: AtomicU64,
+    /// f64 seconds stored as bits.
+    last_success: AtomicU64,
+    last_size: AtomicU64,
+    next_run: AtomicU64,
+    duration: Mutex<Histogram>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    sum: f64,
+    count: u64,
+}
+
+impl Metrics {
+    pub fn backup_finished(&self, ok: bool, seconds: f64, size: u64, now_unix: f64) {
+        if ok {
+            self.last_success
+                .store(now_unix.to_bits(), Ordering::Relaxed);
+            self.last_size.store(size, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut h = self.duration.lock().expect("metrics lock");
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    pub fn set_next_run(&self, unix: Option<f64>) {
+        self.next_run
+            .store(unix.unwrap_or(0.0).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn render(&self, archives: usize, free_bytes: u64) -> String {
+        let mut o = String::new();
+        let f = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
+        let mut one = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        one(
+            "juju_brd_backup_attempts_total",
+            "counter",
+            "Backups started.",
+            self.attempts.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_backup_failures_total",
+            "counter",
+            "Backups that failed.",
+            self.failures.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_schedule_skipped_total",
+            "counter",
+            "Scheduled runs skipped because a backup was running.",
+            self.skipped.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_backup_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful backup (0 if none).",
+            f(&self.last_success).to_string(),
+        );
+        one(
+            "juju_brd_backup_archive_size_bytes",
+            "gauge",
+            "Size of the last successful archive.",
+            self.last_size.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_archives",
+            "gauge",
+            "Archives in the archive directory.",
+            archives.to_string(),
+        );
+        one(
+            "juju_brd_next_run_timestamp_seconds",
+            "gauge",
+            "Unix time of the next scheduled backup (0 if none).",
+            f(&self.next_run).to_string(),
+        );
+        one(
+            "juju_brd_free_space_bytes",
+            "gauge",
+            "Free space in the archive directory.",
+            free_bytes.to_string(),
+        );
+        let h = self.duration.lock().expect("metrics lock");
+        let name = "juju_brd_backup_duration_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Wall time of backups.\n# TYPE {name} histogram"
+        );
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", h.counts[i]);
+        }
+        let _ = writeln!(
+            o,
+            "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+            h.count, h.sum, h.count
+        );
+        o
+    }
+}
