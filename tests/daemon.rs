@@ -1,0 +1,370 @@
+//! End-to-end tests of `juju-brd daemon`: the real binary, a real Unix socket, a test
+//! NOTIFY_SOCKET collecting sd_notify datagrams, real signals.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Env, BIN};
+use juju_brd::api::client;
+use juju_brd::api::types::{StatusResponse, TriggerResponse};
+
+struct Daemon {
+    child: Child,
+    notes: Arc<Mutex<Vec<String>>>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &Env) -> Daemon {
+        let notify_path = env.path("notify.sock");
+        let _ = std::fs::remove_file(&notify_path);
+        let dgram = UnixDatagram::bind(&notify_path).unwrap();
+        dgram
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        {
+            let notes = notes.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match dgram.recv(&mut buf) {
+                        Ok(n) => notes
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(_) => return,
+                    }
+                    if Arc::strong_count(&notes) == 1 {
+                        return;
+                    }
+                }
+            });
+        }
+        let log = env.path("daemon.log");
+        // systemd sets WATCHDOG_PID to the service's pid; `exec` keeps the shell's.
+        let child = Command::new("sh")
+            .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" daemon", BIN])
+            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            notes,
+            socket: env.path("run/juju-brd.sock"),
+            log,
+        };
+        d.wait_note("READY=1", Duration::from_secs(20));
+        d
+    }
+
+    fn wait_note(&self, want: &str, limit: Duration) -> String {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Some(n) = self.notes.lock().unwrap().iter().find(|n| n.contains(want)) {
+                return n.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no `{want}` notification within {limit:?}; got {:?}\nlog:\n{}",
+            self.notes.lock().unwrap(),
+            self.log()
+        );
+    }
+
+    fn count_notes(&self, want: &str) -> usize {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n.contains(want))
+            .count()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, rt: &tokio::runtime::Runtime, path: &str) -> T {
+        let (status, body) = rt
+            .block_on(client::request(
+                &self.socket,
+                hyper::Method::GET,
+                path,
+                None,
+            ))
+            .unwrap();
+        assert!(
+            status.is_success(),
+            "{path}: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn config(env: &Env, extra: &str) {
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\nsocket_mode = \"0600\"\n[schedule]\ncron = \"\"\n{extra}",
+            env.sqlite_section()
+        ),
+    );
+}
+
+fn archives(env: &Env) -> Vec<String> {
+    env.archive_dir_listing()
+        .into_iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect()
+}
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn trigger_notify_and_concurrent_triggers() {
+    let env = Env::new(2);
+    // A slow pre hook keeps the backup running while the triggers arrive.
+    config(&env, "[hooks]\npre = [\"sleep\", \"1\"]\n");
+    let d = Daemon::start(&env);
+    let rt = rt();
+
+    // The socket is private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A second daemon on the same state directory refuses to start.
+    let second = Command::new(BIN)
+        .arg("daemon")
+        .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another juju-brd daemon is running"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+
+    // 50 concurrent triggers: one job, one backup.
+    let socket = d.socket.clone();
+    let ids: Vec<String> = rt.block_on(async {
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let s = socket.clone();
+                tokio::spawn(async move {
+                    let (st, body) = client::request(&s, hyper::Method::POST, "/v1/backups", None)
+                        .await
+                        .unwrap();
+                    assert_eq!(st, 202);
+                    serde_json::from_slice::<TriggerResponse>(&body)
+                        .unwrap()
+                        .job
+                        .id
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.push(t.await.unwrap());
+        }
+        ids
+    });
+    assert!(
+        ids.iter().all(|i| *i == ids[0]),
+        "more than one job id: {ids:?}"
+    );
+    // Wait for that job, then the archive verifies.
+    let job_path = format!("/v1/jobs/{}", ids[0]);
+    wait_until(Duration::from_secs(60), "the job to finish", || {
+        let j: serde_json::Value = d.get(&rt, &job_path);
+        j["state"] == "succeeded"
+    });
+    assert_eq!(archives(&env).len(), 1, "{:?}", archives(&env));
+    let out = env.run(&[
+        "verify",
+        env.archives().join(&archives(&env)[0]).to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    d.wait_note("STATUS=idle, last backup ok", Duration::from_secs(5));
+    d.wait_note("WATCHDOG=1", Duration::from_secs(5));
+    assert!(d.count_notes("STATUS=") >= 2);
+
+    // `juju-brd backup` asks the daemon and prints the archive path.
+    let out = env.run(&["backup", "--notes", "via socket"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(PathBuf::from(&printed).is_file(), "{printed}");
+    let status: StatusResponse = d.get(&rt, "/v1/status");
+    assert_eq!(status.archive_count, 2);
+    assert_eq!(status.environment, "test-env");
+
+    // Metrics count both.
+    let (_, body) = rt
+        .block_on(client::request(
+            &d.socket,
+            hyper::Method::GET,
+            "/metrics",
+            None,
+        ))
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("juju_brd_backup_attempts_total 2"), "{text}");
+    if let Ok(mut p) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        p.stdin.take().unwrap().write_all(&body).unwrap();
+        let out = p.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    assert!(d.stop().success());
+}
+
+#[test]
+fn sighup_keeps_the_old_config_when_the_new_one_is_broken() {
+    let env = Env::new(1);
+    config(&env, "");
+    let d = Daemon::start(&env);
+    let good = std::fs::read_to_string(env.path("config.toml")).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!("{good}\n[retention]\nkeep_last = \"many\"\n"),
+    )
+    .unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_note("RELOADING=1", Duration::from_secs(10));
+    wait_until(
+        Duration::from_secs(10),
+        "the rejection to be logged",
+        || d.log().contains("new configuration rejected"),
+    );
+    assert!(d.log().contains("retention.keep_last"), "{}", d.log());
+    // Still serving, with the old config (the CLI itself needs a loadable file to find the socket).
+    std::fs::write(env.path("config.toml"), &good).unwrap();
+    let out = env.run(&["backup"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(d.stop().success());
+}
+
+#[test]
+fn sigterm_during_a_backup_leaves_a_whole_archive_or_none() {
+    let env = Env::new(2);
+    config(&env, "[hooks]\npre = [\"sleep\", \"2\"]\n");
+    let d = Daemon::start(&env);
+    let rt = rt();
+    let (st, _) = rt
+        .block_on(client::request(
+            &d.socket,
+            hyper::Method::POST,
+            "/v1/backups",
+            None,
+        ))
+        .unwrap();
+    assert_eq!(st, 202);
+    std::thread::sleep(Duration::from_millis(500));
+    d.wait_note("STATUS=backing up", Duration::from_secs(5));
+    let status = d.stop();
+    assert!(status.success(), "{status:?}");
+    let listing = env.archive_dir_listing();
+    assert!(!listing.iter().any(|n| n.ends_with(".part")), "{listing:?}");
+    for a in archives(&env) {
+        let out = env.run(&["verify", env.archives().join(&a).to_str().unwrap()]);
+        assert!(out.status.success(), "{a}: {}", common::stderr(&out));
+    }
+}
+
+#[test]
+fn schedule_fires_and_retention_keeps_what_the_policy_says() {
+    let env = Env::new(1);
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\n[schedule]\ncron = \"*/2 * * * * *\"\n[retention]\nkeep_last = 2\n",
+            env.sqlite_section()
+        ),
+    );
+    let d = Daemon::start(&env);
+    let rt = rt();
+    wait_until(Duration::from_secs(60), "four scheduled backups", || {
+        let s: StatusResponse = d.get(&rt, "/v1/status");
+        s.last_success.is_some() && d.log().matches("backup complete").count() >= 4
+    });
+    wait_until(Duration::from_secs(10), "retention to settle", || {
+        archives(&env).len() == 2
+    });
+    assert!(d.log().contains("deleted by retention"), "{}", d.log());
+    let listing = env.archive_dir_listing();
+    // Every archive kept still has its sidecar; deleted ones took theirs along.
+    assert_eq!(
+        listing.iter().filter(|n| n.ends_with(".sha256")).count(),
+        archives(&env).len(),
+        "{listing:?}"
+    );
+    assert!(d.stop().success());
+}
