@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmark: juju-brd offline backup vs tar czf / tar -I pigz / tar --zstd on the same generated
+# state-server data set, alternating, in one run. Prints a Markdown table with the ratio to `tar czf`.
+#
+# Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd, GNU time is not required)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1024}
+rounds=${2:-3}
+out=bench/out
+mkdir -p "$out"
+cargo build --release --quiet
+bin=target/release/juju-brd
+./target/release/juju-brd-fixture "$out/root" --size-mib "$size" >/dev/null
+
+cat > "$out/bench.toml" <<TOML
+environment = "bench"
+archive_dir = "archives"
+state_dir = "state"
+[backup]
+level = 6
+verify_after = false
+[files]
+root = "root"
+optional = ["/var/log/juju"]
+[database]
+engine = "sqlite"
+path = "root/var/lib/juju/db/state.db"
+TOML
+# The same set for tar: the juju-brd include list plus logs and the DB file.
+paths=(var/lib/juju var/log/juju home/ubuntu/.ssh/authorized_keys etc/systemd/system/jujud-machine-0.service)
+input=$(du -sb "$out/root" | cut -f1)
+
+run() { # name command...  -> appends "name secs rss bytes" to $out/results
+  local name=$1; shift
+  rm -rf "$out/archives" "$out/t.tar.gz" "$out/t.tar.zst" "$out/x"
+  sync
+  local stats
+  stats=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null; } 2>&1 | tail -n1 )
+  local bytes
+  bytes=$(du -cb "$out"/archives/*.tar.gz "$out"/t.tar.* 2>/dev/null | tail -n1 | cut -f1)
+  echo "$name $stats $bytes" >> "$out/results"
+}
+
+[ -x /usr/bin/time ] || { echo "needs /usr/bin/time (Debian package time)" >&2; exit 1; }
+
+: > "$out/results"
+for r in $(seq "$rounds"); do
+  run juju-brd  "$bin" backup --offline --config "$out/bench.toml"
+  run "tar czf" tar -C "$out/root" -czf "$out/t.tar.gz" "${paths[@]}"
+  run "tar -I pigz" tar -C "$out/root" -I "pigz -6" -cf "$out/t.tar.gz" "${paths[@]}"
+  run "tar --zstd" tar -C "$out/root" --zstd -cf "$out/t.tar.zst" "${paths[@]}"
+done
+# Restore side: extraction of the same tar.gz (juju-brd restore is not implemented yet).
+tar -C "$out/root" -czf "$out/ref.tar.gz" "${paths[@]}"
+for r in $(seq "$rounds"); do
+  rm -rf "$out/x"; mkdir -p "$out/x"
+  s=$( { /usr/bin/time -f '%e %M' sh -c "tar -C $out/x -xzf $out/ref.tar.gz && sync" >/dev/null; } 2>&1 | tail -n1 )
+  echo "tar xzf+sync $s $(stat -c %s "$out/ref.tar.gz")" >> "$out/results"
+done
+
+python3 - "$out/results" "$input" <<'PY'
+import sys, statistics, collections
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    *name, secs, rss, size = line.split()
+    rows.setdefault(" ".join(name), []).append((float(secs), int(rss), int(size)))
+inp = int(sys.argv[2])
+base = statistics.median(s for s, _, _ in rows["tar czf"])
+print(f"input: {inp/2**20:.0f} MiB, {len(next(iter(rows.values())))} rounds, median wall time")
+print("| tool | wall s | MiB/s | ratio | peak RSS MiB | vs tar czf |")
+print("| --- | ---: | ---: | ---: | ---: | ---: |")
+for name, v in rows.items():
+    s = statistics.median(x[0] for x in v); rss = max(x[1] for x in v) / 1024; size = statistics.median(x[2] for x in v)
+    print(f"| {name} | {s:.2f} | {inp/2**20/s:.0f} | {inp/size:.2f} | {rss:.0f} | {base/s:.2f}x |")
+PY
