@@ -22,7 +22,7 @@ level = 6
 verify_after = false
 [files]
 root = "root"
-optional = ["/var/log/juju"]
+optional = ["/var/log/juju", "/var/lib/juju/charmcache", "/var/lib/juju/init/*", "/var/lib/juju/nonce.txt", "/home/ubuntu/.ssh/authorized_keys", "/etc/systemd/system/jujud-machine-*.service"]
 [database]
 engine = "sqlite"
 path = "root/var/lib/juju/db/state.db"
@@ -37,8 +37,10 @@ run() { # name command...  -> appends "name secs rss bytes" to $out/results
   sync
   local stats
   stats=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null; } 2>&1 | tail -n1 )
-  local bytes
-  bytes=$(du -cb "$out"/archives/*.tar.gz "$out"/t.tar.* 2>/dev/null | tail -n1 | cut -f1)
+  local bytes=0 f
+  for f in "$out"/archives/*.tar.gz "$out"/t.tar.gz "$out"/t.tar.zst; do
+    if [ -f "$f" ]; then bytes=$((bytes + $(stat -c %s "$f"))); fi
+  done
   echo "$name $stats $bytes" >> "$out/results"
 }
 
