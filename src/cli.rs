@@ -122,11 +122,6 @@ fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
         environment: cfg.effective_environment(),
     };
     let outcome = snapshot::take(cfg, &req, &progress)?;
-    if outcome.verified.is_some() {
-        if let Err(e) = catalog::record_verification(&cfg.state_dir, &outcome.archive.path, true) {
-            tracing::warn!(error = %e, "cannot record the verification result");
-        }
-    }
     tracing::info!(
         archive = %outcome.archive.path.display(),
         bytes = outcome.archive.size,

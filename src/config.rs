@@ -601,13 +601,10 @@ impl Config {
             crate::schedule::parse_timezone(&self.schedule.timezone)
                 .map_err(|e| ("schedule.timezone", e.to_string()))?;
         }
-        u32::from_str_radix(self.api.socket_mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or((
-                "api.socket_mode",
-                "must be an octal mode like \"0660\"".into(),
-            ))?;
+        parse_mode(&self.api.socket_mode).ok_or((
+            "api.socket_mode",
+            "must be an octal mode like \"0660\"".into(),
+        ))?;
         if let Some(addr) = &self.api.tcp_listen {
             let sa: std::net::SocketAddr = addr
                 .parse()
@@ -641,7 +638,7 @@ impl Config {
 
     /// Socket mode as a number.
     pub fn socket_mode(&self) -> u32 {
-        u32::from_str_radix(self.api.socket_mode.trim_start_matches("0o"), 8).unwrap_or(0o660)
+        parse_mode(&self.api.socket_mode).expect("validated when the config was loaded")
     }
 
     /// A digest of the effective config, recorded in archives so an operator can tell which
@@ -669,6 +666,13 @@ fn normalize(p: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// An octal file mode such as "0660" (or "0o660"), at most 0777.
+fn parse_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
 }
 
 fn check_glob(key: &'static str, g: &str) -> Result<(), (&'static str, String)> {

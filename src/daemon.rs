@@ -439,9 +439,9 @@ async fn worker_loop(
     mut jobs: mpsc::UnboundedReceiver<Arc<Job>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let period = watchdog_period().unwrap_or(Duration::from_secs(3600));
-    let mut tick = tokio::time::interval(period);
-    let pinging = watchdog_period().is_some();
+    let period = watchdog_period();
+    let pinging = period.is_some();
+    let mut tick = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
             job = jobs.recv() => match job {
@@ -488,9 +488,6 @@ async fn run_job(
     match result {
         Ok(Ok(outcome)) => {
             let verified = outcome.verified.is_some();
-            if verified {
-                let _ = catalog::record_verification(&cfg.state_dir, &outcome.archive.path, true);
-            }
             daemon.metrics.backup_finished(
                 true,
                 seconds,

@@ -101,15 +101,19 @@ impl Daemon {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
     }
 
+    /// One request over the daemon's socket, without a body.
+    fn request(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        method: hyper::Method,
+        path: &str,
+    ) -> (hyper::StatusCode, hyper::body::Bytes) {
+        rt.block_on(client::request(&self.socket, method, path, None))
+            .unwrap()
+    }
+
     fn get<T: serde::de::DeserializeOwned>(&self, rt: &tokio::runtime::Runtime, path: &str) -> T {
-        let (status, body) = rt
-            .block_on(client::request(
-                &self.socket,
-                hyper::Method::GET,
-                path,
-                None,
-            ))
-            .unwrap();
+        let (status, body) = self.request(rt, hyper::Method::GET, path);
         assert!(
             status.is_success(),
             "{path}: {status} {}",
@@ -255,14 +259,7 @@ fn trigger_notify_and_concurrent_triggers() {
     assert_eq!(status.environment, "test-env");
 
     // Metrics count both.
-    let (_, body) = rt
-        .block_on(client::request(
-            &d.socket,
-            hyper::Method::GET,
-            "/metrics",
-            None,
-        ))
-        .unwrap();
+    let (_, body) = d.request(&rt, hyper::Method::GET, "/metrics");
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("juju_brd_backup_attempts_total 2"), "{text}");
     if let Ok(mut p) = Command::new("promtool")
@@ -318,14 +315,7 @@ fn sigterm_during_a_backup_leaves_a_whole_archive_or_none() {
     config(&env, "[hooks]\npre = [\"sleep\", \"2\"]\n");
     let d = Daemon::start(&env);
     let rt = rt();
-    let (st, _) = rt
-        .block_on(client::request(
-            &d.socket,
-            hyper::Method::POST,
-            "/v1/backups",
-            None,
-        ))
-        .unwrap();
+    let (st, _) = d.request(&rt, hyper::Method::POST, "/v1/backups");
     assert_eq!(st, 202);
     std::thread::sleep(Duration::from_millis(500));
     d.wait_note("STATUS=backing up", Duration::from_secs(5));

@@ -80,8 +80,7 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
     let e = match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             let mut h = Sha256::new();
-            let size = io::copy(entry, &mut HashWriter(&mut h))
-                .map_err(|e| format!("reading `{shown}`: {e}"))?;
+            let size = io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?;
             Entry {
                 kind: Kind::File,
                 size,
@@ -127,17 +126,6 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
         other => return Err(format!("member `{shown}` has unsupported type {other:?}")),
     };
     Ok((path, e))
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Checks an inner root.tar stream: safe members, no duplicates, links resolve to earlier members,
@@ -284,7 +272,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
                     sqlite_dumps.push((rel.clone(), copy));
                     n
                 } else {
-                    io::copy(&mut entry, &mut HashWriter(&mut h))
+                    io::copy(&mut entry, &mut h)
                         .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?
                 };
                 dump.insert(

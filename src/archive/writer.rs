@@ -177,15 +177,12 @@ impl ArchiveWriter {
     /// Appends exactly `size` bytes read from `src`; a short source is an error, never a short entry.
     pub fn append_reader(&mut self, path: &str, size: u64, src: impl io::Read) -> io::Result<()> {
         let mut h = self.header(tar::EntryType::Regular, size, 0o600);
-        let mut exact = ExactReader {
-            inner: src,
-            left: size,
-        };
+        let mut exact = src.take(size);
         self.tar().append_data(&mut h, path, &mut exact)?;
-        if exact.left != 0 {
+        if exact.limit() != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{path}: source ended {} bytes early", exact.left),
+                format!("{path}: source ended {} bytes early", exact.limit()),
             ));
         }
         Ok(())
@@ -224,23 +221,6 @@ impl Drop for ArchiveWriter {
             drop(self.tar.take());
             let _ = std::fs::remove_file(&self.part);
         }
-    }
-}
-
-struct ExactReader<R> {
-    inner: R,
-    left: u64,
-}
-
-impl<R: io::Read> io::Read for ExactReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.left == 0 {
-            return Ok(0);
-        }
-        let cap = buf.len().min(self.left.min(usize::MAX as u64) as usize);
-        let n = self.inner.read(&mut buf[..cap])?;
-        self.left -= n as u64;
-        Ok(n)
     }
 }
 

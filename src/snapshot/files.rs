@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use super::SnapshotError;
+use super::{io_err, SnapshotError};
 use crate::archive::manifest::{Entry, Kind};
 use crate::config::{FileSet, IncludeEntry};
 
@@ -33,14 +33,6 @@ pub struct Captured {
     pub bytes: u64,
 }
 
-fn io_err(what: &str, path: &Path, e: io::Error) -> SnapshotError {
-    SnapshotError::Io {
-        what: what.to_string(),
-        path: path.to_path_buf(),
-        err: e,
-    }
-}
-
 /// Expands one glob under `root`; returns host-absolute matches.
 fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, SnapshotError> {
     let base = glob::Pattern::escape(&root.to_string_lossy());
@@ -57,7 +49,7 @@ fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, SnapshotError> {
     for m in glob::glob_with(&full, opts).map_err(|e| SnapshotError::Config(e.to_string()))? {
         let m = m.map_err(|e| {
             let p = e.path().to_path_buf();
-            io_err("read directory", &p, e.into())
+            io_err("read directory", &p)(e.into())
         })?;
         let rel = m.strip_prefix(root).unwrap_or(&m);
         out.push(Path::new("/").join(rel));
@@ -127,13 +119,13 @@ pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
         for e in walker {
             let e = e.map_err(|e| {
                 let p = e.path().map(Path::to_path_buf).unwrap_or_default();
-                io_err("walk", &p, e.into())
+                io_err("walk", &p)(e.into())
             })?;
             let h = host_path(&set.root, e.path());
             if plan.paths.insert(h) {
                 let md = e
                     .metadata()
-                    .map_err(|err| io_err("stat", e.path(), err.into()))?;
+                    .map_err(|err| io_err("stat", e.path())(err.into()))?;
                 if md.is_file() {
                     plan.bytes += md.len();
                 }
@@ -275,7 +267,7 @@ pub fn capture(
                 tracing::warn!(path = %host.display(), "removed before it could be read; skipped");
                 continue;
             }
-            Err(e) => return Err(io_err("stat", &real, e)),
+            Err(e) => return Err(io_err("stat", &real)(e)),
         };
         let mut header = header_for(&md, &mut names);
         let ft = md.file_type();
@@ -284,7 +276,7 @@ pub fn capture(
             header.set_size(0);
             append_xattrs(&mut tar, &real)?;
             tar.append_data(&mut header, &member, io::empty())
-                .map_err(|e| io_err("write staging tar", &real, e))?;
+                .map_err(io_err("write staging tar", &real))?;
             Entry {
                 kind: Kind::Dir,
                 size: 0,
@@ -292,11 +284,11 @@ pub fn capture(
                 link: None,
             }
         } else if ft.is_symlink() {
-            let target = std::fs::read_link(&real).map_err(|e| io_err("readlink", &real, e))?;
+            let target = std::fs::read_link(&real).map_err(io_err("readlink", &real))?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_size(0);
             tar.append_link(&mut header, &member, &target)
-                .map_err(|e| io_err("write staging tar", &real, e))?;
+                .map_err(io_err("write staging tar", &real))?;
             Entry {
                 kind: Kind::Symlink,
                 size: 0,
@@ -310,7 +302,7 @@ pub fn capture(
                     header.set_entry_type(tar::EntryType::Link);
                     header.set_size(0);
                     tar.append_link(&mut header, &member, first)
-                        .map_err(|e| io_err("write staging tar", &real, e))?;
+                        .map_err(io_err("write staging tar", &real))?;
                     out.entries.insert(
                         key,
                         Entry {
@@ -336,7 +328,7 @@ pub fn capture(
     }
     let spool = tar
         .into_inner()
-        .map_err(|e| io_err("finish staging tar", Path::new("root.tar"), e))?;
+        .map_err(io_err("finish staging tar", Path::new("root.tar")))?;
     Ok((out, spool))
 }
 
@@ -368,7 +360,7 @@ fn append_xattrs(tar: &mut tar::Builder<Spool>, real: &Path) -> Result<(), Snaps
     }
     if !records.is_empty() {
         tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(|e| io_err("write staging tar", real, e))?;
+            .map_err(io_err("write staging tar", real))?;
     }
     Ok(())
 }
@@ -388,14 +380,12 @@ fn capture_file(
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(real)
-            .map_err(|e| io_err("open", real, e))?;
-        let before = file.metadata().map_err(|e| io_err("stat", real, e))?;
+            .map_err(io_err("open", real))?;
+        let before = file.metadata().map_err(io_err("stat", real))?;
         if !before.is_file() {
-            return Err(io_err(
-                "read",
-                real,
-                io::Error::other("changed from a regular file while being archived"),
-            ));
+            return Err(io_err("read", real)(io::Error::other(
+                "changed from a regular file while being archived",
+            )));
         }
         let stamp = Stamp::of(&before);
         let mut header = header_for(&before, names);
@@ -407,13 +397,10 @@ fn capture_file(
             progress: ctx.progress,
         };
         tar.append_data(&mut header, member, &mut reader)
-            .map_err(|e| io_err("read", real, e))?;
-        let after = file.metadata().map_err(|e| io_err("stat", real, e))?;
+            .map_err(io_err("read", real))?;
+        let after = file.metadata().map_err(io_err("stat", real))?;
         // One more byte readable means the file grew past the size we recorded.
-        let grew = (&file)
-            .read(&mut [0u8; 1])
-            .map_err(|e| io_err("read", real, e))?
-            > 0;
+        let grew = (&file).read(&mut [0u8; 1]).map_err(io_err("read", real))? > 0;
         if reader.left == 0 && !grew && Stamp::of(&after) == stamp {
             return Ok(Entry {
                 kind: Kind::File,
@@ -427,7 +414,7 @@ fn capture_file(
             .fetch_sub(stamp.size - reader.left, Ordering::Relaxed);
         tar.get_mut()
             .rewind_to(start)
-            .map_err(|e| io_err("rewind staging tar", real, e))?;
+            .map_err(io_err("rewind staging tar", real))?;
         std::thread::sleep(std::time::Duration::from_millis(
             (20 * u64::from(attempt)).min(200),
         ));

@@ -123,10 +123,19 @@ pub fn take(
         };
         match verify::verify(&outcome.archive.path, &opts) {
             Ok(report) => {
+                // So `list`, the API and retention see it as verified without reading it again.
+                let recorded = crate::catalog::record_verification(
+                    &cfg.state_dir,
+                    &outcome.archive.path,
+                    true,
+                );
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "cannot record the verification result");
+                }
                 return Ok(BackupOutcome {
                     verified: Some(report),
                     ..outcome
-                })
+                });
             }
             Err(e) => {
                 // An archive we cannot read back must not pass for a good backup.
