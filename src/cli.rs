@@ -72,6 +72,32 @@ enum Command {
     },
     /// Run the service: scheduled backups, the local API, retention (normally started by systemd).
     Daemon,
+    /// Rebuild this host's state-server from an archive (run on the replacement host).
+    Restore {
+        /// The archive to restore.
+        file: PathBuf,
+        /// Juju constraints the host must meet, e.g. "mem=4G cores=2 root-disk=20G arch=amd64".
+        #[arg(long)]
+        constraints: Option<String>,
+        /// The environment the archive must belong to [default: $JUJU_ENV, then the config's].
+        #[arg(short = 'e', long = "environment")]
+        environment: Option<String>,
+        /// Run every check, print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Restore even though a recorded state-server answers (logged with a warning).
+        #[arg(long)]
+        force: bool,
+        /// Where to restore the files.
+        #[arg(long, default_value = "/")]
+        target_root: PathBuf,
+        /// This host's address for agent.conf [default: detected].
+        #[arg(long)]
+        address: Option<String>,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -112,6 +138,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => check_config(config_flag),
         Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
         Command::Daemon => daemon(config_flag),
+        Command::Restore {
+            file,
+            constraints,
+            environment,
+            dry_run,
+            yes,
+            force,
+            target_root,
+            address,
+        } => {
+            let opts = crate::restore::RestoreOptions {
+                archive: file,
+                constraints,
+                environment,
+                force,
+                target_root,
+                address,
+            };
+            restore(&load_config(config_flag)?, &opts, dry_run, yes)
+        }
     }
 }
 
@@ -223,6 +269,66 @@ fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
         let _ = std::fs::remove_file(&socket);
         result
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(
+    cfg: &Config,
+    opts: &crate::restore::RestoreOptions,
+    dry_run: bool,
+    yes: bool,
+) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let plan = crate::restore::plan(cfg, opts)?;
+    print!("{plan}");
+    if dry_run {
+        println!("dry run: every check passed; nothing was changed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("not confirmed: pass --yes to restore without a terminal");
+        }
+        print!("{}\nType `yes` to restore: ", crate::restore::HA_WARNING);
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if answer.trim() != "yes" {
+            anyhow::bail!("not confirmed; nothing was changed");
+        }
+    }
+    let tty = std::io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let mut progress = |files: u64, bytes: u64| {
+        if tty && last.elapsed() >= std::time::Duration::from_millis(200) {
+            eprint!("\rextracting: {files} files, {}   ", human_bytes(bytes));
+            last = std::time::Instant::now();
+        }
+    };
+    let summary = crate::restore::execute(cfg, &plan, &mut progress)?;
+    if tty {
+        eprintln!();
+    }
+    tracing::info!(
+        files = summary.files,
+        bytes = summary.bytes,
+        "files restored"
+    );
+    println!(
+        "Restored {} files ({}) under {}.",
+        summary.files,
+        human_bytes(summary.bytes),
+        plan.target_root.display()
+    );
+    println!(
+        "agent.conf: {} addresses now point at {}.",
+        summary.repointed, plan.address
+    );
+    println!(
+        "The files that were replaced are in {}.",
+        summary.rollback_dir.display()
+    );
+    println!("Next: check `juju status`; for HA, run `juju enable-ha` (or `juju ensure-availability`) again.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,6 +9,7 @@
 //! - [`api`]: the local HTTP API (`types` shared by server and client).
 //! - [`retention`]: which archives to keep (pure); [`state`]: what the daemon remembers.
 //! - [`metrics`]: Prometheus text.
+//! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
 //! - [`schedule`]: when the next backup is due (pure, time passed in).
 //! - [`process`]: running hook and dump commands with timeouts and without leaking secrets.
 //! - [`agent_conf`]: reading Juju's machine agent config.
@@ -25,6 +26,7 @@ pub mod daemon;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod snapshot;

@@ -59,6 +59,9 @@ pub struct BrdMetadata {
     /// `none`, `sqlite`, `command`, ...: tells verify and restore how to treat `dump/`.
     pub database_engine: String,
     pub config_digest: String,
+    /// Host path of the database file the dump came from (sqlite), where restore puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_path: Option<String>,
     /// `gzip` or `zstd`.
     pub compression: String,
     pub files: u64,

@@ -354,6 +354,11 @@ fn build_metadata(
             state_server_addresses: addresses,
             database_engine: engine.map_or("none", |e| e.name()).into(),
             config_digest: cfg.digest(),
+            database_path: cfg.database.path.as_ref().map(|p| {
+                // Recorded as the host sees it: relative to files.root when it lies under it.
+                let rel = p.strip_prefix(&cfg.files.root).unwrap_or(p);
+                std::path::Path::new("/").join(rel).display().to_string()
+            }),
             compression: match cfg.backup.compression {
                 Compression::Gzip => "gzip".into(),
                 Compression::Zstd => "zstd".into(),

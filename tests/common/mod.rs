@@ -106,3 +106,32 @@ pub fn system_untar(archive: &Path, dest: &Path, extra: &[&str]) {
         .unwrap();
     assert!(st.success(), "tar -xf {}", archive.display());
 }
+
+/// Everything about a tree that a restore could change: per path its type, mode, owner, mtime
+/// (files and directories), content hash or link target. Paths starting with `skip` are left out.
+pub fn tree_state(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        if skip.iter().any(|s| rel.starts_with(s)) {
+            continue;
+        }
+        let m = e.path().symlink_metadata().unwrap();
+        let what = if m.file_type().is_symlink() {
+            format!("link {}", std::fs::read_link(e.path()).unwrap().display())
+        } else if m.is_dir() {
+            format!("dir mtime={}", m.mtime())
+        } else {
+            let h = sha2::Sha256::digest(std::fs::read(e.path()).unwrap());
+            format!("file {} mtime={}", hex::encode(h), m.mtime())
+        };
+        out.insert(
+            rel,
+            format!("{what} mode={:o} owner={}:{}", m.mode(), m.uid(), m.gid()),
+        );
+    }
+    out
+}

@@ -1,0 +1,508 @@
+//! `juju-brd restore FILE`: rebuild a lost state-server on a fresh replacement host.
+//!
+//! [`plan`] checks everything and changes nothing: the archive verifies completely, it belongs to
+//! the expected environment, the host meets the constraints and has room, and no recorded
+//! state-server answers. [`execute`] then stops the services, moves replaced files aside, extracts,
+//! restores the database, re-points `agent.conf` at this host and starts the services again; any
+//! failure in those steps rolls back to the previous tree and restarts what was stopped.
+
+pub mod constraints;
+pub mod extract;
+pub mod probe;
+pub mod repoint;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::archive::manifest::Manifest;
+use crate::archive::metadata::Metadata;
+use crate::archive::verify::{self, VerifyOptions};
+use crate::archive::{reader, DUMP_DIR, MANIFEST, ROOT_TAR, TOP};
+use crate::config::Config;
+use crate::process::{self, ChildSpec};
+
+/// The seed's warning, printed whenever an old state-server may still be alive.
+pub const HA_WARNING: &str =
+    "only run restore when no state-server of this environment is working: \
+restoring while one runs takes them off-line and may cripple the environment";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("the archive is not sound: {0}")]
+    Verify(#[from] verify::VerifyError),
+    #[error("the archive belongs to environment `{archive}`, not `{expected}`")]
+    WrongEnvironment { archive: String, expected: String },
+    #[error("this host does not meet the constraints:\n  {}", .0.join("\n  "))]
+    Constraints(Vec<String>),
+    #[error("{0}")]
+    Refused(String),
+    #[error("a recorded state-server still answers ({}); {HA_WARNING}. Use --force only if you are sure it is gone.", .0.join(", "))]
+    OldServerAlive(Vec<String>),
+    #[error("restore failed while {step}: {message}; {rollback}")]
+    Failed {
+        step: &'static str,
+        message: String,
+        rollback: String,
+    },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    pub archive: PathBuf,
+    pub constraints: Option<String>,
+    pub environment: Option<String>,
+    pub force: bool,
+    pub target_root: PathBuf,
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum DbRestore {
+    None,
+    Sqlite { dump: String, dest: PathBuf },
+    Command { dump: String, argv: Vec<String> },
+    Unsupported(String),
+}
+
+/// Everything `execute` will do, decided before anything changes.
+#[derive(Debug, Clone)]
+pub struct RestorePlan {
+    pub archive: PathBuf,
+    pub metadata: Metadata,
+    pub target_root: PathBuf,
+    pub address: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub db: DbRestore,
+    pub stop: Vec<Vec<String>>,
+    pub start: Vec<Vec<String>>,
+    pub forced_past: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl fmt::Display for RestorePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = &self.metadata;
+        let date = m.started.map_or("unknown".into(), |d| d.to_rfc3339());
+        writeln!(f, "Restore plan")?;
+        writeln!(f, "  archive:      {}", self.archive.display())?;
+        writeln!(
+            f,
+            "  taken:        {date} on {} (machine {})",
+            m.hostname, m.machine
+        )?;
+        writeln!(f, "  environment:  {}", m.environment_name())?;
+        writeln!(f, "  juju version: {}", m.version)?;
+        let addrs = m
+            .brd
+            .as_ref()
+            .map(|b| b.state_server_addresses.join(", "))
+            .unwrap_or_default();
+        writeln!(f, "  HA nodes:     {} ({addrs})", m.ha_nodes)?;
+        writeln!(f, "  target root:  {}", self.target_root.display())?;
+        for c in &self.stop {
+            writeln!(f, "  stop:         {}", c.join(" "))?;
+        }
+        writeln!(f, "  replace:      {} members ({} bytes of files); replaced files are moved aside, not deleted", self.files, self.bytes)?;
+        match &self.db {
+            DbRestore::None => writeln!(f, "  database:     none in the archive")?,
+            DbRestore::Sqlite { dump, dest } => writeln!(
+                f,
+                "  database:     dump/{dump} -> {} (atomic replace)",
+                dest.display()
+            )?,
+            DbRestore::Command { dump, argv } => writeln!(
+                f,
+                "  database:     dump/{dump} | {}",
+                argv.first().map_or("", String::as_str)
+            )?,
+            DbRestore::Unsupported(why) => writeln!(f, "  database:     NOT restored: {why}")?,
+        }
+        writeln!(
+            f,
+            "  re-point:     agent.conf addresses -> {}",
+            self.address
+        )?;
+        for c in &self.start {
+            writeln!(f, "  start:        {}", c.join(" "))?;
+        }
+        for w in &self.warnings {
+            writeln!(f, "  warning:      {w}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All checks; changes nothing on the host.
+pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreError> {
+    let scratch = opts.target_root.clone();
+    let report = verify::verify(
+        &opts.archive,
+        &VerifyOptions {
+            scratch_dir: std::env::temp_dir()
+                .exists()
+                .then(std::env::temp_dir)
+                .or(Some(scratch)),
+            ..VerifyOptions::default()
+        },
+    )?;
+    let metadata = report.metadata.clone();
+    let expected = opts
+        .environment
+        .clone()
+        .unwrap_or_else(|| cfg.effective_environment());
+    if metadata.environment_name() != expected {
+        return Err(RestoreError::WrongEnvironment {
+            archive: metadata.environment_name().to_string(),
+            expected,
+        });
+    }
+    if !opts.target_root.is_dir() {
+        return Err(RestoreError::Refused(format!(
+            "target root {} is not a directory",
+            opts.target_root.display()
+        )));
+    }
+    let host = constraints::HostFacts::detect(&opts.target_root)
+        .map_err(|e| RestoreError::Refused(format!("cannot inspect this host: {e}")))?;
+    let dump_bytes = metadata.brd.as_ref().map_or(0, |b| b.dump_bytes);
+    // Room for the extracted files and the dump (twice: staged, then in place), with 10% spare.
+    let need_mib = (report.root_bytes + 2 * dump_bytes).div_ceil(1 << 20) * 11 / 10;
+    let mut unmet = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(text) = &opts.constraints {
+        let c = constraints::Constraints::parse(text).map_err(RestoreError::Refused)?;
+        unmet = c.unmet(&host);
+        for u in &c.unchecked {
+            warnings.push(format!(
+                "constraint {u} cannot be checked on the host; not checked"
+            ));
+        }
+    }
+    if host.free_mib < need_mib {
+        unmet.push(format!(
+            "room for the restored state: need {need_mib}M, {} has {}M free",
+            opts.target_root.display(),
+            host.free_mib
+        ));
+    }
+    if !unmet.is_empty() {
+        return Err(RestoreError::Constraints(unmet));
+    }
+
+    let recorded = metadata
+        .brd
+        .as_ref()
+        .map(|b| b.state_server_addresses.clone())
+        .unwrap_or_default();
+    let targets = probe::targets(&recorded, &cfg.restore.probe_ports);
+    let alive = probe::answering(&targets, cfg.restore.probe_timeout);
+    let mut forced_past = Vec::new();
+    if !alive.is_empty() {
+        if !opts.force {
+            return Err(RestoreError::OldServerAlive(alive));
+        }
+        tracing::warn!(answering = %alive.join(", "), "--force: restoring although a recorded state-server answers; {HA_WARNING}");
+        forced_past = alive;
+    }
+    if recorded.is_empty() {
+        warnings
+            .push("the archive records no state-server addresses; nothing could be probed".into());
+    }
+
+    let db = match (metadata.engine(), report.dump_files.first()) {
+        (_, None) => DbRestore::None,
+        ("sqlite", Some(dump)) => match metadata.brd.as_ref().and_then(|b| b.database_path.clone()) {
+            Some(p) => DbRestore::Sqlite {
+                dump: dump.clone(),
+                dest: opts.target_root.join(p.trim_start_matches('/')),
+            },
+            None => DbRestore::Unsupported("the archive does not record where the database lives".into()),
+        },
+        ("command", Some(dump)) if !cfg.database.restore_command.is_empty() => DbRestore::Command {
+            dump: dump.clone(),
+            argv: cfg.database.restore_command.clone(),
+        },
+        ("command", Some(_)) => DbRestore::Unsupported("database.restore_command is not configured".into()),
+        (engine, Some(_)) => DbRestore::Unsupported(format!(
+            "no restore engine for `{engine}` dumps yet (a Juju MongoDB dump needs the MongoDB engine)"
+        )),
+    };
+    if let DbRestore::Unsupported(why) = &db {
+        warnings.push(format!("the database will not be restored: {why}"));
+    }
+    let address = match &opts.address {
+        Some(a) => a.clone(),
+        None => detect_address().ok_or_else(|| {
+            RestoreError::Refused("cannot detect this host's address; pass --address".into())
+        })?,
+    };
+    Ok(RestorePlan {
+        archive: opts.archive.clone(),
+        files: report.root_members,
+        bytes: report.root_bytes,
+        metadata,
+        target_root: opts.target_root.clone(),
+        address,
+        db,
+        stop: cfg.restore.stop_commands.clone(),
+        start: cfg.restore.start_commands.clone(),
+        forced_past,
+        warnings,
+    })
+}
+
+/// The first non-loopback IPv4 address of an interface that is up, else any non-loopback one.
+fn detect_address() -> Option<String> {
+    let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
+    let pick = |v4: bool| {
+        addrs.iter().find_map(|a| {
+            let up = a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP);
+            let sa = a.address.as_ref()?;
+            let ip: std::net::IpAddr = if let Some(s) = sa.as_sockaddr_in() {
+                std::net::IpAddr::V4(s.ip())
+            } else {
+                std::net::IpAddr::V6(sa.as_sockaddr_in6()?.ip())
+            };
+            (up && !ip.is_loopback() && ip.is_ipv4() == v4).then(|| ip.to_string())
+        })
+    };
+    pick(true).or_else(|| pick(false))
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub rollback_dir: PathBuf,
+    pub repointed: usize,
+}
+
+fn run_commands(what: &'static str, cmds: &[Vec<String>], timeout: Duration) -> Result<(), String> {
+    for argv in cmds.iter().filter(|c| !c.is_empty()) {
+        process::run(ChildSpec::new(what, argv, timeout)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Carries out a plan. `progress` receives (files, bytes) as files are written.
+pub fn execute(
+    cfg: &Config,
+    plan: &RestorePlan,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary, RestoreError> {
+    let timeout = Duration::from_secs(300);
+    if let Err(e) = run_commands("stopping the state-server", &plan.stop, timeout) {
+        let restarted = run_commands("starting the state-server", &plan.start, timeout);
+        return Err(RestoreError::Failed {
+            step: "stopping the services",
+            message: e,
+            rollback: match restarted {
+                Ok(()) => "nothing was changed; the services were started again".into(),
+                Err(e2) => {
+                    format!("nothing was changed; starting the services again failed too: {e2}")
+                }
+            },
+        });
+    }
+    let mut journal =
+        extract::Journal::new(&plan.target_root).map_err(|e| RestoreError::Failed {
+            step: "preparing the rollback directory",
+            message: e.to_string(),
+            rollback: "nothing was changed".into(),
+        })?;
+    let result = apply(cfg, plan, &mut journal, progress);
+    match result {
+        Ok(mut summary) => {
+            summary.rollback_dir = journal.rollback_dir.clone();
+            Ok(summary)
+        }
+        Err((step, message)) => {
+            let undone = journal.rollback();
+            let restarted = run_commands("starting the state-server", &plan.start, timeout);
+            let rollback = match (undone, restarted) {
+                (Ok(()), Ok(())) => "rolled back: the previous files are back and the services were started again".to_string(),
+                (Ok(()), Err(e)) => format!("rolled back the files, but starting the services failed: {e}"),
+                (Err(e), _) => format!("ROLLBACK INCOMPLETE ({e}); the original files are in the .juju-brd-rollback-* directory under {}", plan.target_root.display()),
+            };
+            Err(RestoreError::Failed {
+                step,
+                message,
+                rollback,
+            })
+        }
+    }
+}
+
+type StepError = (&'static str, String);
+
+fn apply(
+    cfg: &Config,
+    plan: &RestorePlan,
+    journal: &mut extract::Journal,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Summary, StepError> {
+    let incoming = journal.rollback_dir.join(".incoming-dump");
+    std::fs::create_dir_all(&incoming).map_err(|e| ("staging the dump", e.to_string()))?;
+    // One pass over the archive: manifest, root.tar (extracted), dump files (staged).
+    let extracted = {
+        let step = "extracting the files";
+        let opened = reader::open(&plan.archive, reader::DEFAULT_MAX_RATIO)
+            .map_err(|e| (step, e.to_string()))?;
+        let mut outer = tar::Archive::new(opened.reader);
+        let mut manifest: Option<Manifest> = None;
+        let mut extracted = None;
+        for entry in outer.entries().map_err(|e| (step, e.to_string()))? {
+            let mut entry = entry.map_err(|e| (step, e.to_string()))?;
+            let name = entry
+                .path()
+                .map_err(|e| (step, e.to_string()))?
+                .display()
+                .to_string();
+            let inner = name
+                .trim_start_matches("./")
+                .strip_prefix(&format!("{TOP}/"))
+                .unwrap_or("")
+                .to_string();
+            if inner == MANIFEST {
+                let mut b = Vec::new();
+                entry
+                    .read_to_end(&mut b)
+                    .map_err(|e| (step, e.to_string()))?;
+                manifest = Some(Manifest::parse(&b).map_err(|e| (step, e))?);
+            } else if inner == ROOT_TAR {
+                extracted = Some(
+                    extract::extract(
+                        &mut entry,
+                        journal,
+                        manifest.as_ref().map(|m| &m.root),
+                        progress,
+                    )
+                    .map_err(|e| (step, e.to_string()))?,
+                );
+            } else if let Some(rel) = inner.strip_prefix(&format!("{DUMP_DIR}/")) {
+                if rel.is_empty() || entry.header().entry_type().is_dir() {
+                    continue;
+                }
+                let rel = crate::archive::paths::safe_relative(rel.as_bytes())
+                    .map_err(|e| ("staging the dump", e))?;
+                let dest = incoming.join(&rel);
+                if let Some(p) = dest.parent() {
+                    std::fs::create_dir_all(p).map_err(|e| ("staging the dump", e.to_string()))?;
+                }
+                let mut f = std::fs::File::create(&dest)
+                    .map_err(|e| ("staging the dump", e.to_string()))?;
+                std::io::copy(&mut entry, &mut f)
+                    .map_err(|e| ("staging the dump", e.to_string()))?;
+                f.sync_all()
+                    .map_err(|e| ("staging the dump", e.to_string()))?;
+            }
+        }
+        extracted.ok_or((step, "root.tar is missing".to_string()))?
+    };
+
+    match &plan.db {
+        DbRestore::Sqlite { dump, dest } => {
+            let step = "restoring the database";
+            let src = incoming.join(dump);
+            crate::snapshot::db::sqlite::integrity_check(&src).map_err(|e| (step, e))?;
+            for suffix in ["-wal", "-shm"] {
+                let mut side = dest.as_os_str().to_owned();
+                side.push(suffix);
+                journal
+                    .move_aside(Path::new(&side))
+                    .map_err(|e| (step, e.to_string()))?;
+            }
+            extract::replace_file(journal, &src, dest).map_err(|e| (step, e.to_string()))?;
+        }
+        DbRestore::Command { dump, argv } => {
+            let step = "restoring the database";
+            let env = match &cfg.database.environment_file {
+                Some(p) => process::read_env_file(p).map_err(|e| (step, e.to_string()))?,
+                None => Vec::new(),
+            };
+            let stdin =
+                std::fs::File::open(incoming.join(dump)).map_err(|e| (step, e.to_string()))?;
+            let mut spec = ChildSpec::new("database restore", argv, cfg.database.timeout);
+            spec.env = &env;
+            spec.stdin = stdin.into();
+            process::run(spec).map_err(|e| (step, e.to_string()))?;
+        }
+        DbRestore::None | DbRestore::Unsupported(_) => {}
+    }
+    let _ = std::fs::remove_dir_all(&incoming);
+
+    let repointed = repoint_agent_confs(journal, &plan.target_root, &plan.address)
+        .map_err(|e| ("re-pointing agent.conf", e))?;
+
+    run_commands(
+        "starting the state-server",
+        &plan.start,
+        Duration::from_secs(300),
+    )
+    .map_err(|e| ("starting the services", e))?;
+    if !cfg.restore.health_command.is_empty() {
+        wait_healthy(&cfg.restore.health_command, cfg.restore.health_timeout)
+            .map_err(|e| ("waiting for the state-server to come up", e))?;
+    }
+    Ok(Summary {
+        files: extracted.files,
+        bytes: extracted.bytes,
+        rollback_dir: PathBuf::new(),
+        repointed,
+    })
+}
+
+fn repoint_agent_confs(
+    journal: &mut extract::Journal,
+    root: &Path,
+    address: &str,
+) -> Result<usize, String> {
+    let pattern = format!(
+        "{}/var/lib/juju/agents/machine-*/agent.conf",
+        glob::Pattern::escape(&root.to_string_lossy()).trim_end_matches('/')
+    );
+    let mut total = 0;
+    for path in glob::glob(&pattern).map_err(|e| e.to_string())?.flatten() {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (new, n) = repoint::rewrite(&text, address);
+        if n == 0 {
+            continue;
+        }
+        let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+        let tmp = journal.rollback_dir.join(".agent.conf.new");
+        crate::archive::writer::write_atomic(&tmp, new.as_bytes(), 0o600)
+            .map_err(|e| e.to_string())?;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+            .map_err(|e| e.to_string())?;
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::chown(&tmp, Some(meta.uid().into()), Some(meta.gid().into()))
+                .map_err(|e| e.to_string())?;
+        }
+        extract::replace_file(journal, &tmp, &path).map_err(|e| e.to_string())?;
+        total += n;
+    }
+    Ok(total)
+}
+
+fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), String> {
+    let end = Instant::now() + limit;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        match process::run(ChildSpec::new(
+            "health check",
+            argv,
+            left.max(Duration::from_secs(1)),
+        )) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= end => {
+                return Err(format!("not healthy after {}s: {e}", limit.as_secs()))
+            }
+            Err(_) => std::thread::sleep(Duration::from_secs(2).min(left)),
+        }
+    }
+}
