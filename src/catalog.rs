@@ -165,10 +165,12 @@ pub fn prune(
             name: a.name.clone(),
             started: a.started,
             verified: a.verification == VerifyState::Verified,
+            size: a.size,
         })
         .collect();
     let tz = crate::schedule::parse_timezone(&cfg.schedule.timezone)?;
-    let decisions = crate::retention::plan(&cfg.retention, &candidates, tz)?;
+    let (free, _) = crate::space::free_and_total(&cfg.archive_dir)?;
+    let decisions = crate::retention::plan(&cfg.retention, &candidates, tz, free)?;
     for d in decisions.iter().filter(|d| !d.keep) {
         if dry_run {
             tracing::info!(archive = %d.name, reason = %d.reason, "would delete");

@@ -300,8 +300,13 @@ fn restore(
     let tty = std::io::stderr().is_terminal();
     let mut last = std::time::Instant::now();
     let mut progress = |files: u64, bytes: u64| {
-        if tty && last.elapsed() >= std::time::Duration::from_millis(200) {
-            eprint!("\rextracting: {files} files, {}   ", human_bytes(bytes));
+        let every = std::time::Duration::from_millis(if tty { 200 } else { 5000 });
+        if last.elapsed() >= every {
+            if tty {
+                eprint!("\rextracting: {files} files, {}   ", human_bytes(bytes));
+            } else {
+                tracing::info!(files, bytes, "extracting");
+            }
             last = std::time::Instant::now();
         }
     };

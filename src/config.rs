@@ -227,7 +227,7 @@ pub struct RetentionConfig {
     pub keep_monthly: u32,
     #[serde(default)]
     pub keep_yearly: u32,
-    /// Size like "2GiB": below this free space, the oldest archives the policy allows go first.
+    /// Size like "2GiB": below this free space, the oldest archives the rules keep are deleted too.
     #[serde(default)]
     pub min_free_space: Option<ByteSize>,
 }

@@ -17,6 +17,7 @@ pub struct Candidate {
     pub name: String,
     pub started: DateTime<Utc>,
     pub verified: bool,
+    pub size: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,10 +37,12 @@ pub enum RetentionError {
 type BucketFn = fn(&DateTime<Tz>) -> (i32, u32, u32, u32);
 
 /// Decisions for `archives` in any order; returned newest first.
+/// `free_bytes` is the free space of the archive directory now (used only with `min_free_space`).
 pub fn plan(
     policy: &RetentionConfig,
     archives: &[Candidate],
     tz: Tz,
+    free_bytes: u64,
 ) -> Result<Vec<Decision>, RetentionError> {
     let rules: [(&str, u32, BucketFn); 5] = [
         ("hourly", policy.keep_hourly, |t| {
@@ -63,6 +66,8 @@ pub fn plan(
     let mut sorted: Vec<&Candidate> = archives.iter().collect();
     sorted.sort_by(|a, b| b.started.cmp(&a.started).then(b.name.cmp(&a.name)));
     let mut reasons: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
+    // Archives deleted for min_free_space, although a rule kept them.
+    let mut forced: Vec<usize> = Vec::new();
     for (i, r) in reasons
         .iter_mut()
         .enumerate()
@@ -84,18 +89,43 @@ pub fn plan(
             }
         }
     }
-    if let Some(i) = sorted.iter().position(|a| a.verified) {
+    let newest_verified = sorted.iter().position(|a| a.verified);
+    if let Some(i) = newest_verified {
         if reasons[i].is_empty() {
             reasons[i].push("newest verified archive".into());
+        }
+    }
+    if let Some(min) = policy.min_free_space.map(|m| m.0) {
+        // Space freed by the rules' own deletions counts first.
+        let mut free = free_bytes
+            + sorted
+                .iter()
+                .zip(&reasons)
+                .filter(|(_, r)| r.is_empty())
+                .map(|(a, _)| a.size)
+                .sum::<u64>();
+        for i in (1..sorted.len()).rev() {
+            if free >= min {
+                break;
+            }
+            if reasons[i].is_empty() || Some(i) == newest_verified {
+                continue;
+            }
+            reasons[i] = Vec::new();
+            free += sorted[i].size;
+            forced.push(i);
         }
     }
     Ok(sorted
         .iter()
         .zip(reasons)
-        .map(|(a, r)| Decision {
+        .enumerate()
+        .map(|(i, (a, r))| Decision {
             name: a.name.clone(),
             keep: !r.is_empty(),
-            reason: if r.is_empty() {
+            reason: if forced.contains(&i) {
+                "min_free_space: free space is below the minimum".into()
+            } else if r.is_empty() {
                 "no rule keeps it".into()
             } else {
                 r.join(", ")
@@ -119,12 +149,13 @@ mod tests {
                 name: format!("a-{t}"),
                 started: at(t),
                 verified: true,
+                size: 100,
             })
             .collect()
     }
 
     fn kept(policy: RetentionConfig, times: &[&str], tz: &str) -> Vec<String> {
-        plan(&policy, &cands(times), tz.parse().unwrap())
+        plan(&policy, &cands(times), tz.parse().unwrap(), 0)
             .unwrap()
             .into_iter()
             .filter(|d| d.keep)
@@ -211,6 +242,7 @@ mod tests {
             },
             &c,
             Tz::UTC,
+            0,
         )
         .unwrap();
         assert!(d.iter().all(|d| d.keep), "{d:?}");
@@ -220,7 +252,7 @@ mod tests {
     #[test]
     fn empty_policy_is_refused() {
         assert_eq!(
-            plan(&RetentionConfig::default(), &cands(TIMES), Tz::UTC),
+            plan(&RetentionConfig::default(), &cands(TIMES), Tz::UTC, 0),
             Err(RetentionError::EmptyPolicy)
         );
     }
@@ -234,6 +266,7 @@ mod tests {
             },
             &cands(TIMES),
             Tz::UTC,
+            0,
         )
         .unwrap();
         assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
@@ -241,5 +274,40 @@ mod tests {
             .iter()
             .filter(|d| !d.keep)
             .all(|d| d.reason == "no rule keeps it"));
+    }
+
+    #[test]
+    fn min_free_space_removes_the_oldest_kept_but_never_the_newest() {
+        let policy = RetentionConfig {
+            keep_last: 10,
+            min_free_space: Some(crate::config::ByteSize(1000)),
+            ..Default::default()
+        };
+        // 8 archives of 100 bytes, 750 free: the 3 oldest must go (750 + 300 >= 1000).
+        let d = plan(&policy, &cands(TIMES), Tz::UTC, 750).unwrap();
+        let gone: Vec<&str> = d
+            .iter()
+            .filter(|d| !d.keep)
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(
+            gone,
+            vec![
+                "a-2026-01-02T03:00:00Z",
+                "a-2026-01-01T15:00:00Z",
+                "a-2026-01-01T03:00:00Z"
+            ]
+        );
+        assert!(d
+            .iter()
+            .filter(|d| !d.keep)
+            .all(|d| d.reason.starts_with("min_free_space")));
+        // Hopeless: everything but the newest goes, never the newest.
+        let d = plan(&policy, &cands(TIMES), Tz::UTC, 0).unwrap();
+        assert_eq!(d.iter().filter(|d| d.keep).count(), 1);
+        assert!(d[0].keep);
+        // Enough space: the rules alone decide.
+        let d = plan(&policy, &cands(TIMES), Tz::UTC, 5000).unwrap();
+        assert!(d.iter().all(|d| d.keep));
     }
 }

@@ -151,10 +151,15 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn config(env: &Env, extra: &str) {
+    config_with_api(env, "", extra);
+}
+
+/// The test config: SQLite, socket under the temp dir, no schedule; `api` goes into `[api]`.
+fn config_with_api(env: &Env, api: &str, extra: &str) {
     env.config(
         "",
         &format!(
-            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\nsocket_mode = \"0600\"\n[schedule]\ncron = \"\"\n{extra}",
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\nsocket_mode = \"0600\"\n{api}[schedule]\ncron = \"\"\n{extra}",
             env.sqlite_section()
         ),
     );
@@ -356,5 +361,146 @@ fn schedule_fires_and_retention_keeps_what_the_policy_says() {
         archives(&env).len(),
         "{listing:?}"
     );
+    assert!(d.stop().success());
+}
+
+fn metric(d: &Daemon, rt: &tokio::runtime::Runtime, name: &str) -> f64 {
+    let (_, body) = d.request(rt, hyper::Method::GET, "/metrics");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[test]
+fn overlapping_schedule_slots_are_skipped_and_counted() {
+    let env = Env::new(1);
+    // Every second, but each backup takes 3 s: slots fall on a running backup.
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\n[schedule]\ncron = \"* * * * * *\"\n[hooks]\npre = [\"sleep\", \"3\"]\n[retention]\nkeep_last = 10\n",
+            env.sqlite_section()
+        ),
+    );
+    let d = Daemon::start(&env);
+    let rt = rt();
+    wait_until(Duration::from_secs(30), "a skipped slot", || {
+        metric(&d, &rt, "juju_brd_schedule_skipped_total") >= 2.0
+    });
+    wait_until(Duration::from_secs(30), "a finished backup", || {
+        d.log().contains("backup complete")
+    });
+    // Never two at once: every "started" is followed by its end before the next "started".
+    let log = d.log();
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|l| {
+            if l.contains("backup started") {
+                Some("start")
+            } else if l.contains("backup complete") || l.contains("backup failed") {
+                Some("end")
+            } else {
+                None
+            }
+        })
+        .collect();
+    for pair in events.windows(2) {
+        assert_ne!(pair, ["start", "start"], "two backups overlapped:\n{log}");
+    }
+    assert!(
+        log.contains("scheduled backup skipped: a backup is already running"),
+        "{log}"
+    );
+    assert!(d.stop().success());
+}
+
+#[test]
+fn a_missed_run_is_caught_up_once_and_crash_leftovers_are_cleaned() {
+    let env = Env::new(1);
+    let daily = "[schedule]\ncron = \"0 3 * * *\"\ncatch_up = true\n";
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\n{daily}",
+            env.sqlite_section()
+        ),
+    );
+    // The previous daemon last ran three days ago and died during a backup.
+    let state_dir = env.path("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let three_days_ago = (chrono::Utc::now() - chrono::Duration::days(3)).to_rfc3339();
+    std::fs::write(
+        state_dir.join("state.json"),
+        format!("{{\"last_attempt\": \"{three_days_ago}\", \"running_job\": \"dead-job\"}}"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.archives()).unwrap();
+    std::fs::write(
+        env.archives()
+            .join("juju-backup-20260101-030000.tar.gz.part"),
+        b"half",
+    )
+    .unwrap();
+    std::fs::create_dir_all(env.archives().join(".staging-abc.part")).unwrap();
+
+    let d = Daemon::start(&env);
+    let rt = rt();
+    wait_until(Duration::from_secs(30), "the catch-up backup", || {
+        d.log().contains("backup complete")
+    });
+    assert!(d.log().contains("kind=CatchUp"), "{}", d.log());
+    assert!(d.log().contains("died during a backup"), "{}", d.log());
+    let listing = env.archive_dir_listing();
+    assert!(!listing.iter().any(|n| n.ends_with(".part")), "{listing:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(archives(&env).len(), 1, "caught up more than once");
+    let status: StatusResponse = d.get(&rt, "/v1/status");
+    assert!(status.next_run.is_some());
+    assert!(d.stop().success());
+
+    // Started again right away: nothing was missed since, so no second catch-up.
+    let d = Daemon::start(&env);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!d.log().contains("kind=CatchUp"), "{}", d.log());
+    assert!(d.stop().success());
+    assert_eq!(archives(&env).len(), 1);
+}
+
+#[test]
+fn the_tcp_listener_requires_the_bearer_token() {
+    let env = Env::new(1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let token = "s3cret-token-0123456789abcdef";
+    std::fs::write(env.path("token"), token).unwrap();
+    config_with_api(
+        &env,
+        &format!("tcp_listen = \"127.0.0.1:{port}\"\ntoken_file = \"token\"\n"),
+        "",
+    );
+    let d = Daemon::start(&env);
+    let get = |auth: Option<&str>| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        write!(
+            s,
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get(None).starts_with("HTTP/1.1 401"));
+    assert!(get(Some("Bearer wrong-token-wrong-token")).starts_with("HTTP/1.1 401"));
+    let ok = get(Some(&format!("Bearer {token}")));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(!d.log().contains(token), "the token reached the log");
     assert!(d.stop().success());
 }
