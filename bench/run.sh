@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: juju-brd offline backup vs tar czf / tar -I pigz / tar --zstd on the same generated
-# state-server data set, alternating, in one run. Prints a Markdown table with the ratio to `tar czf`.
+# state-server data set, and juju-brd restore vs tar xzf + sync, alternating, in one run. Prints a
+# Markdown table; "vs tar czf" is the speed ratio to tar czf (for the restore rows, to tar xzf+sync).
 #
 # Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd, GNU time is not required)
 set -euo pipefail
@@ -26,6 +27,10 @@ optional = ["/var/log/juju", "/var/lib/juju/charmcache", "/var/lib/juju/init/*",
 [database]
 engine = "sqlite"
 path = "root/var/lib/juju/db/state.db"
+[restore]
+stop_commands = []
+start_commands = []
+probe_ports = []
 TOML
 # The same set for tar: the juju-brd include list plus logs and the DB file.
 paths=(var/lib/juju var/log/juju home/ubuntu/.ssh/authorized_keys etc/systemd/system/jujud-machine-0.service)
@@ -53,13 +58,21 @@ for r in $(seq "$rounds"); do
   run "tar -I pigz" tar -C "$out/root" -I "pigz -6" -cf "$out/t.tar.gz" "${paths[@]}"
   run "tar --zstd" tar -C "$out/root" --zstd -cf "$out/t.tar.zst" "${paths[@]}"
 done
-# Restore side: extraction of the same tar.gz (juju-brd restore is not implemented yet).
+# Restore side, alternating: juju-brd restore (verify, then extract with an fsync per file, DB
+# replace) into an empty root vs tar xzf of the same files followed by sync.
+rm -rf "$out/archives"
+brd_archive=$("$bin" backup --offline --config "$out/bench.toml" 2>/dev/null | tail -n1)
 tar -C "$out/root" -czf "$out/ref.tar.gz" "${paths[@]}"
 for r in $(seq "$rounds"); do
-  rm -rf "$out/x"; mkdir -p "$out/x"
+  rm -rf "$out/x"; mkdir -p "$out/x"; sync
+  s=$( { /usr/bin/time -f '%e %M' "$bin" restore --yes --config "$out/bench.toml" --address 127.0.0.1 \
+         --target-root "$out/x" "$brd_archive" >/dev/null; } 2>&1 | tail -n1 )
+  echo "juju-brd restore $s $(stat -c %s "$brd_archive")" >> "$out/results"
+  rm -rf "$out/x"; mkdir -p "$out/x"; sync
   s=$( { /usr/bin/time -f '%e %M' sh -c "tar -C $out/x -xzf $out/ref.tar.gz && sync" >/dev/null; } 2>&1 | tail -n1 )
   echo "tar xzf+sync $s $(stat -c %s "$out/ref.tar.gz")" >> "$out/results"
 done
+rm -rf "$out/x"
 
 python3 - "$out/results" "$input" <<'PY'
 import sys, statistics, collections
@@ -69,10 +82,12 @@ for line in open(sys.argv[1]):
     rows.setdefault(" ".join(name), []).append((float(secs), int(rss), int(size)))
 inp = int(sys.argv[2])
 base = statistics.median(s for s, _, _ in rows["tar czf"])
+rbase = statistics.median(s for s, _, _ in rows["tar xzf+sync"])
 print(f"input: {inp/2**20:.0f} MiB, {len(next(iter(rows.values())))} rounds, median wall time")
-print("| tool | wall s | MiB/s | ratio | peak RSS MiB | vs tar czf |")
+print("| tool | wall s | MiB/s | ratio | peak RSS MiB | speed vs tar czf (restore: vs tar xzf+sync) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: |")
 for name, v in rows.items():
     s = statistics.median(x[0] for x in v); rss = max(x[1] for x in v) / 1024; size = statistics.median(x[2] for x in v)
-    print(f"| {name} | {s:.2f} | {inp/2**20/s:.0f} | {inp/size:.2f} | {rss:.0f} | {base/s:.2f}x |")
+    ref = rbase if ("restore" in name or "xzf" in name) else base
+    print(f"| {name} | {s:.2f} | {inp/2**20/s:.0f} | {inp/size:.2f} | {rss:.0f} | {ref/s:.2f}x |")
 PY

@@ -51,3 +51,100 @@ impl Manifest {
         serde_json::from_slice(bytes).map_err(|e| format!("manifest.json is not valid: {e}"))
     }
 }
+
+/// Writes manifest.json entry by entry, so a state with a million files costs no memory:
+/// `{"format":1,"root":{...},"dump":{...}}`, exactly what [`Manifest::parse`] reads.
+pub struct ManifestWriter<W: std::io::Write> {
+    out: W,
+    section: u8,
+    first: bool,
+}
+
+impl<W: std::io::Write> ManifestWriter<W> {
+    pub fn new(mut out: W) -> std::io::Result<Self> {
+        out.write_all(br#"{"format":1,"root":{"#)?;
+        Ok(ManifestWriter {
+            out,
+            section: 0,
+            first: true,
+        })
+    }
+
+    /// Adds a root.tar member; all of them come before any dump file.
+    pub fn root(&mut self, path: &str, e: &Entry) -> std::io::Result<()> {
+        debug_assert_eq!(self.section, 0, "root entries after dump entries");
+        self.entry(path, e)
+    }
+
+    /// Adds a dump file (path relative to dump/).
+    pub fn dump(&mut self, path: &str, e: &Entry) -> std::io::Result<()> {
+        if self.section == 0 {
+            self.out.write_all(br#"},"dump":{"#)?;
+            self.section = 1;
+            self.first = true;
+        }
+        self.entry(path, e)
+    }
+
+    fn entry(&mut self, path: &str, e: &Entry) -> std::io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",")?;
+        }
+        self.first = false;
+        serde_json::to_writer(&mut self.out, path)?;
+        self.out.write_all(b":")?;
+        serde_json::to_writer(&mut self.out, e)?;
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> std::io::Result<W> {
+        if self.section == 0 {
+            self.out.write_all(br#"},"dump":{"#)?;
+        }
+        self.out.write_all(b"}}")?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(n: u64) -> Entry {
+        Entry {
+            kind: Kind::File,
+            size: n,
+            sha256: "ab".repeat(32),
+            link: None,
+        }
+    }
+
+    #[test]
+    fn streamed_manifest_parses_to_the_same_value() {
+        let mut want = Manifest::new();
+        want.root.insert(
+            "var/lib/juju".into(),
+            Entry {
+                kind: Kind::Dir,
+                size: 0,
+                sha256: String::new(),
+                link: None,
+            },
+        );
+        want.root
+            .insert("var/lib/juju/\"odd\" name".into(), file(3));
+        want.dump.insert("state.db".into(), file(9));
+        let mut w = ManifestWriter::new(Vec::new()).unwrap();
+        for (p, e) in &want.root {
+            w.root(p, e).unwrap();
+        }
+        for (p, e) in &want.dump {
+            w.dump(p, e).unwrap();
+        }
+        let bytes = w.finish().unwrap();
+        assert_eq!(Manifest::parse(&bytes).unwrap(), want);
+        let empty = ManifestWriter::new(Vec::new()).unwrap().finish().unwrap();
+        assert_eq!(Manifest::parse(&empty).unwrap(), Manifest::new());
+    }
+}

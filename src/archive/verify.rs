@@ -6,7 +6,7 @@
 //! dump file (hash; SQLite dumps also pass `PRAGMA integrity_check`), then the sidecar checksum of the
 //! whole file. It writes nothing but a private temporary copy of an SQLite dump, removed on return.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -129,11 +129,17 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
 }
 
 /// Checks an inner root.tar stream: safe members, no duplicates, links resolve to earlier members,
-/// nothing is written through a symlinked directory. Returns the members seen.
-pub fn check_root_tar<R: Read>(inner: R) -> Result<BTreeMap<String, Entry>, String> {
+/// nothing is written through a symlinked directory. With a manifest, each member is compared with
+/// its entry as it arrives and the entry removed, so what is left afterwards is missing.
+/// Returns (members, bytes of files).
+pub fn check_root_tar<R: Read>(
+    inner: R,
+    mut manifest: Option<&mut BTreeMap<String, Entry>>,
+) -> Result<(u64, u64), String> {
     let mut archive = tar::Archive::new(inner);
-    let mut seen: BTreeMap<String, Entry> = BTreeMap::new();
+    let mut seen: HashMap<String, Kind> = HashMap::new();
     let mut symlinks: HashSet<PathBuf> = HashSet::new();
+    let mut bytes = 0;
     for entry in archive
         .entries()
         .map_err(|e| format!("root.tar is not a tar: {e}"))?
@@ -150,7 +156,7 @@ pub fn check_root_tar<R: Read>(inner: R) -> Result<BTreeMap<String, Entry>, Stri
         let key = path.display().to_string();
         if e.kind == Kind::Hardlink {
             let target = e.link.as_deref().unwrap_or_default();
-            if seen.get(target).map(|t| t.kind) != Some(Kind::File) {
+            if seen.get(target) != Some(&Kind::File) {
                 return Err(format!(
                     "root.tar: hardlink `{key}` -> `{target}` does not point to an earlier file"
                 ));
@@ -159,11 +165,34 @@ pub fn check_root_tar<R: Read>(inner: R) -> Result<BTreeMap<String, Entry>, Stri
         if e.kind == Kind::Symlink {
             symlinks.insert(path.clone());
         }
-        if seen.insert(key.clone(), e).is_some() {
+        if seen.insert(key.clone(), e.kind).is_some() {
             return Err(format!("root.tar: duplicate member `{key}`"));
         }
+        if let Some(m) = manifest.as_deref_mut() {
+            match m.remove(&key) {
+                None => return Err(format!("root.tar member `{key}` is not in the manifest")),
+                Some(want) if want != e => return Err(mismatch("root.tar", &key, &e, &want)),
+                Some(_) => {}
+            }
+        }
+        bytes += e.size;
     }
-    Ok(seen)
+    if let Some(missing) = manifest.and_then(|m| m.keys().next().cloned()) {
+        return Err(format!(
+            "root.tar member `{missing}` listed in the manifest is missing"
+        ));
+    }
+    Ok((seen.len() as u64, bytes))
+}
+
+fn mismatch(section: &str, path: &str, got: &Entry, want: &Entry) -> String {
+    format!(
+        "{section} member `{path}` does not match the manifest (size {} vs {}, sha256 {} vs {})",
+        got.size,
+        want.size,
+        short(&got.sha256),
+        short(&want.sha256)
+    )
 }
 
 fn compare(
@@ -173,13 +202,12 @@ fn compare(
 ) -> Result<(), String> {
     for (path, want) in manifest {
         match found.get(path) {
-            None => return Err(format!("{section} member `{path}` listed in the manifest is missing")),
-            Some(got) if got != want => {
+            None => {
                 return Err(format!(
-                    "{section} member `{path}` does not match the manifest (size {} vs {}, sha256 {} vs {})",
-                    got.size, want.size, short(&got.sha256), short(&want.sha256)
+                    "{section} member `{path}` listed in the manifest is missing"
                 ))
             }
+            Some(got) if got != want => return Err(mismatch(section, path, got, want)),
             Some(_) => {}
         }
     }
@@ -214,7 +242,8 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     let mut names = HashSet::new();
     let mut metadata: Option<Metadata> = None;
     let mut manifest: Option<Manifest> = None;
-    let mut root: Option<BTreeMap<String, Entry>> = None;
+    // (members, bytes of files) once root.tar has been checked.
+    let mut root: Option<(u64, u64)> = None;
     let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
     let scratch = tempfile::Builder::new()
         .prefix("juju-brd-verify-")
@@ -249,10 +278,25 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
                 metadata = Some(Metadata::parse(&bytes).map_err(fail)?);
             }
             MANIFEST => {
-                let bytes = read_small(&mut entry, MAX_MANIFEST_BYTES, MANIFEST).map_err(fail)?;
-                manifest = Some(Manifest::parse(&bytes).map_err(fail)?);
+                if root.is_some() {
+                    return Err(fail(format!("{MANIFEST} comes after {ROOT_TAR}")));
+                }
+                let size = entry.header().size().map_err(|e| fail(e.to_string()))?;
+                if size > MAX_MANIFEST_BYTES {
+                    return Err(fail(format!(
+                        "{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes"
+                    )));
+                }
+                // Parsed straight from the stream: no second copy of a large manifest in memory.
+                manifest = Some(
+                    serde_json::from_reader(io::BufReader::new(&mut entry))
+                        .map_err(|e| fail(format!("manifest.json is not valid: {e}")))?,
+                );
             }
-            ROOT_TAR => root = Some(check_root_tar(&mut entry).map_err(fail)?),
+            ROOT_TAR => {
+                let m = manifest.as_mut().map(|m| &mut m.root);
+                root = Some(check_root_tar(&mut entry, m).map_err(fail)?);
+            }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
                 let rel = d[DUMP_DIR.len() + 1..].to_string();
                 let is_sqlite = metadata.as_ref().is_some_and(|m| m.engine() == "sqlite");
@@ -309,7 +353,6 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
     }
     if let Some(m) = &manifest {
-        compare("root.tar", &m.root, &root).map_err(fail)?;
         compare("dump", &m.dump, &dump).map_err(fail)?;
     }
     for (rel, copy) in &sqlite_dumps {
@@ -323,8 +366,8 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     let sha256 = opened.raw.sha256_hex();
     let sidecar = check_sidecar(path, &sha256).map_err(fail)?;
     Ok(VerifyReport {
-        root_members: root.len() as u64,
-        root_bytes: root.values().map(|e| e.size).sum(),
+        root_members: root.0,
+        root_bytes: root.1,
         dump_files: dump.keys().cloned().collect(),
         has_manifest: manifest.is_some(),
         compression: opened.compression,

@@ -12,7 +12,6 @@ pub mod probe;
 pub mod repoint;
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -367,11 +366,10 @@ fn apply(
                 .unwrap_or("")
                 .to_string();
             if inner == MANIFEST {
-                let mut b = Vec::new();
-                entry
-                    .read_to_end(&mut b)
-                    .map_err(|e| (step, e.to_string()))?;
-                manifest = Some(Manifest::parse(&b).map_err(|e| (step, e))?);
+                manifest = Some(
+                    serde_json::from_reader(std::io::BufReader::new(&mut entry))
+                        .map_err(|e| (step, format!("manifest.json is not valid: {e}")))?,
+                );
             } else if inner == ROOT_TAR {
                 extracted = Some(
                     extract::extract(

@@ -5,7 +5,7 @@
 //! out of a seekable file and read again. A file is archived only when its size, mtime and ctime are
 //! the same before and after the read and the read returned exactly that size.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -28,10 +28,12 @@ pub struct FilePlan {
 }
 
 pub struct Captured {
-    pub entries: BTreeMap<String, Entry>,
     pub files: u64,
     pub bytes: u64,
 }
+
+/// Where each captured member's manifest entry goes, as it is captured.
+pub type ManifestOut = crate::archive::manifest::ManifestWriter<io::BufWriter<File>>;
 
 /// Expands one glob under `root`; returns host-absolute matches.
 fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, SnapshotError> {
@@ -241,6 +243,7 @@ pub fn capture(
     plan: &FilePlan,
     ctx: &CaptureContext<'_>,
     spool: Spool,
+    manifest: &mut ManifestOut,
 ) -> Result<(Captured, Spool), SnapshotError> {
     let mut tar = tar::Builder::new(spool);
     tar.follow_symlinks(false);
@@ -248,11 +251,9 @@ pub fn capture(
         users: HashMap::new(),
         groups: HashMap::new(),
     };
-    let mut out = Captured {
-        entries: BTreeMap::new(),
-        files: 0,
-        bytes: 0,
-    };
+    let mut out = Captured { files: 0, bytes: 0 };
+    let manifest_err =
+        |e: io::Error| io_err("write staging manifest", Path::new("manifest.json"))(e);
     let mut hardlinks: HashMap<(u64, u64), String> = HashMap::new();
     for host in &plan.paths {
         if ctx.cancel.load(Ordering::Relaxed) {
@@ -303,15 +304,13 @@ pub fn capture(
                     header.set_size(0);
                     tar.append_link(&mut header, &member, first)
                         .map_err(io_err("write staging tar", &real))?;
-                    out.entries.insert(
-                        key,
-                        Entry {
-                            kind: Kind::Hardlink,
-                            size: 0,
-                            sha256: String::new(),
-                            link: Some(first.clone()),
-                        },
-                    );
+                    let e = Entry {
+                        kind: Kind::Hardlink,
+                        size: 0,
+                        sha256: String::new(),
+                        link: Some(first.clone()),
+                    };
+                    manifest.root(&key, &e).map_err(manifest_err)?;
                     continue;
                 }
                 hardlinks.insert(id, key.clone());
@@ -324,7 +323,7 @@ pub fn capture(
             tracing::warn!(path = %host.display(), "not a file, directory or symlink; skipped");
             continue;
         };
-        out.entries.insert(key, entry);
+        manifest.root(&key, &entry).map_err(manifest_err)?;
     }
     let spool = tar
         .into_inner()

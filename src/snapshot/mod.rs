@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::agent_conf::AgentConf;
-use crate::archive::manifest::{Entry, Kind, Manifest};
+use crate::archive::manifest::{Entry, Kind};
 use crate::archive::metadata::{BrdMetadata, Metadata, FORMAT_VERSION};
 use crate::archive::name::{ArchiveName, PART_SUFFIX};
 use crate::archive::verify::{self, VerifyOptions, VerifyReport};
@@ -198,7 +198,14 @@ fn snapshot_and_write(
         cancel: &progress.cancel,
         progress: &progress.bytes_done,
     };
-    let (captured, spool) = files::capture(&plan, &ctx, files::Spool::new(spool_file))?;
+    // The manifest is written as files are captured, into a staging file: memory stays flat
+    // however many files the state holds.
+    let manifest_path = staging.0.join(MANIFEST);
+    let mut manifest = files::ManifestOut::new(io::BufWriter::new(private_file(&manifest_path)?))
+        .map_err(io_err("write", &manifest_path))?;
+    let (captured, spool) =
+        files::capture(&plan, &ctx, files::Spool::new(spool_file), &mut manifest)?;
+    drop(plan);
     let spool_file = spool.into_file().map_err(io_err("write", &spool_path))?;
     let root_tar_bytes = spool_file
         .metadata()
@@ -220,19 +227,25 @@ fn snapshot_and_write(
         return Err(SnapshotError::Cancelled);
     }
     let dump = hash_dir(&dump_dir)?;
+    for (rel, e) in &dump {
+        manifest
+            .dump(rel, e)
+            .map_err(io_err("write", &manifest_path))?;
+    }
+    let manifest_bytes = manifest
+        .finish()
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| f.metadata())
+        .map_err(io_err("write", &manifest_path))?
+        .len();
     let finished = Utc::now();
 
-    let mut manifest = Manifest::new();
-    manifest.root = captured.entries;
-    manifest.dump = dump;
-    let metadata = build_metadata(
-        cfg,
-        req,
-        started,
-        finished,
-        &captured_summary(&manifest, root_tar_bytes),
-        engine.as_deref(),
-    );
+    let summary = Summary {
+        files: captured.files,
+        root_tar_bytes,
+        dump_bytes: dump.values().map(|e| e.size).sum(),
+    };
+    let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref());
 
     // The archive itself.
     let name = ArchiveName::first_free(dir, started, cfg.backup.compression);
@@ -252,8 +265,8 @@ fn snapshot_and_write(
     let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
     w.append_bytes(&format!("{TOP}/{METADATA}"), &meta_json)
         .map_err(write_err)?;
-    let manifest_json = serde_json::to_vec(&manifest).expect("manifest serialises");
-    w.append_bytes(&format!("{TOP}/{MANIFEST}"), &manifest_json)
+    let manifest_file = File::open(&manifest_path).map_err(io_err("open", &manifest_path))?;
+    w.append_reader(&format!("{TOP}/{MANIFEST}"), manifest_bytes, manifest_file)
         .map_err(write_err)?;
     let root_tar = File::open(&spool_path).map_err(io_err("open", &spool_path))?;
     w.append_reader(
@@ -268,7 +281,7 @@ fn snapshot_and_write(
     .map_err(write_err)?;
     w.append_dir(&format!("{TOP}/{DUMP_DIR}/"))
         .map_err(write_err)?;
-    for (rel, e) in &manifest.dump {
+    for (rel, e) in &dump {
         let p = dump_dir.join(rel);
         let f = File::open(&p).map_err(io_err("open", &p))?;
         w.append_reader(&format!("{TOP}/{DUMP_DIR}/{rel}"), e.size, f)
@@ -288,14 +301,6 @@ struct Summary {
     files: u64,
     root_tar_bytes: u64,
     dump_bytes: u64,
-}
-
-fn captured_summary(m: &Manifest, root_tar_bytes: u64) -> Summary {
-    Summary {
-        files: m.root.values().filter(|e| e.kind == Kind::File).count() as u64,
-        root_tar_bytes,
-        dump_bytes: m.dump.values().map(|e| e.size).sum(),
-    }
 }
 
 fn build_metadata(

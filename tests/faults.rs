@@ -1,0 +1,486 @@
+//! The bad day: crashes, full disks, hung commands, load, other users, secrets. Each test states
+//! what it tries and asserts what must hold. Real daemon processes, real signals, a real tmpfs.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, BIN};
+use juju_brd::api::client;
+
+/// The fixture's agent.conf password; it must never show up in anything we print or log.
+const SECRET: &str = "fixture-password-0123456789";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits for READY=1 on a private NOTIFY_SOCKET.
+    fn start(env: &Env, log_name: &str) -> Daemon {
+        let notify = env.path(&format!("{log_name}.notify"));
+        let _ = std::fs::remove_file(&notify);
+        let dgram = UnixDatagram::bind(&notify).unwrap();
+        dgram
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let log = env.path(log_name);
+        let child = Command::new(BIN)
+            .arg("daemon")
+            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+            .env("NOTIFY_SOCKET", &notify)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = dgram.recv(&mut buf).expect("READY=1 within 30 s");
+            if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
+                break;
+            }
+        }
+        Daemon {
+            child,
+            socket: env.path("run/juju-brd.sock"),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn post(&self, rt: &tokio::runtime::Runtime, path: &str) -> (u16, serde_json::Value) {
+        let (st, body) = rt
+            .block_on(client::request(
+                &self.socket,
+                hyper::Method::POST,
+                path,
+                None,
+            ))
+            .unwrap();
+        (
+            st.as_u16(),
+            serde_json::from_slice(&body).unwrap_or_default(),
+        )
+    }
+
+    fn get(&self, rt: &tokio::runtime::Runtime, path: &str) -> (u16, String) {
+        let (st, body) = rt
+            .block_on(client::request(
+                &self.socket,
+                hyper::Method::GET,
+                path,
+                None,
+            ))
+            .unwrap();
+        (st.as_u16(), String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let end = Instant::now() + Duration::from_secs(90);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < end, "daemon did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn daemon_config(env: &Env, extra: &str) {
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\nsocket_mode = \"0600\"\n[schedule]\ncron = \"\"\n[retention]\nkeep_last = 100\n{extra}",
+            env.sqlite_section()
+        ),
+    );
+}
+
+fn archives(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.retain(|p| p.to_string_lossy().ends_with(".tar.gz"));
+    v.sort();
+    v
+}
+
+fn wait_job(d: &Daemon, rt: &tokio::runtime::Runtime, id: &str) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = d.get(rt, &format!("/v1/jobs/{id}"));
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if j["state"] == "succeeded" || j["state"] == "failed" {
+            return j;
+        }
+        assert!(Instant::now() < end, "job {id} did not finish");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Tried: SIGKILL the daemon at random moments of 30 backups (0-400 ms after the trigger).
+/// Holds: after each restart no `.part` or staging dir remains and none is listed; every archive
+/// on disk verifies; the next backup succeeds.
+#[test]
+fn kill_9_during_30_backups_loses_nothing() {
+    let env = Env::new(24);
+    daemon_config(&env, "");
+    let rt = rt();
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut killed_mid_backup = 0;
+    for round in 0..30 {
+        let d = Daemon::start(&env, &format!("crash-{round}.log"));
+        // Start clean: no leftovers of the previous kill.
+        let leftovers: Vec<String> = std::fs::read_dir(env.archives())
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(
+            !leftovers.iter().any(|n| n.ends_with(".part")),
+            "round {round}: {leftovers:?}"
+        );
+        let (_, listed) = d.get(&rt, "/v1/backups");
+        assert!(!listed.contains(".part"), "round {round}: listed {listed}");
+        let (st, _) = d.post(&rt, "/v1/backups");
+        assert_eq!(st, 202);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_millis(seed % 400));
+        let (_, status) = d.get(&rt, "/v1/status");
+        if status.contains("\"state\":\"backing-up\"") {
+            killed_mid_backup += 1;
+        }
+        d.kill9();
+    }
+    assert!(
+        killed_mid_backup >= 5,
+        "only {killed_mid_backup} kills landed during a backup"
+    );
+    // After the last kill: start, clean, every archive verifies, a new backup works.
+    let d = Daemon::start(&env, "final.log");
+    assert!(d.log().contains("died during a backup") || killed_mid_backup == 0);
+    for a in archives(&env.archives()) {
+        let out = env.run(&["verify", a.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            a.display(),
+            common::stderr(&out)
+        );
+    }
+    let (_, body) = d.post(&rt, "/v1/backups");
+    let j = wait_job(&d, &rt, body["job"]["id"].as_str().unwrap());
+    assert_eq!(j["state"], "succeeded", "{j}");
+    d.stop();
+}
+
+/// Tried: a backup into a full tmpfs under the running daemon. Holds: the job fails with the
+/// free-space message, nothing partial is left, the earlier archive is kept, the failure metric
+/// counts it, and the daemon keeps serving and backing up.
+#[test]
+fn disk_full_under_the_daemon() {
+    if !is_root() {
+        eprintln!("SKIPPED disk_full_under_the_daemon: mounting a tmpfs needs root");
+        return;
+    }
+    let env = Env::new(1);
+    std::fs::create_dir_all(env.archives()).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(env.archives())
+        .status()
+        .unwrap()
+        .success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(env.archives());
+    std::fs::write(
+        env.root()
+            .join("var/lib/juju/tools/2.9.42-focal-amd64/jujud"),
+        b"small",
+    )
+    .unwrap();
+    daemon_config(&env, "");
+    let d = Daemon::start(&env, "full.log");
+    let rt = rt();
+    let (_, body) = d.post(&rt, "/v1/backups");
+    assert_eq!(
+        wait_job(&d, &rt, body["job"]["id"].as_str().unwrap())["state"],
+        "succeeded"
+    );
+    let earlier = archives(&env.archives());
+    assert_eq!(earlier.len(), 1);
+    let big: Vec<u8> = (0..(12u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(
+        env.root()
+            .join("var/lib/juju/tools/2.9.42-focal-amd64/jujud"),
+        &big,
+    )
+    .unwrap();
+    let (_, body) = d.post(&rt, "/v1/backups");
+    let j = wait_job(&d, &rt, body["job"]["id"].as_str().unwrap());
+    assert_eq!(j["state"], "failed");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("not enough free space in"),
+        "{j}"
+    );
+    assert_eq!(archives(&env.archives()), earlier);
+    assert!(!std::fs::read_dir(env.archives()).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".part")));
+    let (_, metrics) = d.get(&rt, "/metrics");
+    assert!(
+        metrics.contains("juju_brd_backup_failures_total 1"),
+        "{metrics}"
+    );
+    // Still alive and useful.
+    std::fs::write(
+        env.root()
+            .join("var/lib/juju/tools/2.9.42-focal-amd64/jujud"),
+        b"small again",
+    )
+    .unwrap();
+    let (_, body) = d.post(&rt, "/v1/backups");
+    assert_eq!(
+        wait_job(&d, &rt, body["job"]["id"].as_str().unwrap())["state"],
+        "succeeded"
+    );
+    d.stop();
+}
+
+/// Tried: a pre hook that hangs. Holds: it is killed at its timeout, the backup fails saying so,
+/// and the post hook still runs.
+#[test]
+fn a_hung_hook_is_killed_and_post_still_runs() {
+    let env = Env::new(1);
+    let marker = env.path("post-ran");
+    env.config(
+        "",
+        &format!(
+            "[hooks]\npre = [\"sleep\", \"600\"]\npost = [\"touch\", \"{}\"]\ntimeout = \"500ms\"\n",
+            marker.display()
+        ),
+    );
+    let t = Instant::now();
+    let out = env.run(&["backup", "--offline"]);
+    assert!(!out.status.success());
+    assert!(t.elapsed() < Duration::from_secs(20));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("pre hook: `sleep` timed out after 0s and was killed")
+            || err.contains("pre hook: `sleep` timed out"),
+        "{err}"
+    );
+    assert!(marker.exists());
+}
+
+/// Tried: 200 API requests over about 10 s from 8 clients while backups run. Holds: every request
+/// is answered (no errors, no 5xx), and there is only ever one backup at a time.
+#[test]
+fn api_load_during_a_backup() {
+    let env = Env::new(8);
+    daemon_config(&env, "[hooks]\npre = [\"sleep\", \"2\"]\n");
+    let d = Daemon::start(&env, "load.log");
+    let rt = rt();
+    let socket = d.socket.clone();
+    let (answered, triggers) = rt.block_on(async move {
+        let mut tasks = Vec::new();
+        for c in 0..8 {
+            let s = socket.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = 0;
+                let mut ids = Vec::new();
+                for i in 0..25 {
+                    let (method, path) = match (c + i) % 5 {
+                        0 => (hyper::Method::POST, "/v1/backups"),
+                        1 => (hyper::Method::GET, "/v1/status"),
+                        2 => (hyper::Method::GET, "/v1/backups"),
+                        3 => (hyper::Method::GET, "/metrics"),
+                        _ => (hyper::Method::GET, "/healthz"),
+                    };
+                    let (st, body) = client::request(&s, method.clone(), path, None)
+                        .await
+                        .unwrap();
+                    assert!(st.is_success(), "{path}: {st}");
+                    if method == hyper::Method::POST {
+                        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        ids.push(v["job"]["id"].as_str().unwrap().to_string());
+                    }
+                    ok += 1;
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                (ok, ids)
+            }));
+        }
+        let mut answered = 0;
+        let mut ids = Vec::new();
+        for t in tasks {
+            let (ok, i) = t.await.unwrap();
+            answered += ok;
+            ids.extend(i);
+        }
+        (answered, ids)
+    });
+    assert_eq!(answered, 200);
+    // Overlapping triggers shared jobs: far fewer jobs than triggers, and never two at once.
+    let mut unique = triggers.clone();
+    unique.sort();
+    unique.dedup();
+    assert!(
+        unique.len() < triggers.len(),
+        "{} jobs for {} triggers",
+        unique.len(),
+        triggers.len()
+    );
+    let log = d.log();
+    let mut running = 0;
+    for l in log.lines() {
+        if l.contains("backup started") {
+            running += 1;
+            assert_eq!(running, 1, "two backups at once:\n{log}");
+        } else if l.contains("backup complete") || l.contains("backup failed") {
+            running -= 1;
+        }
+    }
+    d.stop();
+}
+
+/// Tried: another user connects to the API socket. Holds: refused by the socket's mode.
+#[test]
+fn the_socket_is_not_usable_by_other_users() {
+    if !is_root() {
+        eprintln!("SKIPPED the_socket_is_not_usable_by_other_users: needs root to switch users");
+        return;
+    }
+    let env = Env::new(1);
+    daemon_config(&env, "");
+    // Let `nobody` reach the socket's directory, so only the socket's own mode protects it.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = Daemon::start(&env, "perm.log");
+    std::fs::set_permissions(env.path("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = d.socket.clone();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c"])
+        .arg(format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n  s.connect('{}')\n  print('CONNECTED')\nexcept PermissionError:\n  print('DENIED')",
+            socket.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "DENIED",
+        "{}",
+        common::stderr(&out)
+    );
+    d.stop();
+}
+
+/// Holds: the agent.conf password appears in no log line or message of a whole backup/verify/
+/// show/list/failed-restore session, nor in check-config output.
+#[test]
+fn secrets_never_reach_logs_or_messages() {
+    let env = Env::new(1);
+    daemon_config(
+        &env,
+        "[restore]\nstop_commands = [[\"false\"]]\nstart_commands = []\nprobe_ports = []\n",
+    );
+    let mut captured = String::new();
+    let mut run = |args: &[&str]| {
+        let out = env.run(args);
+        captured.push_str(&String::from_utf8_lossy(&out.stdout));
+        captured.push_str(&String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let out = run(&["-v", "backup", "--offline"]);
+    assert!(out.status.success());
+    let archive = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    run(&["-v", "verify", &archive]);
+    run(&["show", "--json", &archive]);
+    run(&["list", "--json"]);
+    run(&["check-config"]);
+    let b = env.path("hostB");
+    std::fs::create_dir_all(&b).unwrap();
+    let out = run(&[
+        "-v",
+        "restore",
+        "--yes",
+        "--address",
+        "10.0.0.1",
+        "--target-root",
+        b.to_str().unwrap(),
+        &archive,
+    ]);
+    assert!(
+        !out.status.success(),
+        "stop command `false` must fail the restore"
+    );
+    let d = Daemon::start(&env, "secret.log");
+    let rt = rt();
+    let (_, body) = d.post(&rt, "/v1/backups");
+    wait_job(&d, &rt, body["job"]["id"].as_str().unwrap());
+    for p in ["/v1/status", "/v1/backups", "/metrics"] {
+        captured.push_str(&d.get(&rt, p).1);
+    }
+    d.stop();
+    captured.push_str(&std::fs::read_to_string(env.path("secret.log")).unwrap());
+    assert!(
+        captured.len() > 1000,
+        "too little output captured to mean anything"
+    );
+    assert!(!captured.contains(SECRET), "the agent.conf password leaked");
+}
