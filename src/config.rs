@@ -138,6 +138,7 @@ pub enum Engine {
     None,
     Sqlite,
     Command,
+    Dqlite,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +164,20 @@ pub struct DatabaseConfig {
     /// command: expected dump size, used only for the free-space check.
     #[serde(default)]
     pub estimate_bytes: u64,
+    /// dqlite: the cluster's node addresses (host:port).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// dqlite: the database names to copy.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// dqlite: the shell program (Debian's go-dqlite ships `dqlite`).
+    #[serde(default = "defaults::dqlite_shell")]
+    pub shell: String,
+    /// dqlite: TLS certificate and key files for the cluster, if it uses TLS.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     #[serde(default = "defaults::db_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
@@ -386,6 +401,9 @@ mod defaults {
     pub fn dump_file() -> String {
         "database.dump".into()
     }
+    pub fn dqlite_shell() -> String {
+        "dqlite".into()
+    }
     pub fn db_timeout() -> Duration {
         Duration::from_secs(30 * 60)
     }
@@ -524,6 +542,12 @@ impl Config {
         if let Some(p) = self.api.token_file.as_mut() {
             fix(p);
         }
+        for p in [&mut self.database.tls_cert, &mut self.database.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
     }
 
     /// Semantic checks serde cannot express; the error names the offending key.
@@ -573,6 +597,24 @@ impl Config {
             Engine::Sqlite if db.path.is_none() => {
                 return Err(("database.path", "engine \"sqlite\" needs `path`".into()))
             }
+            Engine::Dqlite if db.servers.is_empty() => {
+                return Err((
+                    "database.servers",
+                    "engine \"dqlite\" needs `servers`".into(),
+                ))
+            }
+            Engine::Dqlite if db.databases.is_empty() => {
+                return Err((
+                    "database.databases",
+                    "engine \"dqlite\" needs `databases`".into(),
+                ))
+            }
+            Engine::Dqlite if db.tls_cert.is_some() != db.tls_key.is_some() => {
+                return Err((
+                    "database.tls_key",
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
             Engine::Command if db.command.is_empty() => {
                 return Err((
                     "database.command",
@@ -580,6 +622,16 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if let Some(bad) = db
+            .databases
+            .iter()
+            .find(|d| d.is_empty() || d.contains(['/', '\n']) || d.starts_with('.'))
+        {
+            return Err((
+                "database.databases",
+                format!("`{bad}` is not a database name"),
+            ));
         }
         if db.dump_file.is_empty()
             || db.dump_file.contains('/')

@@ -57,6 +57,8 @@ pub struct ChildSpec<'a> {
     pub stdout: Stdio,
     pub timeout: Duration,
     pub cancel: Option<&'a AtomicBool>,
+    /// Working directory of the child (inherited when `None`).
+    pub dir: Option<&'a std::path::Path>,
 }
 
 impl<'a> ChildSpec<'a> {
@@ -69,6 +71,7 @@ impl<'a> ChildSpec<'a> {
             stdout: Stdio::null(),
             timeout,
             cancel: None,
+            dir: None,
         }
     }
 }
@@ -83,6 +86,9 @@ pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
         .process_group(0);
     for (k, v) in spec.env {
         cmd.env(k, v);
+    }
+    if let Some(d) = spec.dir {
+        cmd.current_dir(d);
     }
     let mut child = cmd.spawn().map_err(|err| ProcessError::Spawn {
         what: spec.what.into(),

@@ -299,7 +299,10 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
             }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
                 let rel = d[DUMP_DIR.len() + 1..].to_string();
-                let is_sqlite = metadata.as_ref().is_some_and(|m| m.engine() == "sqlite");
+                // dqlite dumps are SQLite files too.
+                let is_sqlite = metadata
+                    .as_ref()
+                    .is_some_and(|m| matches!(m.engine(), "sqlite" | "dqlite"));
                 let mut h = Sha256::new();
                 let size = if opts.check_database && is_sqlite {
                     let copy = scratch.path().join(format!("dump-{}", sqlite_dumps.len()));

@@ -60,8 +60,18 @@ pub struct RestoreOptions {
 #[derive(Debug, Clone)]
 pub enum DbRestore {
     None,
-    Sqlite { dump: String, dest: PathBuf },
-    Command { dump: String, argv: Vec<String> },
+    Sqlite {
+        dump: String,
+        dest: PathBuf,
+    },
+    Command {
+        dump: String,
+        argv: Vec<String>,
+    },
+    /// Database names under `dump/dqlite/`, loaded into the cluster named by `database.servers`.
+    Dqlite {
+        databases: Vec<String>,
+    },
     Unsupported(String),
 }
 
@@ -116,6 +126,11 @@ impl fmt::Display for RestorePlan {
                 f,
                 "  database:     dump/{dump} | {}",
                 argv.first().map_or("", String::as_str)
+            )?,
+            DbRestore::Dqlite { databases } => writeln!(
+                f,
+                "  database:     dqlite {} -> cluster (tables replaced)",
+                databases.join(", ")
             )?,
             DbRestore::Unsupported(why) => writeln!(f, "  database:     NOT restored: {why}")?,
         }
@@ -225,6 +240,17 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
             argv: cfg.database.restore_command.clone(),
         },
         ("command", Some(_)) => DbRestore::Unsupported("database.restore_command is not configured".into()),
+        ("dqlite", Some(_)) if !cfg.database.servers.is_empty() => DbRestore::Dqlite {
+            databases: report
+                .dump_files
+                .iter()
+                .filter_map(|f| f.strip_prefix("dqlite/"))
+                .map(str::to_string)
+                .collect(),
+        },
+        ("dqlite", Some(_)) => DbRestore::Unsupported(
+            "set database.servers to the new dqlite cluster to load the dump".into(),
+        ),
         (engine, Some(_)) => DbRestore::Unsupported(format!(
             "no restore engine for `{engine}` dumps yet (a Juju MongoDB dump needs the MongoDB engine)"
         )),
@@ -427,6 +453,27 @@ fn apply(
             spec.env = &env;
             spec.stdin = stdin.into();
             process::run(spec).map_err(|e| (step, e.to_string()))?;
+        }
+        DbRestore::Dqlite { databases } => {
+            let step = "loading the database into the dqlite cluster";
+            let d = &cfg.database;
+            let engine = crate::snapshot::db::dqlite::DqliteEngine {
+                shell: d.shell.clone(),
+                servers: d.servers.clone(),
+                databases: databases.clone(),
+                tls_cert: d.tls_cert.clone(),
+                tls_key: d.tls_key.clone(),
+                timeout: d.timeout,
+            };
+            let never = std::sync::atomic::AtomicBool::new(false);
+            for db in databases {
+                let dump = incoming
+                    .join(crate::snapshot::db::dqlite::DUMP_SUBDIR)
+                    .join(db);
+                engine
+                    .load(&incoming, db, &dump, &never)
+                    .map_err(|e| (step, e.to_string()))?;
+            }
         }
         DbRestore::None | DbRestore::Unsupported(_) => {}
     }

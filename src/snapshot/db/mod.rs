@@ -4,6 +4,7 @@
 //! argv. New engines (dqlite, MongoDB) implement [`DbEngine`] and are chosen in [`from_config`].
 
 pub mod command;
+pub mod dqlite;
 pub mod sqlite;
 
 use std::path::Path;
@@ -36,6 +37,14 @@ pub fn from_config(cfg: &DatabaseConfig) -> Option<Box<dyn DbEngine>> {
         Engine::None => None,
         Engine::Sqlite => Some(Box::new(sqlite::SqliteEngine {
             path: cfg.path.clone().expect("validated: sqlite has a path"),
+            timeout: cfg.timeout,
+        })),
+        Engine::Dqlite => Some(Box::new(dqlite::DqliteEngine {
+            shell: cfg.shell.clone(),
+            servers: cfg.servers.clone(),
+            databases: cfg.databases.clone(),
+            tls_cert: cfg.tls_cert.clone(),
+            tls_key: cfg.tls_key.clone(),
             timeout: cfg.timeout,
         })),
         Engine::Command => Some(Box::new(command::CommandEngine {

@@ -1,0 +1,312 @@
+//! The dqlite engine against a real 3-node cluster on loopback (Debian's go-dqlite: `dqlite-demo`
+//! nodes and the `dqlite` shell), written to while it is backed up, and restored into a fresh
+//! cluster.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, Env};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A dqlite cluster of `n` dqlite-demo nodes; stopped by PID when dropped.
+struct Cluster {
+    nodes: Vec<Child>,
+    pub servers: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        assert!(
+            Command::new("dqlite-demo").arg("--help").output().is_ok(),
+            "dqlite-demo is required (Debian package go-dqlite; .ci/run installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut nodes = Vec::new();
+        let mut servers: Vec<String> = Vec::new();
+        for i in 0..n {
+            let db = format!("127.0.0.1:{}", free_port());
+            let api = format!("127.0.0.1:{}", free_port());
+            let data = dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&data).unwrap();
+            let mut cmd = Command::new("dqlite-demo");
+            cmd.args(["--api", &api, "--db", &db, "--dir"]).arg(&data);
+            if let Some(first) = servers.first() {
+                cmd.args(["--join", first.as_str()]);
+            }
+            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
+            nodes.push(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+            servers.push(db);
+            if i == 0 {
+                // The first node must be up before others join it.
+                wait_for(Duration::from_secs(20), || {
+                    std::net::TcpStream::connect(servers[0].as_str()).is_ok()
+                });
+            }
+        }
+        let c = Cluster {
+            nodes,
+            servers,
+            _dir: dir,
+        };
+        wait_for(Duration::from_secs(30), || {
+            c.sql("demo", ".cluster").matches("voter").count() == n
+        });
+        c
+    }
+
+    /// Runs shell input against `db`; returns what the shell printed.
+    fn sql(&self, db: &str, input: &str) -> String {
+        let mut child = Command::new("dqlite")
+            .args(["-s", &self.servers.join(","), db])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The rows a query prints, without prompts.
+    fn rows(&self, db: &str, query: &str) -> Vec<String> {
+        let out = self.sql(db, &format!("{query}\n"));
+        assert!(!out.contains("Error:"), "{query}: {out}");
+        out.replace("dqlite>", "\n")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {limit:?}");
+}
+
+fn dqlite_config(env: &Env, servers: &[String], databases: &[&str], extra: &str) {
+    env.config(
+        "",
+        &format!(
+            "[database]\nengine = \"dqlite\"\nservers = {servers:?}\ndatabases = {databases:?}\ntimeout = \"20s\"\n{extra}"
+        ),
+    );
+}
+
+/// Extracts the archive into `x-TAG` and opens its copy of database `demo`, read-only (so a wrong
+/// path fails instead of creating an empty database).
+fn dumped_demo(env: &Env, archive: &Path, tag: &str) -> rusqlite::Connection {
+    let out = env.path(&format!("x-{tag}"));
+    common::system_untar(archive, &out, &[]);
+    rusqlite::Connection::open_with_flags(
+        out.join("juju-backup/dump/dqlite/demo"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap()
+}
+
+#[test]
+fn backup_is_consistent_while_the_cluster_is_written_to() {
+    let cluster = Cluster::start(3);
+    let mut setup =
+        String::from("CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL)\n");
+    for i in 0..100 {
+        setup.push_str(&format!("INSERT INTO accounts VALUES ({i}, 1000)\n"));
+    }
+    assert!(!cluster.sql("demo", &setup).contains("Error:"));
+
+    // A writer moves money between accounts in single statements (each one atomic), keeping the
+    // total at 100000, for as long as the backups run.
+    let mut writer = Command::new("dqlite")
+        .args(["-s", &cluster.servers.join(","), "demo"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (a, b) = (i % 100, (i * 7 + 3) % 100);
+                if a != b {
+                    let line = format!(
+                        "UPDATE accounts SET balance = balance + CASE id WHEN {a} THEN -7 ELSE 7 END WHERE id IN ({a}, {b})\n"
+                    );
+                    if stdin.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            i
+        })
+    };
+
+    let env = Env::new(1);
+    dqlite_config(&env, &cluster.servers, &["demo"], "");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut archives = Vec::new();
+    for _ in 0..3 {
+        archives.push(env.backup());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statements = feeder.join().unwrap();
+    let _ = writer.wait();
+    assert!(
+        statements > 100,
+        "the writer barely ran ({statements} statements)"
+    );
+
+    let sums: Vec<i64> = archives
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let db = dumped_demo(&env, a, &format!("sum{i}"));
+            db.query_row("SELECT sum(balance) FROM accounts", [], |r| r.get(0))
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        sums.iter().all(|s| *s == 100_000),
+        "invariant broken: {sums:?}"
+    );
+    // Different moments of a live database: the copies differ from each other.
+    let balances: Vec<String> = archives
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let db = dumped_demo(&env, a, &format!("bal{i}"));
+            db.query_row("SELECT group_concat(balance) FROM accounts", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        })
+        .collect();
+    assert!(
+        balances.windows(2).any(|w| w[0] != w[1]),
+        "the writer did not change anything between backups"
+    );
+    for a in &archives {
+        let out = env.run(&["verify", a.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // A database the cluster does not have, and a cluster that is not there, fail clearly.
+    dqlite_config(&env, &cluster.servers, &["nosuch"], "");
+    let out = env.run(&["backup", "--offline"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("database `nosuch` does not exist on the cluster"),
+        "{}",
+        stderr(&out)
+    );
+    dqlite_config(&env, &[format!("127.0.0.1:{}", free_port())], &["demo"], "");
+    let t = Instant::now();
+    let out = env.run(&["backup", "--offline"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("dial failed") || stderr(&out).contains("timed out"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(t.elapsed() < Duration::from_secs(60));
+}
+
+#[test]
+fn restore_loads_the_dump_into_a_fresh_cluster() {
+    let old = Cluster::start(3);
+    let mut setup = String::from(
+        "CREATE TABLE things (id INTEGER PRIMARY KEY, name TEXT, data BLOB, score REAL)\n",
+    );
+    for i in 0..250 {
+        setup.push_str(&format!(
+            "INSERT INTO things VALUES ({i}, 'thing ''{i}''', X'{:02x}ff', {i}.5)\n",
+            i % 256
+        ));
+    }
+    setup.push_str("CREATE INDEX things_name ON things(name)\n");
+    assert!(!old.sql("demo", &setup).contains("Error:"));
+    let env = Env::new(1);
+    dqlite_config(&env, &old.servers, &["demo"], "");
+    let archive = env.backup();
+    let want = old.rows(
+        "demo",
+        "SELECT id, name, hex(data), score FROM things ORDER BY id",
+    );
+    assert_eq!(want.len(), 250);
+    drop(old);
+
+    // The replacement host runs a fresh cluster; restore loads the dump into it.
+    let new = Cluster::start(1);
+    dqlite_config(
+        &env,
+        &new.servers,
+        &["demo"],
+        "[restore]\nstop_commands = []\nstart_commands = []\nprobe_ports = []\n",
+    );
+    let b = env.path("hostB");
+    std::fs::create_dir_all(&b).unwrap();
+    let out = env.run(&[
+        "restore",
+        "--yes",
+        "--address",
+        "10.0.0.9",
+        "--target-root",
+        b.to_str().unwrap(),
+        archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        new.rows(
+            "demo",
+            "SELECT id, name, hex(data), score FROM things ORDER BY id"
+        ),
+        want
+    );
+    assert_eq!(
+        new.rows(
+            "demo",
+            "SELECT count(*) FROM sqlite_master WHERE name = 'things_name'"
+        ),
+        vec!["1"]
+    );
+}
