@@ -59,6 +59,23 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub restore: RestoreConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+}
+
+/// Several state-servers: which one takes each scheduled backup (see `ha`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// This node's database address as the cluster knows it (dqlite: its node address). When
+    /// set, scheduled backups run only on the database leader (or `prefer`).
+    #[serde(default)]
+    pub self_address: Option<String>,
+    /// A node that takes scheduled backups whenever its database address answers.
+    #[serde(default)]
+    pub prefer: Option<String>,
+    #[serde(default = "defaults::probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -460,6 +477,7 @@ macro_rules! default_via_serde {
     )*};
 }
 default_via_serde!(
+    HaConfig,
     BackupOptions,
     FileSet,
     DatabaseConfig,

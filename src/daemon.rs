@@ -401,13 +401,15 @@ async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
                 if next.is_none() {
                     continue;
                 }
-                match daemon.trigger(JobKind::Scheduled, String::new()) {
-                    Some((_, true)) => {}
-                    Some((job, false)) => {
-                        daemon.metrics.skipped.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(running = %job.id, "scheduled backup skipped: a backup is already running");
+                if takes_slot(&daemon).await {
+                    match daemon.trigger(JobKind::Scheduled, String::new()) {
+                        Some((_, true)) => {}
+                        Some((job, false)) => {
+                            daemon.metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(running = %job.id, "scheduled backup skipped: a backup is already running");
+                        }
+                        None => return,
                     }
-                    None => return,
                 }
                 // Never fire twice for the same slot, even if the clock is coarse.
                 if let Some(n) = next {
@@ -419,6 +421,21 @@ async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
             _ = stopped(&mut stop) => return,
         }
     }
+}
+
+/// Whether this node takes a scheduled slot (see `ha`); logged either way when HA is configured.
+async fn takes_slot(daemon: &Daemon) -> bool {
+    let cfg = daemon.config();
+    let ha = cfg.ha.self_address.is_some();
+    let (mine, why) = tokio::task::spawn_blocking(move || crate::ha::takes_scheduled_slot(&cfg))
+        .await
+        .unwrap_or_else(|e| (true, format!("HA check failed ({e}); backing up here")));
+    if ha && mine {
+        tracing::info!(reason = %why, "taking the scheduled backup");
+    } else if !mine {
+        tracing::info!(reason = %why, "scheduled backup left to another state-server");
+    }
+    mine
 }
 
 /// Resolves once the stop flag is set. (The watch guard is dropped before returning, so callers'

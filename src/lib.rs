@@ -6,6 +6,7 @@
 //! - [`archive`]: the archive format — names, metadata, manifest, writer, reader, verify.
 //! - [`catalog`]: the archives in a directory and their verification state.
 //! - [`daemon`]: the service — one worker, the scheduler, signals, systemd notify.
+//! - [`ha`]: which of several state-servers takes a scheduled backup.
 //! - [`api`]: the local HTTP API (`types` shared by server and client).
 //! - [`retention`]: which archives to keep (pure); [`state`]: what the daemon remembers.
 //! - [`metrics`]: Prometheus text.
@@ -23,6 +24,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod process;

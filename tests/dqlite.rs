@@ -310,3 +310,102 @@ fn restore_loads_the_dump_into_a_fresh_cluster() {
         vec!["1"]
     );
 }
+
+/// Three state-servers, each a dqlite node with its own juju-brd (own state, archives, socket),
+/// a schedule every 2 s: each slot is backed up exactly once, by the leader's daemon; when the
+/// leader's node stops, the following slots are still backed up.
+#[test]
+fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
+    let mut cluster = Cluster::start(3);
+    let env = Env::new(1);
+    let mut daemons: Vec<Option<Child>> = Vec::new();
+    for (i, me) in cluster.servers.clone().iter().enumerate() {
+        let cfg = env.path(&format!("node{i}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "environment = \"ha\"\narchive_dir = \"archives-{i}\"\nstate_dir = \"state-{i}\"\n\
+                 [files]\nroot = \"root\"\n\
+                 [database]\nengine = \"dqlite\"\nservers = {:?}\ndatabases = [\"demo\"]\ntimeout = \"10s\"\n\
+                 [schedule]\ncron = \"*/2 * * * * *\"\ncatch_up = false\n\
+                 [retention]\nkeep_last = 1000\n\
+                 [api]\nsocket = \"run/node{i}.sock\"\n\
+                 [ha]\nself_address = \"{me}\"\nprobe_timeout = \"1s\"\n",
+                cluster.servers
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(env.path(&format!("node{i}.log"))).unwrap();
+        daemons.push(Some(
+            Command::new(common::BIN)
+                .arg("daemon")
+                .env("JUJU_BRD_CONFIG", &cfg)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    // Archive names per node, by slot (the name's timestamp).
+    let slots = |node: usize| -> Vec<String> {
+        std::fs::read_dir(env.path(&format!("archives-{node}")))
+            .map(|rd| {
+                rd.filter_map(|e| {
+                    let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".tar.gz")
+                        .map(|s| s.trim_start_matches("juju-backup-").to_string())
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all_slots = || -> Vec<(String, usize)> {
+        let mut v: Vec<(String, usize)> = (0..3)
+            .flat_map(|n| slots(n).into_iter().map(move |s| (s, n)))
+            .collect();
+        v.sort();
+        v
+    };
+    wait_for(Duration::from_secs(60), || all_slots().len() >= 4);
+    let leader = cluster.rows("demo", ".leader")[0].clone();
+    let li = cluster.servers.iter().position(|s| *s == leader).unwrap();
+    let before = all_slots();
+    let mut names: Vec<&String> = before.iter().map(|(s, _)| s).collect();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        before.len(),
+        "a slot was backed up twice: {before:?}"
+    );
+    assert!(
+        before.iter().all(|(_, n)| *n == li),
+        "not all by the leader (node {li}): {before:?}"
+    );
+
+    // Stop the leader's node (its dqlite and its juju-brd).
+    let killed_at = std::time::SystemTime::now();
+    cluster.nodes[li].kill().unwrap();
+    let _ = cluster.nodes[li].wait();
+    if let Some(mut d) = daemons[li].take() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    let stamp = |t: std::time::SystemTime| {
+        chrono::DateTime::<chrono::Utc>::from(t)
+            .format("%Y%m%d-%H%M%S")
+            .to_string()
+    };
+    let cutoff = stamp(killed_at + Duration::from_secs(6));
+    wait_for(Duration::from_secs(90), || {
+        all_slots().iter().filter(|(s, _)| *s > cutoff).count() >= 3
+    });
+    let after: Vec<(String, usize)> = all_slots()
+        .into_iter()
+        .filter(|(s, _)| *s > cutoff)
+        .collect();
+    assert!(after.iter().all(|(_, n)| *n != li), "{after:?}");
+    for mut d in daemons.into_iter().flatten() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+}

@@ -319,11 +319,17 @@ fn build_metadata(
         |over: &Option<String>, found: &str| over.clone().unwrap_or_else(|| found.to_string());
     let model_uuid = pick(&o.model_uuid, agent.model_uuid());
     let machine = pick(&o.machine, agent.machine_id());
-    let addresses = if o.addresses.is_empty() {
+    let mut addresses = if o.addresses.is_empty() {
         agent.addresses()
     } else {
         o.addresses.clone()
     };
+    // Every dqlite node is a state-server too: restore must find all of them gone.
+    for s in &cfg.database.servers {
+        if !addresses.contains(s) {
+            addresses.push(s.clone());
+        }
+    }
     let ha_nodes = {
         let mut hosts: Vec<String> = addresses.iter().map(|a| host_of(a)).collect();
         hosts.sort();

@@ -117,6 +117,12 @@ impl DqliteEngine {
         Ok(rows)
     }
 
+    /// The cluster's current leader (for choosing which node takes a scheduled backup).
+    pub fn current_leader(&self, database: &str) -> Result<String, DbError> {
+        let dir = tempfile::tempdir().map_err(|e| fail(format!("staging: {e}")))?;
+        self.leader(dir.path(), database, &AtomicBool::new(false))
+    }
+
     /// The leader's address, as the cluster reports it.
     fn leader(&self, dir: &Path, database: &str, cancel: &AtomicBool) -> Result<String, DbError> {
         let out = self.shell(dir, database, ".leader\n", cancel)?;
