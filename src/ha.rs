@@ -5,6 +5,7 @@
 //! 2. otherwise the database leader does (dqlite: the cluster's `.leader`);
 //! 3. if the leader cannot be determined, every node does — a duplicate archive is better than a
 //!    slot silently lost.
+//!
 //! Triggered backups are not affected: they run where they are asked.
 
 use std::time::Duration;
