@@ -156,6 +156,7 @@ pub enum Engine {
     Sqlite,
     Command,
     Dqlite,
+    Mongodb,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,6 +298,10 @@ pub struct RestoreConfig {
     pub health_command: Vec<String>,
     #[serde(default = "defaults::health_timeout", with = "humantime_serde")]
     pub health_timeout: Duration,
+    /// mongodb: commands that bring juju-db up for `mongorestore` (the rest of the state-server
+    /// stays stopped until the end).
+    #[serde(default = "defaults::database_start_commands")]
+    pub database_start_commands: Vec<Vec<String>>,
     /// Ports probed on every recorded state-server address to make sure the old one is gone.
     #[serde(default = "defaults::probe_ports")]
     pub probe_ports: Vec<u16>,
@@ -454,6 +459,9 @@ mod defaults {
             "juju-db".into(),
             "jujud-machine-*".into(),
         ]]
+    }
+    pub fn database_start_commands() -> Vec<Vec<String>> {
+        vec![vec!["systemctl".into(), "start".into(), "juju-db".into()]]
     }
     pub fn health_timeout() -> Duration {
         Duration::from_secs(300)

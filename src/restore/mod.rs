@@ -72,6 +72,8 @@ pub enum DbRestore {
     Dqlite {
         databases: Vec<String>,
     },
+    /// A mongodump directory (Juju 1.x-3.x), restored into the local juju-db.
+    Mongo,
     Unsupported(String),
 }
 
@@ -132,6 +134,7 @@ impl fmt::Display for RestorePlan {
                 "  database:     dqlite {} -> cluster (tables replaced)",
                 databases.join(", ")
             )?,
+            DbRestore::Mongo => writeln!(f, "  database:     dump/ -> juju-db (mongorestore --drop --oplogReplay, replica set re-initiated at {})", self.address)?,
             DbRestore::Unsupported(why) => writeln!(f, "  database:     NOT restored: {why}")?,
         }
         writeln!(
@@ -250,6 +253,11 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         },
         ("dqlite", Some(_)) => DbRestore::Unsupported(
             "set database.servers to the new dqlite cluster to load the dump".into(),
+        ),
+        // Juju's own archives carry a Mongo dump and no juju-brd metadata.
+        ("mongodb" | "unknown", Some(_)) if crate::snapshot::db::mongo::restore_tools_installed() => DbRestore::Mongo,
+        ("mongodb" | "unknown", Some(_)) => DbRestore::Unsupported(
+            "the dump is a MongoDB dump and mongorestore or the mongo shell is not installed".into(),
         ),
         (engine, Some(_)) => DbRestore::Unsupported(format!(
             "no restore engine for `{engine}` dumps yet (a Juju MongoDB dump needs the MongoDB engine)"
@@ -474,6 +482,23 @@ fn apply(
                     .load(&incoming, db, &dump, &never)
                     .map_err(|e| (step, e.to_string()))?;
             }
+        }
+        DbRestore::Mongo => {
+            let step = "restoring juju-db";
+            run_commands(
+                "starting juju-db",
+                &cfg.restore.database_start_commands,
+                Duration::from_secs(300),
+            )
+            .map_err(|e| (step, e))?;
+            let engine = crate::snapshot::db::mongo::MongoEngine {
+                root: plan.target_root.clone(),
+                timeout: cfg.database.timeout,
+            };
+            let never = std::sync::atomic::AtomicBool::new(false);
+            engine
+                .restore(&incoming, &plan.address, &never)
+                .map_err(|e| (step, e.to_string()))?;
         }
         DbRestore::None | DbRestore::Unsupported(_) => {}
     }

@@ -162,7 +162,7 @@ fn snapshot_and_write(
         .map_err(io_err("create archive directory", dir))?;
 
     let plan = files::plan(&cfg.files)?;
-    let engine = db::from_config(&cfg.database);
+    let engine = db::from_config(&cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
     let staged = plan.bytes + db_estimate;
     // Staging holds root.tar and the dump while the archive (at worst as large) is written.

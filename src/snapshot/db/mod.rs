@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod dqlite;
+pub mod mongo;
 pub mod sqlite;
 
 use std::path::Path;
@@ -32,11 +33,16 @@ pub trait DbEngine: Send + Sync {
     fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError>;
 }
 
-pub fn from_config(cfg: &DatabaseConfig) -> Option<Box<dyn DbEngine>> {
+/// The configured engine; `root` is the host root (the MongoDB engine reads agent.conf there).
+pub fn from_config(cfg: &DatabaseConfig, root: &Path) -> Option<Box<dyn DbEngine>> {
     match cfg.engine {
         Engine::None => None,
         Engine::Sqlite => Some(Box::new(sqlite::SqliteEngine {
             path: cfg.path.clone().expect("validated: sqlite has a path"),
+            timeout: cfg.timeout,
+        })),
+        Engine::Mongodb => Some(Box::new(mongo::MongoEngine {
+            root: root.to_path_buf(),
             timeout: cfg.timeout,
         })),
         Engine::Dqlite => Some(Box::new(dqlite::DqliteEngine {

@@ -1,0 +1,359 @@
+//! MongoDB (Juju 1.x-3.x's juju-db), the way Juju backs it up: `mongodump --oplog` against the
+//! local juju-db with the machine agent's credentials from `agent.conf`, then `admin` and `backups`
+//! dropped from the dump. Restore is `mongorestore --drop --oplogReplay`, then the replica set is
+//! forced to a single member at the new address.
+//!
+//! The password never reaches argv or a log: mongodump/mongorestore read it from a `--config` file
+//! (mode 0600, in a private directory removed afterwards); the shell gets it in its script on
+//! stdin. The snap's `juju-db.mongodump` is used when present.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::{DbEngine, DbError};
+use crate::agent_conf::AgentConf;
+use crate::process::{self, ChildSpec};
+
+const DEFAULT_PORT: u16 = 37017;
+/// Databases Juju leaves out of its dumps.
+const DROPPED: [&str; 2] = ["admin", "backups"];
+
+fn fail(message: String) -> DbError {
+    DbError::Failed {
+        engine: "mongodb",
+        message,
+    }
+}
+
+/// What is needed to talk to juju-db, from agent.conf.
+#[derive(Clone)]
+pub struct Credentials {
+    pub user: String,
+    password: String,
+    pub port: u16,
+    pub ca_cert: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("port", &self.port)
+            .finish()
+    }
+}
+
+impl Credentials {
+    pub fn from_agent_conf(conf: &AgentConf, ca_cert: Option<String>) -> Result<Self, String> {
+        if conf.tag.is_empty() {
+            return Err("agent.conf has no `tag`".into());
+        }
+        if conf.statepassword.is_empty() {
+            return Err("agent.conf has no `statepassword`".into());
+        }
+        Ok(Credentials {
+            user: conf.tag.clone(),
+            password: conf.statepassword.clone(),
+            port: conf.stateport.unwrap_or(DEFAULT_PORT),
+            ca_cert,
+        })
+    }
+
+    /// The `--config` file mongodump/mongorestore read the password from.
+    fn config_file(&self) -> String {
+        format!(
+            "password: \"{}\"\n",
+            self.password.replace('\\', "\\\\").replace('"', "\\\"")
+        )
+    }
+}
+
+/// The first of `names` on PATH (the snap's prefixed tools first).
+fn tool(names: &[&str]) -> Option<String> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|n| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+            .map(|_| n.to_string())
+    })
+}
+
+/// Common connection flags (no secret among them).
+fn connection_args(c: &Credentials, config: &Path, ca: Option<&Path>) -> Vec<String> {
+    let mut a = vec![
+        "--config".to_string(),
+        config.display().to_string(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        c.port.to_string(),
+        "--ssl".into(),
+        "--sslAllowInvalidHostnames".into(),
+        "--authenticationDatabase".into(),
+        "admin".into(),
+        "--username".into(),
+        c.user.clone(),
+    ];
+    match ca {
+        Some(ca) => a.extend(["--sslCAFile".into(), ca.display().to_string()]),
+        None => a.push("--sslAllowInvalidCertificates".into()),
+    }
+    a
+}
+
+pub fn dump_argv(
+    bin: &str,
+    c: &Credentials,
+    config: &Path,
+    ca: Option<&Path>,
+    out: &Path,
+) -> Vec<String> {
+    let mut a = vec![bin.to_string()];
+    a.extend(connection_args(c, config, ca));
+    a.extend(["--oplog".into(), "--out".into(), out.display().to_string()]);
+    a
+}
+
+pub fn restore_argv(
+    bin: &str,
+    c: &Credentials,
+    config: &Path,
+    ca: Option<&Path>,
+    dump: &Path,
+) -> Vec<String> {
+    let mut a = vec![bin.to_string()];
+    a.extend(connection_args(c, config, ca));
+    a.extend([
+        "--drop".into(),
+        "--oplogReplay".into(),
+        dump.display().to_string(),
+    ]);
+    a
+}
+
+/// The shell script (fed on stdin) that forces juju-db's replica set down to this host alone.
+pub fn reinitiate_script(c: &Credentials, address: &str) -> String {
+    let js = |s: &str| serde_json::to_string(s).expect("string serialises");
+    format!(
+        "db.getSiblingDB(\"admin\").auth({user}, {pw});\n\
+         var cfg = rs.conf();\n\
+         cfg.members = [{{_id: 1, host: {host}}}];\n\
+         rs.reconfig(cfg, {{force: true}});\n",
+        user = js(&c.user),
+        pw = js(&c.password),
+        host = js(&format!("{address}:{}", c.port)),
+    )
+}
+
+/// A private directory holding the config (password) and CA files for one run; removed on drop.
+struct Secrets {
+    dir: tempfile::TempDir,
+}
+
+impl Secrets {
+    fn new(c: &Credentials) -> Result<Self, DbError> {
+        let dir = tempfile::Builder::new()
+            .prefix("juju-brd-mongo-")
+            .tempdir()
+            .map_err(|e| fail(format!("private directory: {e}")))?;
+        let write = |name: &str, body: &str| -> Result<(), DbError> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(dir.path().join(name))
+                .map_err(|e| fail(e.to_string()))?;
+            f.write_all(body.as_bytes())
+                .map_err(|e| fail(e.to_string()))
+        };
+        write("tool.yaml", &c.config_file())?;
+        if let Some(ca) = &c.ca_cert {
+            write("ca.pem", ca)?;
+        }
+        Ok(Secrets { dir })
+    }
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("tool.yaml")
+    }
+    fn ca(&self) -> Option<PathBuf> {
+        let p = self.dir.path().join("ca.pem");
+        p.exists().then_some(p)
+    }
+}
+
+/// Whether the tools a restore needs are installed (mongorestore and a mongo shell).
+pub fn restore_tools_installed() -> bool {
+    tool(&["juju-db.mongorestore", "mongorestore"]).is_some()
+        && tool(&["juju-db.mongo", "mongo", "mongosh"]).is_some()
+}
+
+pub struct MongoEngine {
+    /// Host root where `/var/lib/juju/agents/machine-*/agent.conf` is read.
+    pub root: PathBuf,
+    pub timeout: Duration,
+}
+
+impl MongoEngine {
+    fn credentials(&self) -> Result<Credentials, DbError> {
+        let (path, conf) = AgentConf::find(&self.root).ok_or_else(|| {
+            fail(
+                "no /var/lib/juju/agents/machine-*/agent.conf to read juju-db credentials from"
+                    .into(),
+            )
+        })?;
+        let ca = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&t).ok())
+            .and_then(|v| v.get("cacert").and_then(|c| c.as_str()).map(String::from));
+        Credentials::from_agent_conf(&conf, ca)
+            .map_err(|e| fail(format!("{}: {e}", path.display())))
+    }
+
+    /// Restores a dump directory into the local juju-db and makes it a one-member replica set at
+    /// `address`.
+    pub fn restore(&self, dump: &Path, address: &str, cancel: &AtomicBool) -> Result<(), DbError> {
+        let c = self.credentials()?;
+        let secrets = Secrets::new(&c)?;
+        let bin = tool(&["juju-db.mongorestore", "mongorestore"])
+            .ok_or_else(|| fail("mongorestore is not installed".into()))?;
+        let argv = restore_argv(&bin, &c, &secrets.config(), secrets.ca().as_deref(), dump);
+        let mut spec = ChildSpec::new("mongorestore", &argv, self.timeout);
+        spec.cancel = Some(cancel);
+        process::run(spec)?;
+        let shell = tool(&["juju-db.mongo", "mongo", "mongosh"])
+            .ok_or_else(|| fail("no mongo shell is installed".into()))?;
+        let script = secrets.dir.path().join("reinitiate.js");
+        fs::write(&script, reinitiate_script(&c, address)).map_err(|e| fail(e.to_string()))?;
+        let mut argv = vec![
+            shell,
+            "--quiet".into(),
+            "--port".into(),
+            c.port.to_string(),
+            "--ssl".into(),
+            "--sslAllowInvalidCertificates".into(),
+        ];
+        argv.push("admin".into());
+        let mut spec = ChildSpec::new("mongo shell", &argv, self.timeout);
+        spec.stdin = Stdio::from(fs::File::open(&script).map_err(|e| fail(e.to_string()))?);
+        process::run(spec)?;
+        Ok(())
+    }
+}
+
+impl DbEngine for MongoEngine {
+    fn name(&self) -> &'static str {
+        "mongodb"
+    }
+
+    fn estimate_bytes(&self) -> u64 {
+        0
+    }
+
+    fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError> {
+        let c = self.credentials()?;
+        let secrets = Secrets::new(&c)?;
+        let bin = tool(&["juju-db.mongodump", "mongodump"]).ok_or_else(|| {
+            fail(
+                "mongodump is not installed (neither juju-db.mongodump nor mongodump is on PATH)"
+                    .into(),
+            )
+        })?;
+        let argv = dump_argv(
+            &bin,
+            &c,
+            &secrets.config(),
+            secrets.ca().as_deref(),
+            out_dir,
+        );
+        let mut spec = ChildSpec::new("mongodump", &argv, self.timeout);
+        spec.cancel = Some(cancel);
+        process::run(spec)?;
+        for db in DROPPED {
+            let p = out_dir.join(db);
+            if p.exists() {
+                fs::remove_dir_all(&p)
+                    .map_err(|e| fail(format!("dropping {db} from the dump: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds() -> Credentials {
+        let conf =
+            AgentConf::parse("tag: machine-0\nstatepassword: 'p\"a$s w0rd'\nstateport: 37018\n")
+                .unwrap();
+        Credentials::from_agent_conf(&conf, None).unwrap()
+    }
+
+    #[test]
+    fn command_lines_carry_no_password() {
+        let c = creds();
+        let d = dump_argv(
+            "mongodump",
+            &c,
+            Path::new("/run/x/tool.yaml"),
+            None,
+            Path::new("/stage/dump"),
+        );
+        assert_eq!(d[0], "mongodump");
+        assert!(d.windows(2).any(|w| w == ["--config", "/run/x/tool.yaml"]));
+        assert!(d.windows(2).any(|w| w == ["--port", "37018"]));
+        assert!(d.windows(2).any(|w| w == ["--username", "machine-0"]));
+        assert!(d.contains(&"--oplog".to_string()));
+        assert!(!d.join(" ").contains("w0rd"));
+        let r = restore_argv(
+            "juju-db.mongorestore",
+            &c,
+            Path::new("/c"),
+            Some(Path::new("/ca.pem")),
+            Path::new("/d"),
+        );
+        assert!(r.contains(&"--drop".to_string()) && r.contains(&"--oplogReplay".to_string()));
+        assert!(r.windows(2).any(|w| w == ["--sslCAFile", "/ca.pem"]));
+        assert!(!r.join(" ").contains("w0rd"));
+        assert!(!format!("{c:?}").contains("w0rd"));
+    }
+
+    #[test]
+    fn config_file_and_script_quote_the_password() {
+        let c = creds();
+        assert_eq!(c.config_file(), "password: \"p\\\"a$s w0rd\"\n");
+        let s = reinitiate_script(&c, "10.0.0.9");
+        assert!(s.contains("auth(\"machine-0\", \"p\\\"a$s w0rd\")"), "{s}");
+        assert!(s.contains("host: \"10.0.0.9:37018\""), "{s}");
+    }
+
+    #[test]
+    fn secrets_file_is_private_and_removed() {
+        use std::os::unix::fs::PermissionsExt;
+        let s = Secrets::new(&creds()).unwrap();
+        let p = s.config();
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        drop(s);
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn missing_credentials_are_named() {
+        let conf = AgentConf::parse("tag: machine-0\n").unwrap();
+        assert_eq!(
+            Credentials::from_agent_conf(&conf, None).unwrap_err(),
+            "agent.conf has no `statepassword`"
+        );
+    }
+}
