@@ -29,7 +29,14 @@ fn mongodump_of_a_real_juju_db() {
         .port();
     let data = env.path("mongo-data");
     std::fs::create_dir_all(&data).unwrap();
-    let mut mongod = Command::new("mongod")
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mongod = Command::new("mongod")
         .args([
             "--bind_ip",
             "127.0.0.1",
@@ -43,6 +50,7 @@ fn mongodump_of_a_real_juju_db() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let mongod = Stop(mongod);
     let end = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < end, "mongod did not start");
@@ -64,7 +72,7 @@ fn mongodump_of_a_real_juju_db() {
     std::fs::write(&conf, text).unwrap();
     env.config("", "[database]\nengine = \"mongodb\"\n");
     let out = env.run(&["backup", "--offline"]);
-    let _ = mongod.kill();
+    drop(mongod);
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(!common::stderr(&out).contains("fixture-password"));
 }
