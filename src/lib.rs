@@ -24,6 +24,8 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ha;
 pub mod logging;
 pub mod metrics;
