@@ -902,6 +902,103 @@ mod tests {
         assert!(e.contains("test.toml:2:"), "{e}");
     }
 
+    /// Every key, given a value of the wrong type or an invalid one, is refused naming that key
+    /// and its line.
+    #[test]
+    fn every_key_with_a_wrong_value_is_refused_by_name_and_line() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("", "archive_dir", "42"),
+            ("", "state_dir", "[1]"),
+            ("backup", "compression", "\"lz4\""),
+            ("backup", "level", "\"high\""),
+            ("backup", "threads", "-1"),
+            ("backup", "verify_after", "\"yes\""),
+            ("backup", "file_retries", "1.5"),
+            ("files", "root", "42"),
+            ("files", "include", "[1]"),
+            ("files", "include", "[\"relative/path\"]"),
+            ("files", "optional", "\"/one\""),
+            ("files", "exclude", "[\"[\"]"),
+            ("database", "engine", "\"oracle\""),
+            ("database", "path", "1"),
+            ("database", "command", "\"pg_dump\""),
+            ("database", "restore_command", "1"),
+            ("database", "dump_file", "\"a/b\""),
+            ("database", "environment_file", "[]"),
+            ("database", "estimate_bytes", "\"big\""),
+            ("database", "timeout", "\"soon\""),
+            ("database", "servers", "\"127.0.0.1:9001\""),
+            ("database", "databases", "[\"../x\"]"),
+            ("database", "shell", "[]"),
+            ("database", "tls_cert", "1"),
+            ("database", "tls_key", "1"),
+            ("hooks", "pre", "\"sync\""),
+            ("hooks", "post", "1"),
+            ("hooks", "timeout", "5"),
+            ("controller", "model_uuid", "1"),
+            ("controller", "controller_uuid", "[]"),
+            ("controller", "machine", "0"),
+            ("controller", "version", "2.9"),
+            ("controller", "series", "true"),
+            ("controller", "addresses", "\"10.0.0.1\""),
+            ("schedule", "cron", "\"every day\""),
+            ("schedule", "timezone", "\"Mars/Base\""),
+            ("schedule", "jitter", "\"lots\""),
+            ("schedule", "catch_up", "1"),
+            ("retention", "keep_last", "-3"),
+            ("retention", "keep_hourly", "\"x\""),
+            ("retention", "keep_daily", "\"seven\""),
+            ("retention", "keep_weekly", "1.5"),
+            ("retention", "keep_monthly", "[]"),
+            ("retention", "keep_yearly", "true"),
+            ("retention", "min_free_space", "\"lots\""),
+            ("api", "socket", "1"),
+            ("api", "socket_mode", "\"0999\""),
+            ("api", "tcp_listen", "\"localhost\""),
+            ("api", "token_file", "1"),
+            ("api", "allow_non_loopback", "\"no\""),
+            ("restore", "stop_commands", "[\"systemctl\"]"),
+            ("restore", "start_commands", "1"),
+            ("restore", "database_start_commands", "\"x\""),
+            ("restore", "health_command", "1"),
+            ("restore", "health_timeout", "\"later\""),
+            ("restore", "probe_ports", "[70000]"),
+            ("restore", "probe_timeout", "2"),
+            ("ha", "self_address", "1"),
+            ("ha", "prefer", "[]"),
+            ("ha", "probe_timeout", "\"fast\""),
+        ];
+        for (section, key, value) in cases {
+            let (text, dotted) = if section.is_empty() {
+                (
+                    format!("environment = \"p\"\n\n{key} = {value}\n"),
+                    key.to_string(),
+                )
+            } else {
+                (
+                    format!("environment = \"p\"\n[{section}]\n{key} = {value}\n"),
+                    format!("{section}.{key}"),
+                )
+            };
+            let e = err(&text);
+            assert!(
+                e.contains(&format!("test.toml:3: {dotted}")),
+                "{dotted} = {value}: {e}"
+            );
+        }
+        assert!(err("environment = 42\n").contains("test.toml:1: environment"));
+    }
+
+    #[test]
+    fn unreadable_config_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Config::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("cannot read config {}", dir.path().display())),
+            "{e}"
+        );
+    }
+
     #[test]
     fn byte_sizes() {
         assert_eq!(ByteSize::parse("2GiB").unwrap().0, 2 << 30);
