@@ -513,3 +513,87 @@ fn config_errors_name_file_key_and_line_and_touch_nothing() {
         "a broken config must not create anything"
     );
 }
+
+/// A byte flipped inside each member's content (then re-compressed, so gzip's own checksum is
+/// valid and only juju-brd's checks can notice) is refused, naming the member.
+#[test]
+fn verify_catches_a_flipped_byte_in_every_member() {
+    let env = Env::new(1);
+    env.config("", &env.sqlite_section());
+    let good = env.backup();
+    let bad_dir = env.path("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    for (member, want) in [
+        // A byte inside a JSON string value: still valid JSON, so only the recorded hash sees it.
+        ("metadata.json", "metadata.json does not match the manifest"),
+        ("manifest.json", "manifest.json is not valid"),
+        ("root.tar", "root.tar"),
+        (
+            "dump/state.db",
+            "dump member `state.db` does not match the manifest",
+        ),
+    ] {
+        let p = bad_dir.join(format!("{}.tar.gz", member.replace('/', "-")));
+        rewrite_outer(&good, &p, |name, mut body| {
+            if name.ends_with(member) {
+                let at = match member {
+                    "metadata.json" => {
+                        let text = String::from_utf8_lossy(&body).into_owned();
+                        text.find("\"Hostname\": \"").unwrap() + 13
+                    }
+                    "manifest.json" => 1,
+                    _ => body.len() / 2 + 7,
+                };
+                body[at] ^= 0x01;
+            }
+            Some(body)
+        });
+        let out = env.run(&["verify", p.to_str().unwrap()]);
+        assert!(
+            !out.status.success(),
+            "{member}: a flipped byte passed verify"
+        );
+        let err = stderr(&out);
+        assert!(err.contains(want), "{member}: expected `{want}` in: {err}");
+    }
+}
+
+/// 300 MiB of zeros compresses about 1000:1; verify stops reading once the expansion passes its
+/// ratio limit instead of inflating it all.
+#[test]
+fn verify_refuses_a_gzip_bomb() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("juju-backup-20260101-000000.tar.gz");
+    {
+        let f = std::fs::File::create(&p).unwrap();
+        let mut gz = flate2::write::GzEncoder::new(f, flate2::Compression::best());
+        let mut tar = tar::Builder::new(&mut gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(300 << 20);
+        h.set_mode(0o600);
+        h.set_cksum();
+        tar.append_data(
+            &mut h,
+            "juju-backup/root.tar",
+            std::io::repeat(0).take(300 << 20),
+        )
+        .unwrap();
+        tar.into_inner().unwrap();
+        gz.finish().unwrap();
+    }
+    let compressed = std::fs::metadata(&p).unwrap().len();
+    assert!(
+        compressed < 1 << 20,
+        "not much of a bomb: {compressed} bytes"
+    );
+    let out = std::process::Command::new(common::BIN)
+        .args(["verify", p.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a compression bomb"),
+        "{}",
+        stderr(&out)
+    );
+}

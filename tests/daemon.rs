@@ -346,10 +346,34 @@ fn schedule_fires_and_retention_keeps_what_the_policy_says() {
     );
     let d = Daemon::start(&env);
     let rt = rt();
+    // Two clients keep the API busy the whole time: the schedule must keep firing regardless.
+    let busy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (socket, busy) = (d.socket.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let client_rt = self::rt();
+                let mut n = 0u64;
+                while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                    for path in ["/v1/status", "/v1/backups", "/metrics"] {
+                        let (st, _) = client_rt
+                            .block_on(client::request(&socket, hyper::Method::GET, path, None))
+                            .unwrap();
+                        assert!(st.is_success());
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
     wait_until(Duration::from_secs(60), "four scheduled backups", || {
         let s: StatusResponse = d.get(&rt, "/v1/status");
-        s.last_success.is_some() && d.log().matches("backup complete").count() >= 4
+        s.last_success.is_some() && d.log().matches("kind=Scheduled").count() >= 4
     });
+    busy.store(false, std::sync::atomic::Ordering::Relaxed);
+    let requests: u64 = load.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(requests > 100, "the load barely ran ({requests} requests)");
     wait_until(Duration::from_secs(10), "retention to settle", || {
         archives(&env).len() == 2
     });

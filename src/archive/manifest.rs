@@ -37,6 +37,9 @@ pub struct Manifest {
     pub root: BTreeMap<String, Entry>,
     /// Files under dump/ by path relative to dump/.
     pub dump: BTreeMap<String, Entry>,
+    /// SHA-256 of metadata.json, so a changed byte there is caught too.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub metadata_sha256: String,
 }
 
 impl Manifest {
@@ -97,11 +100,14 @@ impl<W: std::io::Write> ManifestWriter<W> {
         Ok(())
     }
 
-    pub fn finish(mut self) -> std::io::Result<W> {
+    /// Closes the manifest, recording the SHA-256 of metadata.json.
+    pub fn finish(mut self, metadata_sha256: &str) -> std::io::Result<W> {
         if self.section == 0 {
             self.out.write_all(br#"},"dump":{"#)?;
         }
-        self.out.write_all(b"}}")?;
+        self.out.write_all(br#"},"metadata_sha256":"#)?;
+        serde_json::to_writer(&mut self.out, metadata_sha256)?;
+        self.out.write_all(b"}")?;
         self.out.flush()?;
         Ok(self.out)
     }
@@ -142,9 +148,10 @@ mod tests {
         for (p, e) in &want.dump {
             w.dump(p, e).unwrap();
         }
-        let bytes = w.finish().unwrap();
+        want.metadata_sha256 = "cd".repeat(32);
+        let bytes = w.finish(&want.metadata_sha256).unwrap();
         assert_eq!(Manifest::parse(&bytes).unwrap(), want);
-        let empty = ManifestWriter::new(Vec::new()).unwrap().finish().unwrap();
+        let empty = ManifestWriter::new(Vec::new()).unwrap().finish("").unwrap();
         assert_eq!(Manifest::parse(&empty).unwrap(), Manifest::new());
     }
 }

@@ -242,6 +242,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     let mut names = HashSet::new();
     let mut metadata: Option<Metadata> = None;
     let mut manifest: Option<Manifest> = None;
+    let mut metadata_sha256 = String::new();
     // (members, bytes of files) once root.tar has been checked.
     let mut root: Option<(u64, u64)> = None;
     let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
@@ -275,6 +276,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         match inner {
             METADATA => {
                 let bytes = read_small(&mut entry, MAX_METADATA_BYTES, METADATA).map_err(fail)?;
+                metadata_sha256 = hex::encode(Sha256::digest(&bytes));
                 metadata = Some(Metadata::parse(&bytes).map_err(fail)?);
             }
             MANIFEST => {
@@ -356,6 +358,13 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
     }
     if let Some(m) = &manifest {
+        if !m.metadata_sha256.is_empty() && m.metadata_sha256 != metadata_sha256 {
+            return Err(fail(format!(
+                "{METADATA} does not match the manifest (sha256 {} vs {})",
+                short(&metadata_sha256),
+                short(&m.metadata_sha256)
+            )));
+        }
         compare("dump", &m.dump, &dump).map_err(fail)?;
     }
     for (rel, copy) in &sqlite_dumps {

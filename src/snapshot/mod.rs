@@ -232,20 +232,20 @@ fn snapshot_and_write(
             .dump(rel, e)
             .map_err(io_err("write", &manifest_path))?;
     }
-    let manifest_bytes = manifest
-        .finish()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .and_then(|f| f.metadata())
-        .map_err(io_err("write", &manifest_path))?
-        .len();
     let finished = Utc::now();
-
     let summary = Summary {
         files: captured.files,
         root_tar_bytes,
         dump_bytes: dump.values().map(|e| e.size).sum(),
     };
     let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref());
+    let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+    let manifest_bytes = manifest
+        .finish(&hex::encode(Sha256::digest(&meta_json)))
+        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+        .and_then(|f| f.metadata())
+        .map_err(io_err("write", &manifest_path))?
+        .len();
 
     // The archive itself.
     let name = ArchiveName::first_free(dir, started, cfg.backup.compression);
@@ -262,7 +262,6 @@ fn snapshot_and_write(
         }
     };
     w.append_dir(&format!("{TOP}/")).map_err(write_err)?;
-    let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
     w.append_bytes(&format!("{TOP}/{METADATA}"), &meta_json)
         .map_err(write_err)?;
     let manifest_file = File::open(&manifest_path).map_err(io_err("open", &manifest_path))?;
