@@ -39,9 +39,36 @@ fn restore(env: &Env, archive: &Path, target: &Path, extra: &[&str]) -> std::pro
     env.run(&args)
 }
 
+/// Sets every file's and directory's mtime under `root` to one fixed moment in 2020, so that
+/// anything a restore touches afterwards shows, whatever second the test runs in.
+fn backdate(root: &Path) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let mut dirs = Vec::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        if e.file_type().is_dir() {
+            dirs.push(e.path().to_path_buf());
+        } else if e.file_type().is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(e.path())
+                .unwrap()
+                .set_times(std::fs::FileTimes::new().set_modified(t))
+                .unwrap();
+        }
+    }
+    for d in dirs.iter().rev() {
+        std::fs::File::open(d)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(t))
+            .unwrap();
+    }
+}
+
 #[test]
 fn round_trip_from_host_a_to_an_empty_host_b() {
     let env = Env::new(3);
+    backdate(&env.root());
     restore_config(&env, &[], "");
     let archive = env.backup();
     let b = host_b(&env);

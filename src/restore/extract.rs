@@ -363,15 +363,25 @@ impl<R: Read> Read for Tee<'_, R> {
 }
 
 /// Replaces `dest` with `src` atomically (same filesystem), moving the old file aside first.
+/// The directory keeps its mtime: it was set from the archive, and swapping one file's content
+/// in place is not a change to the directory the operator should see.
 pub fn replace_file(journal: &mut Journal, src: &Path, dest: &Path) -> io::Result<()> {
-    if let Some(parent) = dest.parent() {
-        journal.create_dirs(parent)?;
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    // Creating missing directories changes the nearest existing one; keep its mtime too.
+    let existing = parent
+        .ancestors()
+        .find(|a| fs::symlink_metadata(a).is_ok())
+        .unwrap_or(Path::new("/"));
+    let existing_mtime = fs::metadata(existing)?.modified()?;
+    journal.create_dirs(parent)?;
+    if existing != parent {
+        File::open(existing)?.set_times(FileTimes::new().set_modified(existing_mtime))?;
     }
+    let mtime = fs::metadata(parent)?.modified()?;
     journal.move_aside(dest)?;
     fs::rename(src, dest)?;
     journal.created_file(dest);
-    if let Some(parent) = dest.parent() {
-        File::open(parent)?.sync_all()?;
-    }
-    Ok(())
+    let dir = File::open(parent)?;
+    dir.set_times(FileTimes::new().set_modified(mtime))?;
+    dir.sync_all()
 }
