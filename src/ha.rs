@@ -48,14 +48,8 @@ fn leader(cfg: &Config) -> Result<String, String> {
     match cfg.database.engine {
         Engine::Dqlite => {
             let d = &cfg.database;
-            let engine = crate::snapshot::db::dqlite::DqliteEngine {
-                shell: d.shell.clone(),
-                servers: d.servers.clone(),
-                databases: d.databases.clone(),
-                tls_cert: d.tls_cert.clone(),
-                tls_key: d.tls_key.clone(),
-                timeout: cfg.ha.probe_timeout.max(Duration::from_secs(5)),
-            };
+            let mut engine = crate::snapshot::db::dqlite::DqliteEngine::from_config(d);
+            engine.timeout = cfg.ha.probe_timeout.max(Duration::from_secs(5));
             let database = d.databases.first().ok_or("no database configured")?;
             engine.current_leader(database).map_err(|e| e.to_string())
         }

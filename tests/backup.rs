@@ -357,19 +357,7 @@ fn full_disk_fails_cleanly() {
     let env = Env::new(3);
     let small = env.archives();
     std::fs::create_dir_all(&small).unwrap();
-    let st = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(small.clone());
+    let _tmpfs = common::Tmpfs::mount(&small, "6m");
     // A small state fits...
     std::fs::write(
         env.root()

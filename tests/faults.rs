@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Env, BIN};
+use common::{rt, Env, BIN};
 use juju_brd::api::client;
 
 /// The fixture's agent.conf password; it must never show up in anything we print or log.
@@ -113,14 +113,6 @@ impl Drop for Daemon {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn daemon_config(env: &Env, extra: &str) {
     env.config(
         "",
@@ -223,19 +215,7 @@ fn disk_full_under_the_daemon() {
     }
     let env = Env::new(1);
     std::fs::create_dir_all(env.archives()).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(env.archives())
-        .status()
-        .unwrap()
-        .success());
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _u = Unmount(env.archives());
+    let _tmpfs = common::Tmpfs::mount(&env.archives(), "8m");
     std::fs::write(
         env.root()
             .join("var/lib/juju/tools/2.9.42-focal-amd64/jujud"),

@@ -464,15 +464,8 @@ fn apply(
         }
         DbRestore::Dqlite { databases } => {
             let step = "loading the database into the dqlite cluster";
-            let d = &cfg.database;
-            let engine = crate::snapshot::db::dqlite::DqliteEngine {
-                shell: d.shell.clone(),
-                servers: d.servers.clone(),
-                databases: databases.clone(),
-                tls_cert: d.tls_cert.clone(),
-                tls_key: d.tls_key.clone(),
-                timeout: d.timeout,
-            };
+            let mut engine = crate::snapshot::db::dqlite::DqliteEngine::from_config(&cfg.database);
+            engine.databases = databases.clone();
             let never = std::sync::atomic::AtomicBool::new(false);
             for db in databases {
                 let dump = incoming

@@ -38,6 +38,17 @@ fn fail(message: String) -> DbError {
 }
 
 impl DqliteEngine {
+    pub fn from_config(d: &crate::config::DatabaseConfig) -> Self {
+        DqliteEngine {
+            shell: d.shell.clone(),
+            servers: d.servers.clone(),
+            databases: d.databases.clone(),
+            tls_cert: d.tls_cert.clone(),
+            tls_key: d.tls_key.clone(),
+            timeout: d.timeout,
+        }
+    }
+
     fn argv(&self, database: &str) -> Vec<String> {
         let mut argv = vec![self.shell.clone(), "-s".into(), self.servers.join(",")];
         if let (Some(c), Some(k)) = (&self.tls_cert, &self.tls_key) {

@@ -45,14 +45,7 @@ pub fn from_config(cfg: &DatabaseConfig, root: &Path) -> Option<Box<dyn DbEngine
             root: root.to_path_buf(),
             timeout: cfg.timeout,
         })),
-        Engine::Dqlite => Some(Box::new(dqlite::DqliteEngine {
-            shell: cfg.shell.clone(),
-            servers: cfg.servers.clone(),
-            databases: cfg.databases.clone(),
-            tls_cert: cfg.tls_cert.clone(),
-            tls_key: cfg.tls_key.clone(),
-            timeout: cfg.timeout,
-        })),
+        Engine::Dqlite => Some(Box::new(dqlite::DqliteEngine::from_config(cfg))),
         Engine::Command => Some(Box::new(command::CommandEngine {
             argv: cfg.command.clone(),
             dump_file: cfg.dump_file.clone(),
