@@ -585,3 +585,45 @@ fn verify_refuses_a_gzip_bomb() {
         stderr(&out)
     );
 }
+
+/// `prune --dry-run` says what would go and why, and deletes nothing; `prune` deletes exactly
+/// that, sidecars included; an empty policy is refused.
+#[test]
+fn prune_dry_run_then_prune() {
+    let env = Env::new(1);
+    env.config(
+        "[backup]\nverify_after = true\n",
+        "[retention]\nkeep_last = 1\n",
+    );
+    let made: Vec<PathBuf> = (0..3).map(|_| env.backup()).collect();
+    let before = env.archive_dir_listing();
+    let out = env.run(&["prune", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("would delete").count(), 2, "{text}");
+    assert!(
+        text.contains("no rule keeps it") && text.contains("last 1/1"),
+        "{text}"
+    );
+    assert_eq!(
+        env.archive_dir_listing(),
+        before,
+        "a dry run deleted something"
+    );
+    let out = env.run(&["prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let left = env.archive_dir_listing();
+    let newest = made
+        .iter()
+        .max()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(left, vec![newest.clone(), format!("{newest}.sha256")]);
+    env.config("", "[retention]\nkeep_last = 0\n");
+    let out = env.run(&["prune"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("keeps nothing"), "{}", stderr(&out));
+}
