@@ -227,11 +227,17 @@ fn consistent_under_concurrent_writes() {
             let mut rewrites = 0u64;
             let mut byte = b'B';
             while !stop.load(Ordering::Relaxed) {
-                // In place, in chunks, so a reader can catch it half-written.
+                // In place, so a reader can catch it half-written: alternately in chunks (the
+                // stamps move between them) and as one 4 MiB write(2), whose stamps move once,
+                // when it starts, so only the settle rule catches a read that overlaps it.
                 let mut f = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
-                for _ in 0..4 {
-                    f.write_all(&vec![byte; 1 << 20]).unwrap();
-                    std::thread::sleep(Duration::from_millis(1));
+                if rewrites % 2 == 0 {
+                    for _ in 0..4 {
+                        f.write_all(&vec![byte; 1 << 20]).unwrap();
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                } else {
+                    f.write_all(&vec![byte; 4 << 20]).unwrap();
                 }
                 drop(f);
                 rewrites += 1;

@@ -4,6 +4,11 @@
 //! the outer tar needs its size up front, and a file that changes while it is read can be cut back
 //! out of a seekable file and read again. A file is archived only when its size, mtime and ctime are
 //! the same before and after the read and the read returned exactly that size.
+//!
+//! Equal stamps are not enough on their own: `write(2)` sets ctime when it *starts*, then copies
+//! its bytes. A write still in flight when we take the "before" stamp finishes during our read
+//! without changing the stamp, and the read is torn. So, like git's "racily clean" rule, a file
+//! whose ctime is younger than [`SETTLE`] is not read yet: we wait until it is, then read it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
@@ -11,6 +16,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
@@ -184,6 +190,23 @@ impl Spool {
     }
 }
 
+/// How long a file must have been left alone before a read of it can be trusted (see the module
+/// doc). Far longer than a page-cache write of any sane size takes, and a few kernel clock ticks.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How much longer to wait before reading a file last changed at `ctime`, if at all.
+///
+/// A ctime far in the future (a clock stepped back) cannot be waited out; a write during the read
+/// would still move ctime to the present, which the stamp comparison sees.
+fn unsettled(ctime: SystemTime, now: SystemTime) -> Option<Duration> {
+    match now.duration_since(ctime) {
+        Ok(age) if age < SETTLE => Some(SETTLE - age),
+        Ok(_) => None,
+        Err(ahead) if ahead.duration() < SETTLE => Some(SETTLE),
+        Err(_) => None,
+    }
+}
+
 /// Identity and change markers of a file: equal before and after a read means the read is whole.
 #[derive(PartialEq, Eq, Clone, Copy)]
 struct Stamp {
@@ -198,6 +221,17 @@ impl Stamp {
             size: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+
+    fn ctime(&self) -> SystemTime {
+        let (secs, nanos) = self.ctime;
+        let since_epoch =
+            Duration::from_secs(secs.unsigned_abs()) + Duration::from_nanos(nanos as u64);
+        if secs >= 0 {
+            UNIX_EPOCH + since_epoch
+        } else {
+            UNIX_EPOCH - since_epoch
         }
     }
 }
@@ -387,6 +421,11 @@ fn capture_file(
             )));
         }
         let stamp = Stamp::of(&before);
+        if let Some(wait) = unsettled(stamp.ctime(), SystemTime::now()) {
+            tracing::debug!(path = %real.display(), attempt, "changed a moment ago; letting it settle");
+            std::thread::sleep(wait);
+            continue;
+        }
         let mut header = header_for(&before, names);
         append_xattrs(tar, real)?;
         let mut reader = CountingHash {
@@ -414,9 +453,7 @@ fn capture_file(
         tar.get_mut()
             .rewind_to(start)
             .map_err(io_err("rewind staging tar", real))?;
-        std::thread::sleep(std::time::Duration::from_millis(
-            (20 * u64::from(attempt)).min(200),
-        ));
+        std::thread::sleep(Duration::from_millis((20 * u64::from(attempt)).min(200)));
     }
     Err(SnapshotError::Unstable {
         path: real.to_path_buf(),
@@ -443,5 +480,37 @@ impl<R: Read> Read for CountingHash<'_, R> {
         self.left -= n as u64;
         self.progress.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_changed_within_the_settle_time_waits_out_the_rest() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(unsettled(now, now), Some(SETTLE));
+        let ms = Duration::from_millis;
+        assert_eq!(unsettled(now - ms(5), now), Some(SETTLE - ms(5)));
+        assert_eq!(unsettled(now - SETTLE, now), None);
+        assert_eq!(unsettled(now - Duration::from_secs(3600), now), None);
+        // A little ahead of our clock (fine-grained file time vs. the clock we read): wait.
+        assert_eq!(unsettled(now + ms(1), now), Some(SETTLE));
+        // Far ahead (clock stepped back): waiting would never end.
+        assert_eq!(unsettled(now + Duration::from_secs(60), now), None);
+    }
+
+    #[test]
+    fn stamp_ctime_converts_seconds_and_nanoseconds() {
+        let s = Stamp {
+            size: 0,
+            mtime: (0, 0),
+            ctime: (1_700_000_000, 250_000_000),
+        };
+        assert_eq!(
+            s.ctime(),
+            UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(250)
+        );
     }
 }
