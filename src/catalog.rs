@@ -23,6 +23,10 @@ pub struct ArchiveInfo {
     pub started: DateTime<Utc>,
     pub modified: DateTime<Utc>,
     pub verification: VerifyState,
+    /// Sealed with age; reading it needs an identity.
+    pub encrypted: bool,
+    /// From the sidecar's listing line, when it has one.
+    pub environment: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,7 +81,12 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             }
             _ => VerifyState::Unverified,
         };
+        let environment = crate::archive::sidecar::read(&entry.path())
+            .and_then(|(_, listing)| listing)
+            .map(|l| l.environment);
         out.push(ArchiveInfo {
+            encrypted: parsed.encrypted,
+            environment,
             started: parsed.started_utc(),
             modified: md.modified().map(DateTime::<Utc>::from).unwrap_or_default(),
             path: entry.path(),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::archive::encryption::Identities;
 use crate::archive::verify::{self, VerifyOptions};
 use crate::catalog;
 use crate::config::Config;
@@ -47,12 +48,18 @@ enum Command {
         /// Refuse archives that decompress beyond this ratio (compression bombs).
         #[arg(long, default_value_t = crate::archive::reader::DEFAULT_MAX_RATIO)]
         max_ratio: u64,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Print an archive's metadata.
     Show {
         file: PathBuf,
         #[arg(long)]
         json: bool,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// List archives in the configured directory, newest first.
     List {
@@ -97,6 +104,9 @@ enum Command {
         /// This host's address for agent.conf [default: detected].
         #[arg(long)]
         address: Option<String>,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
 }
 
@@ -117,6 +127,15 @@ fn load_config(flag: Option<&Path>) -> Result<Config> {
     Ok(Config::load(&path)?)
 }
 
+fn load_identities(flag: Option<PathBuf>) -> Result<Option<Arc<Identities>>> {
+    flag.map(|p| {
+        Identities::load(&p)
+            .map(Arc::new)
+            .map_err(anyhow::Error::msg)
+    })
+    .transpose()
+}
+
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config_flag = cli.config.as_deref();
     match cli.command {
@@ -132,8 +151,19 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             file,
             json,
             max_ratio,
-        } => verify_cmd(config_flag, &file, json, max_ratio),
-        Command::Show { file, json } => show(&file, json),
+            identity,
+        } => verify_cmd(
+            config_flag,
+            &file,
+            json,
+            max_ratio,
+            load_identities(identity)?,
+        ),
+        Command::Show {
+            file,
+            json,
+            identity,
+        } => show(&file, json, load_identities(identity)?.as_deref()),
         Command::List { json, verify } => list(&load_config(config_flag)?, json, verify),
         Command::CheckConfig => check_config(config_flag),
         Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
@@ -147,6 +177,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             force,
             target_root,
             address,
+            identity,
         } => {
             let opts = crate::restore::RestoreOptions {
                 archive: file,
@@ -155,6 +186,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 force,
                 target_root,
                 address,
+                identities: load_identities(identity)?,
             };
             restore(&load_config(config_flag)?, &opts, dry_run, yes)
         }
@@ -342,9 +374,11 @@ fn verify_cmd(
     file: &Path,
     json: bool,
     max_ratio: u64,
+    identities: Option<Arc<Identities>>,
 ) -> Result<ExitCode> {
     let opts = VerifyOptions {
         max_ratio,
+        identities,
         ..VerifyOptions::default()
     };
     let result = verify::verify(file, &opts);
@@ -379,8 +413,8 @@ fn verify_cmd(
     }
 }
 
-fn show(file: &Path, json: bool) -> Result<ExitCode> {
-    let m = verify::read_metadata(file)?;
+fn show(file: &Path, json: bool, identities: Option<&Identities>) -> Result<ExitCode> {
+    let m = verify::read_metadata(file, identities)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&m)?);
         return Ok(ExitCode::SUCCESS);
@@ -423,7 +457,7 @@ fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
             .iter_mut()
             .filter(|a| a.verification != catalog::VerifyState::Verified)
         {
-            let ok = verify::verify(&a.path, &VerifyOptions::default()).is_ok();
+            let ok = verify_listed(cfg, a)?;
             let _ = catalog::record_verification(&cfg.state_dir, &a.path, ok);
             a.verification = if ok {
                 catalog::VerifyState::Verified
@@ -456,6 +490,26 @@ fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `list --verify` of one archive: completely, or for an encrypted archive without
+/// `encryption.identity_file`, its checksum against the sidecar and its age header.
+fn verify_listed(cfg: &Config, a: &catalog::ArchiveInfo) -> Result<bool> {
+    let identities = match &cfg.encryption.identity_file {
+        Some(p) if a.parsed.encrypted => {
+            Some(Arc::new(Identities::load(p).map_err(anyhow::Error::msg)?))
+        }
+        _ => None,
+    };
+    if a.parsed.encrypted && identities.is_none() {
+        let want = crate::archive::sidecar::read(&a.path).map(|(sha, _)| sha);
+        return Ok(want.is_some_and(|sha| verify::verify_sealed(&a.path, &sha).is_ok()));
+    }
+    let opts = VerifyOptions {
+        identities,
+        ..VerifyOptions::default()
+    };
+    Ok(verify::verify(&a.path, &opts).is_ok())
 }
 
 fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {

@@ -61,6 +61,57 @@ pub struct Config {
     pub restore: RestoreConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// Off-host copies: `[[remote]]` tables.
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteConfig>,
+}
+
+/// age encryption of archives (see `archive::encryption`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age X25519 public keys (`age1...`); when any is set, archives are `NAME.tar.gz.age`.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// Optional identity file for the daemon's own full verification of what it wrote. Without
+    /// it an encrypted archive is checked by re-reading its checksum and age header only.
+    #[serde(default)]
+    pub identity_file: Option<PathBuf>,
+}
+
+/// One S3-compatible bucket that every successful backup is copied to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Short name for `list --remote`, `restore --remote`, logs and metric labels.
+    pub name: String,
+    /// `http(s)://host:port` of the S3 API (Ceph RGW, MinIO, Garage); omit for AWS itself.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "defaults::region")]
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. "controllers/prod/".
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`), which most self-hosted servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`, optional
+    /// `aws_session_token`); without it the standard `AWS_*` environment variables are used.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+    /// Upload attempts after the first failure, with exponential backoff.
+    #[serde(default = "defaults::remote_retries")]
+    pub retries: u32,
+    /// Multipart upload part size; memory used is about two parts.
+    #[serde(default = "defaults::part_size")]
+    pub part_size: ByteSize,
+    /// This remote's own retention policy; without it, the remote keeps every archive.
+    #[serde(default)]
+    pub retention: Option<RetentionConfig>,
 }
 
 /// Several state-servers: which one takes each scheduled backup (see `ha`).
@@ -388,6 +439,15 @@ mod defaults {
     pub fn file_retries() -> u32 {
         5
     }
+    pub fn region() -> String {
+        "us-east-1".into()
+    }
+    pub fn remote_retries() -> u32 {
+        4
+    }
+    pub fn part_size() -> super::ByteSize {
+        super::ByteSize(16 << 20)
+    }
     pub fn root() -> PathBuf {
         "/".into()
     }
@@ -546,6 +606,15 @@ impl Config {
                 key: key.to_string(),
                 message,
             })?;
+        for (i, r) in cfg.remotes.iter().enumerate() {
+            r.validate(i, &cfg.remotes[..i])
+                .map_err(|(field, message)| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: locate_remote_key(text, i, field).unwrap_or(0),
+                    key: format!("remote[{i}].{field}"),
+                    message,
+                })?;
+        }
         Ok(cfg)
     }
 
@@ -567,6 +636,14 @@ impl Config {
         }
         if let Some(p) = self.api.token_file.as_mut() {
             fix(p);
+        }
+        if let Some(p) = self.encryption.identity_file.as_mut() {
+            fix(p);
+        }
+        for r in &mut self.remotes {
+            if let Some(p) = r.credentials_file.as_mut() {
+                fix(p);
+            }
         }
         for p in [&mut self.database.tls_cert, &mut self.database.tls_key]
             .into_iter()
@@ -703,7 +780,30 @@ impl Config {
                 ));
             }
         }
+        crate::archive::encryption::Recipients::parse(&self.encryption.recipients)
+            .map_err(|e| ("encryption.recipients", e))?;
+        if self.encryption.identity_file.is_some() && self.encryption.recipients.is_empty() {
+            return Err((
+                "encryption.identity_file",
+                "is only used with encryption.recipients".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The age recipients archives are sealed to, if encryption is on.
+    pub fn recipients(&self) -> Option<crate::archive::encryption::Recipients> {
+        if self.encryption.recipients.is_empty() {
+            return None;
+        }
+        Some(
+            crate::archive::encryption::Recipients::parse(&self.encryption.recipients)
+                .expect("validated when the config was loaded"),
+        )
+    }
+
+    pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {
+        self.remotes.iter().find(|r| r.name == name)
     }
 
     /// The environment name: `JUJU_ENV` if set, else the config's.
@@ -781,6 +881,66 @@ pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
         item = value;
     }
     last_span.map(|s| line_of_offset(text, s.start))
+}
+
+/// The line of `field` in the `index`-th `[[remote]]` table (or of the table's header).
+fn locate_remote_key(text: &str, index: usize, field: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let table = doc.get("remote")?.as_array_of_tables()?.get(index)?;
+    let span = table
+        .get_key_value(field)
+        .and_then(|(k, _)| k.span())
+        .or_else(|| table.span())?;
+    Some(line_of_offset(text, span.start))
+}
+
+impl RemoteConfig {
+    /// Checks one remote; `earlier` are the remotes before it (names must be unique).
+    fn validate(
+        &self,
+        _index: usize,
+        earlier: &[RemoteConfig],
+    ) -> Result<(), (&'static str, String)> {
+        let n = &self.name;
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(("name", format!("`{n}` must be letters, digits, `-` or `_`")));
+        }
+        if earlier.iter().any(|r| &r.name == n) {
+            return Err(("name", format!("`{n}` names two remotes")));
+        }
+        if self.bucket.trim().is_empty() {
+            return Err(("bucket", "must not be empty".into()));
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err((
+                    "endpoint",
+                    format!("`{e}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|p| p == "..") {
+            return Err(("prefix", "must be relative, without `..`".into()));
+        }
+        if self.part_size.0 < 5 << 20 {
+            return Err(("part_size", "S3 needs parts of at least 5MiB".into()));
+        }
+        if self
+            .retention
+            .as_ref()
+            .is_some_and(|r| *r == RetentionConfig::default())
+        {
+            return Err((
+                "retention",
+                "an empty policy would delete every archive; omit it to keep all".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Turns serde's "unknown field `keep_dayly`, expected one of ..." into a suggestion of the

@@ -23,7 +23,7 @@ pub fn archive(data: &[u8]) {
         ..Default::default()
     };
     let _ = crate::archive::verify::verify(&path, &opts);
-    let _ = crate::archive::verify::read_metadata(&path);
+    let _ = crate::archive::verify::read_metadata(&path, None);
 }
 
 /// An inner root.tar stream.

@@ -140,10 +140,28 @@ fn find(d: &Daemon, name: &str) -> Result<catalog::ArchiveInfo, ApiError> {
 async fn show(State(d): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     let a = find(&d, &name)?;
     let path = a.path.clone();
-    let meta = tokio::task::spawn_blocking(move || crate::archive::verify::read_metadata(&path))
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+    let identity_file = d.config().encryption.identity_file.clone();
+    if a.encrypted && identity_file.is_none() {
+        // The daemon holds only public keys: what it can tell is what the sidecar records.
+        let listing = crate::archive::sidecar::read(&a.path).and_then(|(_, l)| l);
+        return Ok(
+            Json(serde_json::json!({ "archive": a, "metadata": null, "listing": listing }))
+                .into_response(),
+        );
+    }
+    let meta = tokio::task::spawn_blocking(move || {
+        let ids = identity_file
+            .map(|p| crate::archive::encryption::Identities::load(&p))
+            .transpose()
+            .map_err(|e| crate::archive::verify::VerifyError {
+                path: path.clone(),
+                message: e,
+            })?;
+        crate::archive::verify::read_metadata(&path, ids.as_ref())
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(Json(serde_json::json!({ "archive": a, "metadata": meta })).into_response())
 }
 

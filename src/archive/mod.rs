@@ -8,11 +8,13 @@
 //! juju-backup/dump/...        the database dump, as the engine produced it
 //! ```
 
+pub mod encryption;
 pub mod manifest;
 pub mod metadata;
 pub mod name;
 pub mod paths;
 pub mod reader;
+pub mod sidecar;
 pub mod verify;
 pub mod writer;
 

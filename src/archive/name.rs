@@ -1,4 +1,5 @@
-//! Archive file names: `juju-backup-YYYYMMDD-HHMMSS[-N].tar.gz`, as Juju names its backups.
+//! Archive file names: `juju-backup-YYYYMMDD-HHMMSS[-N].tar.gz`, as Juju names its backups, with
+//! `.tar.zst` for zstd and a trailing `.age` when the archive is encrypted.
 //!
 //! Only names that parse here are ever listed, pruned or deleted: a file an operator drops in the
 //! archive directory is never a retention candidate.
@@ -22,10 +23,17 @@ pub struct ArchiveName {
     /// 1 for the first archive of that second, 2 for `-2`, ...
     pub seq: u32,
     pub compression: Compression,
+    /// Sealed with age (`.age` suffix).
+    pub encrypted: bool,
 }
 
 impl ArchiveName {
-    pub fn new(started: DateTime<Utc>, seq: u32, compression: Compression) -> Self {
+    pub fn new(
+        started: DateTime<Utc>,
+        seq: u32,
+        compression: Compression,
+        encrypted: bool,
+    ) -> Self {
         let started = started.naive_utc();
         let started = started.date().and_time(
             chrono::NaiveTime::from_hms_opt(
@@ -39,14 +47,20 @@ impl ArchiveName {
             started,
             seq,
             compression,
+            encrypted,
         }
     }
 
     /// The first free name for `started` in `dir` (adding `-2`, `-3`, ... as Juju users expect).
-    pub fn first_free(dir: &Path, started: DateTime<Utc>, compression: Compression) -> Self {
+    pub fn first_free(
+        dir: &Path,
+        started: DateTime<Utc>,
+        compression: Compression,
+        encrypted: bool,
+    ) -> Self {
         let mut seq = 1;
         loop {
-            let n = ArchiveName::new(started, seq, compression);
+            let n = ArchiveName::new(started, seq, compression, encrypted);
             let taken = [n.to_string(), format!("{n}{PART_SUFFIX}")]
                 .iter()
                 .any(|f| dir.join(f).symlink_metadata().is_ok());
@@ -59,6 +73,10 @@ impl ArchiveName {
 
     pub fn parse(file_name: &str) -> Option<Self> {
         let rest = file_name.strip_prefix(PREFIX)?;
+        let (rest, encrypted) = match rest.strip_suffix(super::encryption::SUFFIX) {
+            Some(r) => (r, true),
+            None => (rest, false),
+        };
         let (stem, compression) = if let Some(s) = rest.strip_suffix(".tar.gz") {
             (s, Compression::Gzip)
         } else if let Some(s) = rest.strip_suffix(".tar.zst") {
@@ -89,6 +107,7 @@ impl ArchiveName {
             started,
             seq,
             compression,
+            encrypted,
         })
     }
 
@@ -110,7 +129,11 @@ impl fmt::Display for ArchiveName {
         f.write_str(match self.compression {
             Compression::Gzip => ".tar.gz",
             Compression::Zstd => ".tar.zst",
-        })
+        })?;
+        if self.encrypted {
+            f.write_str(super::encryption::SUFFIX)?;
+        }
+        Ok(())
     }
 }
 
@@ -123,13 +146,16 @@ mod tests {
         let t = DateTime::parse_from_rfc3339("2026-11-24T10:35:07.9Z")
             .unwrap()
             .with_timezone(&Utc);
-        let a = ArchiveName::new(t, 1, Compression::Gzip);
+        let a = ArchiveName::new(t, 1, Compression::Gzip, false);
         assert_eq!(a.to_string(), "juju-backup-20261124-103507.tar.gz");
-        let b = ArchiveName::new(t, 2, Compression::Zstd);
+        let b = ArchiveName::new(t, 2, Compression::Zstd, false);
         assert_eq!(b.to_string(), "juju-backup-20261124-103507-2.tar.zst");
-        assert_eq!(ArchiveName::parse(&a.to_string()), Some(a.clone()));
-        assert_eq!(ArchiveName::parse(&b.to_string()), Some(b.clone()));
-        assert!(a < b);
+        let c = ArchiveName::new(t, 3, Compression::Gzip, true);
+        assert_eq!(c.to_string(), "juju-backup-20261124-103507-3.tar.gz.age");
+        for n in [&a, &b, &c] {
+            assert_eq!(ArchiveName::parse(&n.to_string()).as_ref(), Some(n));
+        }
+        assert!(a < b && b < c);
     }
 
     #[test]
@@ -137,6 +163,9 @@ mod tests {
         for n in [
             "juju-backup-20261124-103507.tar.gz.part",
             "juju-backup-20261124-103507.tar.gz.sha256",
+            "juju-backup-20261124-103507.tar.gz.age.sha256",
+            "juju-backup-20261124-103507.tar.gz.age.part",
+            "juju-backup-20261124-103507.age",
             "juju-backup-20261124-103507-1.tar.gz",
             "juju-backup-2026112-103507.tar.gz",
             "juju-backup-20261324-103507.tar.gz",

@@ -1,5 +1,6 @@
-//! Opens an archive for reading: detects gzip or zstd by magic bytes, hashes the compressed bytes
-//! (for the sidecar) and refuses decompression bombs by bounding the expansion ratio.
+//! Opens an archive for reading: decrypts an age-sealed one, detects gzip or zstd by magic bytes,
+//! hashes the bytes as stored (for the sidecar) and refuses decompression bombs by bounding the
+//! expansion ratio.
 
 use std::fs::File;
 use std::io::{self, BufReader, Read};
@@ -8,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
+
+use super::encryption::{self, Identities, AGE_MAGIC};
 
 /// Default bound on decompressed/compressed bytes. Real state-server data stays far below it
 /// (even SQLite free pages); a gzip bomb reaches 1000:1.
@@ -71,27 +74,47 @@ impl<R: Read> Read for RatioLimit<R> {
 
 pub struct OpenedArchive {
     pub reader: Box<dyn Read + Send>,
+    /// Bytes and SHA-256 of the file as stored (the ciphertext of an encrypted archive).
     pub raw: RawStats,
     pub compression: &'static str,
+    pub encrypted: bool,
 }
 
-pub fn open(path: &Path, max_ratio: u64) -> io::Result<OpenedArchive> {
+/// Opens `path` for reading its tar stream. An age-encrypted archive needs `identities`; without
+/// them, or with ones it was not encrypted to, this fails before any plaintext exists.
+pub fn open(
+    path: &Path,
+    max_ratio: u64,
+    identities: Option<&Identities>,
+) -> io::Result<OpenedArchive> {
     let mut file = File::open(path)?;
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; AGE_MAGIC.len()];
     let got = read_up_to(&mut file, &mut magic)?;
     let raw = RawStats::default();
-    let prefix = io::Cursor::new(magic[..got].to_vec());
     let counted = RawReader {
-        inner: BufReader::with_capacity(1 << 20, prefix.chain(file)),
+        inner: BufReader::with_capacity(
+            1 << 20,
+            io::Cursor::new(magic[..got].to_vec()).chain(file),
+        ),
         stats: raw.clone(),
     };
+    let encrypted = magic[..got] == *AGE_MAGIC;
+    let mut plain: Box<dyn Read + Send> = if encrypted {
+        let ids = identities.ok_or_else(encryption::identity_needed)?;
+        Box::new(ids.open(counted)?)
+    } else {
+        Box::new(counted)
+    };
+    let mut magic = [0u8; 4];
+    let got = read_up_to(&mut plain, &mut magic)?;
+    let plain = io::Cursor::new(magic[..got].to_vec()).chain(plain);
     let (decoded, compression): (Box<dyn Read + Send>, _) = match magic[..got] {
-        [0x1f, 0x8b, ..] => (Box::new(flate2::read::MultiGzDecoder::new(counted)), "gzip"),
-        [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(counted)?), "zstd"),
+        [0x1f, 0x8b, ..] => (Box::new(flate2::read::MultiGzDecoder::new(plain)), "gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(plain)?), "zstd"),
         _ => {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "not a gzip or zstd archive (bad magic bytes)",
+                "not a gzip, zstd or age-encrypted archive (bad magic bytes)",
             ))
         }
     };
@@ -104,6 +127,7 @@ pub fn open(path: &Path, max_ratio: u64) -> io::Result<OpenedArchive> {
         }),
         raw,
         compression,
+        encrypted,
     })
 }
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::encryption::Identities;
 use super::manifest::{Entry, Kind, Manifest, MAX_MANIFEST_BYTES};
 use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::paths::{safe_relative, symlink_stays_inside};
@@ -37,6 +38,7 @@ pub struct VerifyReport {
     pub metadata: Metadata,
     pub has_manifest: bool,
     pub compression: &'static str,
+    pub encrypted: bool,
     pub sha256: String,
     pub sidecar: SidecarStatus,
     pub root_members: u64,
@@ -51,6 +53,8 @@ pub struct VerifyOptions {
     pub check_database: bool,
     /// Where a temporary copy of an SQLite dump may be made; the system temp dir if `None`.
     pub scratch_dir: Option<PathBuf>,
+    /// Needed to read an encrypted archive (`--identity`).
+    pub identities: Option<std::sync::Arc<Identities>>,
 }
 
 impl Default for VerifyOptions {
@@ -59,6 +63,7 @@ impl Default for VerifyOptions {
             max_ratio: reader::DEFAULT_MAX_RATIO,
             check_database: true,
             scratch_dir: None,
+            identities: None,
         }
     }
 }
@@ -237,7 +242,8 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         path: path.to_path_buf(),
         message,
     };
-    let opened = reader::open(path, opts.max_ratio).map_err(|e| fail(e.to_string()))?;
+    let opened = reader::open(path, opts.max_ratio, opts.identities.as_deref())
+        .map_err(|e| fail(e.to_string()))?;
     let mut outer = tar::Archive::new(opened.reader);
     let mut names = HashSet::new();
     let mut metadata: Option<Metadata> = None;
@@ -383,6 +389,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         dump_files: dump.keys().cloned().collect(),
         has_manifest: manifest.is_some(),
         compression: opened.compression,
+        encrypted: opened.encrypted,
         metadata,
         sha256,
         sidecar,
@@ -424,13 +431,42 @@ fn check_sidecar(path: &Path, sha256: &str) -> Result<SidecarStatus, String> {
     Ok(SidecarStatus::Match)
 }
 
-/// Reads just the metadata (the first member of our archives), without checking the rest.
-pub fn read_metadata(path: &Path) -> Result<Metadata, VerifyError> {
+/// What can be checked of an encrypted archive without its identity: the bytes on disk hash to
+/// `sha256` (and to the sidecar) and start with a well-formed age header.
+pub fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
     let fail = |message: String| VerifyError {
         path: path.to_path_buf(),
         message,
     };
-    let opened = reader::open(path, reader::DEFAULT_MAX_RATIO).map_err(|e| fail(e.to_string()))?;
+    let mut f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    age::Decryptor::new(io::BufReader::new(&mut f))
+        .map_err(|e| fail(format!("not a readable age file: {e}")))?;
+    io::Seek::rewind(&mut f).map_err(|e| fail(e.to_string()))?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h).map_err(|e| fail(format!("cannot read back: {e}")))?;
+    let got = hex::encode(h.finalize());
+    if got != sha256 {
+        return Err(fail(format!(
+            "read back as sha256 {} but was written as {}",
+            short(&got),
+            short(sha256)
+        )));
+    }
+    check_sidecar(path, &got).map_err(fail)?;
+    Ok(())
+}
+
+/// Reads just the metadata (the first member of our archives), without checking the rest.
+pub fn read_metadata(
+    path: &Path,
+    identities: Option<&Identities>,
+) -> Result<Metadata, VerifyError> {
+    let fail = |message: String| VerifyError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let opened = reader::open(path, reader::DEFAULT_MAX_RATIO, identities)
+        .map_err(|e| fail(e.to_string()))?;
     let mut outer = tar::Archive::new(opened.reader);
     let want = format!("{TOP}/{METADATA}");
     for entry in outer.entries().map_err(|e| fail(e.to_string()))? {

@@ -15,7 +15,9 @@ use gzp::par::compress::{ParCompress, ParCompressBuilder};
 use gzp::ZWriter;
 use sha2::{Digest, Sha256};
 
+use super::encryption::Recipients;
 use super::name::{ArchiveName, PART_SUFFIX};
+use super::sidecar::{self, Listing};
 use crate::config::Compression;
 
 /// What a finished archive is, as written.
@@ -46,9 +48,40 @@ impl Write for HashingFile {
     }
 }
 
+/// Between the compressor and the file: plain, or an age stream when the archive is encrypted.
+/// The sidecar's checksum is over what reaches the disk (the ciphertext when sealed).
+enum Sealed {
+    Plain(HashingFile),
+    Age(age::stream::StreamWriter<HashingFile>),
+}
+
+impl Write for Sealed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sealed::Plain(w) => w.write(buf),
+            Sealed::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sealed::Plain(w) => w.flush(),
+            Sealed::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl Sealed {
+    fn finish(self) -> io::Result<HashingFile> {
+        match self {
+            Sealed::Plain(w) => Ok(w),
+            Sealed::Age(w) => w.finish(),
+        }
+    }
+}
+
 enum Compressor {
-    Gzip(ParCompress<'static, Gzip, HashingFile>),
-    Zstd(zstd::Encoder<'static, HashingFile>),
+    Gzip(ParCompress<'static, Gzip, Sealed>),
+    Zstd(zstd::Encoder<'static, Sealed>),
 }
 
 impl Write for Compressor {
@@ -69,8 +102,8 @@ impl Write for Compressor {
 impl Compressor {
     fn finish(self) -> io::Result<HashingFile> {
         match self {
-            Compressor::Gzip(mut w) => w.finish().map_err(io::Error::other),
-            Compressor::Zstd(w) => w.finish(),
+            Compressor::Gzip(mut w) => w.finish().map_err(io::Error::other)?.finish(),
+            Compressor::Zstd(w) => w.finish()?.finish(),
         }
     }
 }
@@ -81,6 +114,7 @@ pub struct ArchiveWriter {
     part: PathBuf,
     tar: Option<tar::Builder<Compressor>>,
     mtime: u64,
+    listing: Option<Listing>,
 }
 
 /// Number of compression threads to use for `threads = 0`.
@@ -89,12 +123,19 @@ pub fn default_threads() -> usize {
 }
 
 impl ArchiveWriter {
+    /// `recipients` must be given exactly when `name` is an encrypted archive's name.
     pub fn create(
         dir: &Path,
         name: ArchiveName,
         level: u32,
         threads: usize,
+        recipients: Option<&Recipients>,
     ) -> io::Result<ArchiveWriter> {
+        assert_eq!(
+            name.encrypted,
+            recipients.is_some(),
+            "name and sealing disagree"
+        );
         let part = dir.join(format!("{name}{PART_SUFFIX}"));
         let file = OpenOptions::new()
             .write(true)
@@ -102,10 +143,14 @@ impl ArchiveWriter {
             .mode(0o600)
             .open(&part)
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", part.display())))?;
-        let sink = HashingFile {
+        let file = HashingFile {
             out: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
             bytes: 0,
+        };
+        let sink = match recipients {
+            Some(r) => Sealed::Age(r.seal(file)?),
+            None => Sealed::Plain(file),
         };
         let threads = if threads == 0 {
             default_threads()
@@ -142,7 +187,13 @@ impl ArchiveWriter {
             part,
             tar: Some(tar),
             mtime,
+            listing: None,
         })
+    }
+
+    /// What the sidecar records for listing the archive without opening it.
+    pub fn set_listing(&mut self, listing: Listing) {
+        self.listing = Some(listing);
     }
 
     pub fn name(&self) -> &ArchiveName {
@@ -203,7 +254,7 @@ impl ArchiveWriter {
         let sha256 = hex::encode(sink.hash.finalize());
         write_atomic(
             &self.dir.join(self.name.sidecar()),
-            format!("{sha256}  {}\n", self.name).as_bytes(),
+            sidecar::render(&sha256, &self.name.to_string(), self.listing.as_ref()).as_bytes(),
             0o600,
         )?;
         Ok(WrittenArchive {

@@ -55,6 +55,8 @@ pub struct RestoreOptions {
     pub force: bool,
     pub target_root: PathBuf,
     pub address: Option<String>,
+    /// To read an encrypted archive.
+    pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +93,7 @@ pub struct RestorePlan {
     pub start: Vec<Vec<String>>,
     pub forced_past: Vec<String>,
     pub warnings: Vec<String>,
+    pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
 }
 
 impl fmt::Display for RestorePlan {
@@ -162,6 +165,7 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
                 .exists()
                 .then(std::env::temp_dir)
                 .or(Some(scratch)),
+            identities: opts.identities.clone(),
             ..VerifyOptions::default()
         },
     )?;
@@ -284,6 +288,7 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         start: cfg.restore.start_commands.clone(),
         forced_past,
         warnings,
+        identities: opts.identities.clone(),
     })
 }
 
@@ -382,8 +387,12 @@ fn apply(
     // One pass over the archive: manifest, root.tar (extracted), dump files (staged).
     let extracted = {
         let step = "extracting the files";
-        let opened = reader::open(&plan.archive, reader::DEFAULT_MAX_RATIO)
-            .map_err(|e| (step, e.to_string()))?;
+        let opened = reader::open(
+            &plan.archive,
+            reader::DEFAULT_MAX_RATIO,
+            plan.identities.as_deref(),
+        )
+        .map_err(|e| (step, e.to_string()))?;
         let mut outer = tar::Archive::new(opened.reader);
         let mut manifest: Option<Manifest> = None;
         let mut extracted = None;

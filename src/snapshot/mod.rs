@@ -21,9 +21,11 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::agent_conf::AgentConf;
+use crate::archive::encryption::Identities;
 use crate::archive::manifest::{Entry, Kind};
 use crate::archive::metadata::{BrdMetadata, Metadata, FORMAT_VERSION};
 use crate::archive::name::{ArchiveName, PART_SUFFIX};
+use crate::archive::sidecar::Listing;
 use crate::archive::verify::{self, VerifyOptions, VerifyReport};
 use crate::archive::writer::{ArchiveWriter, WrittenArchive};
 use crate::archive::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
@@ -117,35 +119,58 @@ pub fn take(
     }
     let outcome = result?;
     if cfg.backup.verify_after {
+        let identities = match &cfg.encryption.identity_file {
+            Some(p) if outcome.name.encrypted => Some(Arc::new(
+                Identities::load(p).map_err(SnapshotError::Config)?,
+            )),
+            _ => None,
+        };
+        if outcome.name.encrypted && identities.is_none() {
+            // Without an identity the plaintext cannot be read back: check what reached the disk.
+            return match verify::verify_sealed(&outcome.archive.path, &outcome.archive.sha256) {
+                Ok(()) => {
+                    record_verified(cfg, &outcome.archive.path);
+                    Ok(outcome)
+                }
+                Err(e) => {
+                    discard(cfg, &outcome);
+                    Err(SnapshotError::Verify(e))
+                }
+            };
+        }
         let opts = VerifyOptions {
             scratch_dir: Some(cfg.archive_dir.clone()),
+            identities,
             ..VerifyOptions::default()
         };
         match verify::verify(&outcome.archive.path, &opts) {
             Ok(report) => {
-                // So `list`, the API and retention see it as verified without reading it again.
-                let recorded = crate::catalog::record_verification(
-                    &cfg.state_dir,
-                    &outcome.archive.path,
-                    true,
-                );
-                if let Err(e) = recorded {
-                    tracing::warn!(error = %e, "cannot record the verification result");
-                }
+                record_verified(cfg, &outcome.archive.path);
                 return Ok(BackupOutcome {
                     verified: Some(report),
                     ..outcome
                 });
             }
             Err(e) => {
-                // An archive we cannot read back must not pass for a good backup.
-                let _ = std::fs::remove_file(&outcome.archive.path);
-                let _ = std::fs::remove_file(cfg.archive_dir.join(outcome.name.sidecar()));
+                discard(cfg, &outcome);
                 return Err(SnapshotError::Verify(e));
             }
         }
     }
     Ok(outcome)
+}
+
+/// So `list`, the API and retention see it as verified without reading it again.
+fn record_verified(cfg: &Config, archive: &Path) {
+    if let Err(e) = crate::catalog::record_verification(&cfg.state_dir, archive, true) {
+        tracing::warn!(error = %e, "cannot record the verification result");
+    }
+}
+
+/// An archive we cannot read back must not pass for a good backup.
+fn discard(cfg: &Config, outcome: &BackupOutcome) {
+    let _ = std::fs::remove_file(&outcome.archive.path);
+    let _ = std::fs::remove_file(cfg.archive_dir.join(outcome.name.sidecar()));
 }
 
 fn snapshot_and_write(
@@ -248,9 +273,28 @@ fn snapshot_and_write(
         .len();
 
     // The archive itself.
-    let name = ArchiveName::first_free(dir, started, cfg.backup.compression);
-    let mut w = ArchiveWriter::create(dir, name.clone(), cfg.backup.level, cfg.backup.threads)
-        .map_err(io_err("create archive in", dir))?;
+    let recipients = cfg.recipients();
+    let name = ArchiveName::first_free(dir, started, cfg.backup.compression, recipients.is_some());
+    let mut w = ArchiveWriter::create(
+        dir,
+        name.clone(),
+        cfg.backup.level,
+        cfg.backup.threads,
+        recipients.as_ref(),
+    )
+    .map_err(io_err("create archive in", dir))?;
+    w.set_listing(Listing {
+        environment: metadata
+            .brd
+            .as_ref()
+            .map(|b| b.environment.clone())
+            .unwrap_or_default(),
+        id: metadata.id.clone(),
+        started: metadata.started,
+        finished: metadata.finished,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        encrypted: name.encrypted,
+    });
     let write_err = |e: io::Error| {
         if progress.cancel.load(Ordering::Relaxed) {
             return SnapshotError::Cancelled;
