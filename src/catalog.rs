@@ -179,7 +179,16 @@ pub fn prune(
         .collect();
     let tz = crate::schedule::parse_timezone(&cfg.schedule.timezone)?;
     let (free, _) = crate::space::free_and_total(&cfg.archive_dir)?;
-    let decisions = crate::retention::plan(&cfg.retention, &candidates, tz, free)?;
+    let mut decisions = crate::retention::plan(&cfg.retention, &candidates, tz, free)?;
+    // An archive that has not reached every remote is the only copy there is: keep it.
+    let ledger = crate::remote::replicate::Ledger::load(&cfg.state_dir);
+    for d in decisions.iter_mut().filter(|d| !d.keep) {
+        let missing = ledger.missing(&d.name, &cfg.remotes);
+        if !missing.is_empty() {
+            d.keep = true;
+            d.reason = format!("not yet copied to remote {}", missing.join(", "));
+        }
+    }
     for d in decisions.iter().filter(|d| !d.keep) {
         if dry_run {
             tracing::info!(archive = %d.name, reason = %d.reason, "would delete");

@@ -1,6 +1,7 @@
 //! The `juju-brd` command line. Each subcommand parses its flags, loads the config and calls the
 //! library; this is the only place errors become exit codes and text for a person.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ enum Command {
         /// Verify archives not verified yet (reads each one completely).
         #[arg(long)]
         verify: bool,
+        /// List the archives on this `[[remote]]` instead.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
     },
     /// Validate a config file and print the effective settings.
     CheckConfig,
@@ -81,8 +85,12 @@ enum Command {
     Daemon,
     /// Rebuild this host's state-server from an archive (run on the replacement host).
     Restore {
-        /// The archive to restore.
+        /// The archive to restore: a local file, `s3://BUCKET/KEY`, or with `--remote` an
+        /// archive name on that remote. Remote archives are downloaded into `archive_dir` first.
         file: PathBuf,
+        /// Download FILE (an archive name) from this `[[remote]]` first.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
         /// Juju constraints the host must meet, e.g. "mem=4G cores=2 root-disk=20G arch=amd64".
         #[arg(long)]
         constraints: Option<String>,
@@ -164,12 +172,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             json,
             identity,
         } => show(&file, json, load_identities(identity)?.as_deref()),
-        Command::List { json, verify } => list(&load_config(config_flag)?, json, verify),
+        Command::List {
+            json,
+            verify,
+            remote: None,
+        } => list(&load_config(config_flag)?, json, verify),
+        Command::List {
+            json,
+            remote: Some(name),
+            ..
+        } => list_remote(&load_config(config_flag)?, &name, json),
         Command::CheckConfig => check_config(config_flag),
         Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
         Command::Daemon => daemon(config_flag),
         Command::Restore {
             file,
+            remote,
             constraints,
             environment,
             dry_run,
@@ -179,6 +197,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             address,
             identity,
         } => {
+            let cfg = load_config(config_flag)?;
+            let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
             let opts = crate::restore::RestoreOptions {
                 archive: file,
                 constraints,
@@ -188,7 +208,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 address,
                 identities: load_identities(identity)?,
             };
-            restore(&load_config(config_flag)?, &opts, dry_run, yes)
+            restore(&cfg, &opts, dry_run, yes)
         }
     }
 }
@@ -205,7 +225,110 @@ fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
         bytes = outcome.archive.size,
         "backup complete"
     );
+    if !cfg.remotes.is_empty() {
+        let runs = runtime()?.block_on(crate::remote::replicate::run(cfg));
+        for (remote, run) in runs {
+            match run.error {
+                None => {
+                    tracing::info!(remote = %remote, copied = run.uploaded.len(), "off-host copies up to date")
+                }
+                Some(e) => eprintln!(
+                    "juju-brd: warning: not every archive reached remote `{remote}` ({e}); \
+                     local retention keeps them until they do"
+                ),
+            }
+        }
+    }
     println!("{}", outcome.archive.path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// For `restore`: a local path as it is; `s3://BUCKET/KEY` or `--remote NAME ARCHIVE` downloaded
+/// (with its sidecar) into `archive_dir`, for `restore` to verify like any other archive.
+fn fetch_remote_archive(cfg: &Config, file: &Path, remote: Option<&str>) -> Result<PathBuf> {
+    let text = file.to_string_lossy();
+    let (rc, key) = match (remote, crate::remote::parse_s3_url(&text)) {
+        (Some(name), _) => {
+            let rc = cfg
+                .remote(name)
+                .with_context(|| format!("no [[remote]] named `{name}` in the config"))?;
+            (rc, None)
+        }
+        (None, Some((bucket, key))) => {
+            let rc = cfg
+                .remotes
+                .iter()
+                .find(|r| r.bucket == bucket)
+                .with_context(|| {
+                    format!("no [[remote]] in the config uses bucket `{bucket}` (its endpoint and credentials are needed)")
+                })?;
+            (rc, Some(key))
+        }
+        (None, None) => return Ok(file.to_path_buf()),
+    };
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::archive::name::ArchiveName::parse(n).is_some())
+        .with_context(|| format!("`{text}` does not name a juju-brd archive"))?
+        .to_string();
+    let remote = crate::remote::Remote::from_config(rc)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.archive_dir)
+        .with_context(|| format!("creating {}", cfg.archive_dir.display()))?;
+    eprintln!(
+        "downloading {name} from remote `{}` into {}",
+        rc.name,
+        cfg.archive_dir.display()
+    );
+    let path = runtime()?.block_on(async {
+        match key {
+            None => remote.fetch_archive(&name, &cfg.archive_dir).await,
+            Some(key) => {
+                let dest = cfg.archive_dir.join(&name);
+                remote.download(&key.as_str().into(), &dest).await?;
+                let side = format!("{key}{}", crate::archive::name::SIDECAR_SUFFIX);
+                let side_dest = cfg
+                    .archive_dir
+                    .join(format!("{name}{}", crate::archive::name::SIDECAR_SUFFIX));
+                if let Err(e) = remote.download(&side.as_str().into(), &side_dest).await {
+                    tracing::warn!(error = %e, "no sidecar downloaded; verifying without one");
+                }
+                Ok(dest)
+            }
+        }
+    })?;
+    Ok(path)
+}
+
+fn list_remote(cfg: &Config, name: &str, json: bool) -> Result<ExitCode> {
+    let rc = cfg
+        .remote(name)
+        .with_context(|| format!("no [[remote]] named `{name}` in the config"))?;
+    let remote = crate::remote::Remote::from_config(rc)?;
+    let archives = runtime()?.block_on(remote.list())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&archives)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if archives.is_empty() {
+        println!("no archives on remote `{name}` (bucket {})", rc.bucket);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = chrono::Utc::now();
+    println!("{:<48} {:>12} {:>10}  KEY", "NAME", "SIZE", "AGE");
+    for a in &archives {
+        println!(
+            "{:<48} {:>12} {:>10}  s3://{}/{}",
+            a.name,
+            human_bytes(a.size),
+            human_age(now - a.started),
+            rc.bucket,
+            a.key
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

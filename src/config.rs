@@ -106,6 +106,9 @@ pub struct RemoteConfig {
     /// Upload attempts after the first failure, with exponential backoff.
     #[serde(default = "defaults::remote_retries")]
     pub retries: u32,
+    /// Wait before the first retry; doubled before each next one.
+    #[serde(default = "defaults::retry_delay", with = "humantime_serde")]
+    pub retry_delay: Duration,
     /// Multipart upload part size; memory used is about two parts.
     #[serde(default = "defaults::part_size")]
     pub part_size: ByteSize,
@@ -446,7 +449,10 @@ mod defaults {
         4
     }
     pub fn part_size() -> super::ByteSize {
-        super::ByteSize(16 << 20)
+        super::ByteSize(8 << 20)
+    }
+    pub fn retry_delay() -> std::time::Duration {
+        std::time::Duration::from_secs(5)
     }
     pub fn root() -> PathBuf {
         "/".into()

@@ -545,6 +545,47 @@ async fn run_job(
     }
     let _ = job.done.send(true);
     notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
+    if job.info().state == JobState::Succeeded && !cfg.remotes.is_empty() {
+        replicate(daemon, &cfg, tick, pinging).await;
+    }
+}
+
+/// Copies what has not reached each remote yet, after the job is reported done (a waiting client
+/// has its archive), still inside the single worker, so it never overlaps a backup.
+async fn replicate(
+    daemon: &Arc<Daemon>,
+    cfg: &Arc<Config>,
+    tick: &mut tokio::time::Interval,
+    pinging: bool,
+) {
+    let c = cfg.clone();
+    let mut handle = tokio::spawn(async move { crate::remote::replicate::run(&c).await });
+    let runs = loop {
+        tokio::select! {
+            r = &mut handle => break r,
+            _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
+        }
+    };
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "replication task failed");
+            return;
+        }
+    };
+    let mut uploaded = false;
+    for (remote, run) in &runs {
+        if run.error.is_some() {
+            daemon.metrics.remote_failed(remote);
+        }
+        uploaded |= !run.uploaded.is_empty();
+    }
+    // Archives that were pinned only because they were not off-host yet may go now.
+    if uploaded {
+        if let Err(e) = catalog::prune(cfg, false) {
+            tracing::warn!(error = %e, "retention not applied");
+        }
+    }
 }
 
 fn fail_job(daemon: &Daemon, job: &Job, seconds: f64, error: String) {

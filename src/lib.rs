@@ -10,6 +10,7 @@
 //! - [`api`]: the local HTTP API (`types` shared by server and client).
 //! - [`retention`]: which archives to keep (pure); [`state`]: what the daemon remembers.
 //! - [`metrics`]: Prometheus text.
+//! - [`remote`]: off-host copies on S3-compatible storage, and which archive reached where.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
 //! - [`schedule`]: when the next backup is due (pure, time passed in).
 //! - [`process`]: running hook and dump commands with timeouts and without leaking secrets.
@@ -30,6 +31,7 @@ pub mod ha;
 pub mod logging;
 pub mod metrics;
 pub mod process;
+pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod schedule;

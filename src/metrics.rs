@@ -23,6 +23,14 @@ pub struct Metrics {
     last_size: AtomicU64,
     next_run: AtomicU64,
     duration: Mutex<Histogram>,
+    /// Failed replication runs per remote name.
+    remote_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+/// Per remote, what `render` shows besides the failure counter.
+pub struct RemoteGauge<'a> {
+    pub name: &'a str,
+    pub last_success_unix: f64,
 }
 
 #[derive(Default)]
@@ -51,12 +59,30 @@ impl Metrics {
         h.count += 1;
     }
 
+    pub fn remote_failed(&self, remote: &str) {
+        *self
+            .remote_failures
+            .lock()
+            .expect("metrics lock")
+            .entry(remote.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn remote_failures(&self, remote: &str) -> u64 {
+        self.remote_failures
+            .lock()
+            .expect("metrics lock")
+            .get(remote)
+            .copied()
+            .unwrap_or(0)
+    }
+
     pub fn set_next_run(&self, unix: Option<f64>) {
         self.next_run
             .store(unix.unwrap_or(0.0).to_bits(), Ordering::Relaxed);
     }
 
-    pub fn render(&self, archives: usize, free_bytes: u64) -> String {
+    pub fn render(&self, archives: usize, free_bytes: u64, remotes: &[RemoteGauge<'_>]) -> String {
         let mut o = String::new();
         let f = |a: &AtomicU64| f64::from_bits(a.load(Ordering::Relaxed));
         let mut one = |name: &str, kind: &str, help: &str, value: String| {
@@ -113,6 +139,29 @@ impl Metrics {
             "Free space in the archive directory.",
             free_bytes.to_string(),
         );
+        if !remotes.is_empty() {
+            let name = "juju_brd_remote_upload_failures_total";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Replication runs to a remote that failed after their retries.\n# TYPE {name} counter"
+            );
+            for r in remotes {
+                let _ = writeln!(
+                    o,
+                    "{name}{{remote=\"{}\"}} {}",
+                    r.name,
+                    self.remote_failures(r.name)
+                );
+            }
+            let name = "juju_brd_remote_last_success_timestamp_seconds";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Unix time of the last replication run to a remote that copied everything (0 if none).\n# TYPE {name} gauge"
+            );
+            for r in remotes {
+                let _ = writeln!(o, "{name}{{remote=\"{}\"}} {}", r.name, r.last_success_unix);
+            }
+        }
         let h = self.duration.lock().expect("metrics lock");
         let name = "juju_brd_backup_duration_seconds";
         let _ = writeln!(

@@ -259,6 +259,13 @@ fn trigger_notify_and_concurrent_triggers() {
     let (_, body) = d.request(&rt, hyper::Method::GET, "/metrics");
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("juju_brd_backup_attempts_total 2"), "{text}");
+    promtool_check(&body);
+
+    assert!(d.stop().success());
+}
+
+/// `promtool check metrics` (Debian package `prometheus`, installed by .ci/run) accepts `body`.
+fn promtool_check(body: &[u8]) {
     if let Ok(mut p) = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -267,7 +274,7 @@ fn trigger_notify_and_concurrent_triggers() {
         .spawn()
     {
         use std::io::Write;
-        p.stdin.take().unwrap().write_all(&body).unwrap();
+        p.stdin.take().unwrap().write_all(body).unwrap();
         let out = p.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -276,7 +283,97 @@ fn trigger_notify_and_concurrent_triggers() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
 
+/// A remote that is down: the backup still succeeds, the failure shows in /v1/status and the
+/// metrics; once the remote is back, the next backup copies both archives.
+#[test]
+fn off_host_copies_are_reported_in_status_and_metrics() {
+    let env = Env::new(1);
+    let port = common::free_port();
+    std::fs::write(
+        env.path("s3.credentials"),
+        format!(
+            "aws_access_key_id = {}\naws_secret_access_key = {}\n",
+            common::ACCESS_KEY,
+            common::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    config(
+        &env,
+        &format!(
+            "[[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"{}\"\n\
+             path_style = true\ncredentials_file = \"s3.credentials\"\nretries = 1\nretry_delay = \"20ms\"\n",
+            common::BUCKET
+        ),
+    );
+    let d = Daemon::start(&env);
+    let rt = rt();
+    let trigger = |d: &Daemon| {
+        let (status, body) = d.request(&rt, hyper::Method::POST, "/v1/backups?wait=true");
+        assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+    };
+    trigger(&d);
+    wait_until(
+        Duration::from_secs(30),
+        "the failed upload in /v1/status",
+        || {
+            let s: StatusResponse = d.get(&rt, "/v1/status");
+            s.remotes[0].upload_failures == 1
+        },
+    );
+    let s: StatusResponse = d.get(&rt, "/v1/status");
+    let r = &s.remotes[0];
+    assert_eq!((r.name.as_str(), r.pending), ("offsite", 1));
+    assert!(
+        r.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("offsite"),
+        "{r:?}"
+    );
+    assert!(r.last_success.is_none());
+    let (_, body) = d.request(&rt, hyper::Method::GET, "/metrics");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(
+        text.contains("juju_brd_remote_upload_failures_total{remote=\"offsite\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("juju_brd_remote_last_success_timestamp_seconds{remote=\"offsite\"} 0"),
+        "{text}"
+    );
+    promtool_check(&body);
+
+    let s3 = common::S3Server::start(&env.path("s3data"), port);
+    trigger(&d);
+    wait_until(Duration::from_secs(30), "both archives off-host", || {
+        let s: StatusResponse = d.get(&rt, "/v1/status");
+        s.remotes[0].pending == 0 && s.remotes[0].last_success.is_some()
+    });
+    assert_eq!(
+        s3.objects("")
+            .iter()
+            .filter(|n| n.ends_with(".tar.gz"))
+            .count(),
+        2
+    );
+    let (_, body) = d.request(&rt, hyper::Method::GET, "/metrics");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let last = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("juju_brd_remote_last_success_timestamp_seconds{remote=\"offsite\"} ")
+        })
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(last > 1.7e9, "{text}");
+    promtool_check(&body);
+    assert!(
+        !d.log().contains(common::SECRET_KEY),
+        "secret in the daemon's log"
+    );
     assert!(d.stop().success());
 }
 

@@ -240,8 +240,35 @@ async fn status(State(d): Shared) -> Result<Response, ApiError> {
         archive_count: archives.len(),
         free_space_bytes: free,
         current_job: current,
+        remotes: remote_status(&d, &cfg, &archives),
     })
     .into_response())
+}
+
+fn remote_status(
+    d: &Daemon,
+    cfg: &crate::config::Config,
+    archives: &[catalog::ArchiveInfo],
+) -> Vec<crate::api::types::RemoteStatus> {
+    let ledger = crate::remote::replicate::Ledger::load(&cfg.state_dir);
+    cfg.remotes
+        .iter()
+        .map(|r| {
+            let health = ledger.remotes.get(&r.name).cloned().unwrap_or_default();
+            crate::api::types::RemoteStatus {
+                name: r.name.clone(),
+                bucket: r.bucket.clone(),
+                last_success: health.last_success,
+                last_error: health.last_error,
+                last_error_at: health.last_error_at,
+                pending: archives
+                    .iter()
+                    .filter(|a| !ledger.has(&a.name, &r.name))
+                    .count(),
+                upload_failures: d.metrics.remote_failures(&r.name),
+            }
+        })
+        .collect()
 }
 
 async fn metrics(State(d): Shared) -> Result<Response, ApiError> {
@@ -253,7 +280,22 @@ async fn metrics(State(d): Shared) -> Result<Response, ApiError> {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        d.metrics.render(archives.len(), free),
+        {
+            let ledger = crate::remote::replicate::Ledger::load(&cfg.state_dir);
+            let gauges: Vec<crate::metrics::RemoteGauge<'_>> = cfg
+                .remotes
+                .iter()
+                .map(|r| crate::metrics::RemoteGauge {
+                    name: &r.name,
+                    last_success_unix: ledger
+                        .remotes
+                        .get(&r.name)
+                        .and_then(|h| h.last_success)
+                        .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
+                })
+                .collect();
+            d.metrics.render(archives.len(), free, &gauges)
+        },
     )
         .into_response())
 }

@@ -71,6 +71,22 @@ pub struct StatusResponse {
     pub archive_count: usize,
     pub free_space_bytes: u64,
     pub current_job: Option<JobInfo>,
+    /// One entry per `[[remote]]`.
+    #[serde(default)]
+    pub remotes: Vec<RemoteStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    pub name: String,
+    pub bucket: String,
+    pub last_success: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// Local archives not yet copied there (and so kept by local retention).
+    pub pending: usize,
+    /// Failed replication runs since the daemon started.
+    pub upload_failures: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -165,3 +165,89 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+// A real S3 server: s3s-fs on loopback (installed by .ci/run).
+
+pub const ACCESS_KEY: &str = "jujubrdtestaccess";
+pub const SECRET_KEY: &str = "jujubrd-test-SECRET-7f3a9c";
+pub const BUCKET: &str = "juju-backups";
+
+/// A running s3s-fs with one bucket, stopped (and waited for) when dropped.
+pub struct S3Server {
+    child: std::process::Child,
+    pub port: u16,
+    data: PathBuf,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v s3s-fs"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let in_cargo = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
+    on_path
+        .or(in_cargo.filter(|p| p.exists()))
+        .expect("s3s-fs is not installed: cargo install s3s-fs@0.14.1 --locked --features binary (.ci/run does)")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl S3Server {
+    pub fn start(data: &Path, port: u16) -> S3Server {
+        std::fs::create_dir_all(data.join(BUCKET)).unwrap();
+        let child = Command::new(s3s_fs_binary())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "s3s-fs did not start on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        S3Server {
+            child,
+            port,
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Where the server keeps `key` of our bucket on disk (s3s-fs maps keys to files).
+    pub fn object(&self, key: &str) -> PathBuf {
+        self.data.join(BUCKET).join(key)
+    }
+
+    pub fn objects(&self, prefix: &str) -> Vec<String> {
+        let dir = self.data.join(BUCKET).join(prefix);
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("juju-backup-"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
