@@ -2,7 +2,8 @@
 //!
 //! Every state-server runs juju-brd. For a scheduled slot, a node takes the backup when:
 //! 1. `ha.prefer` is set and answers: only that node does;
-//! 2. otherwise the database leader does (dqlite: the cluster's `.leader`);
+//! 2. otherwise the database leader does (dqlite: the cluster's `.leader`; MongoDB: the replica
+//!    set's primary, as `isMaster` reports it, so `ha.self_address` is this node's `host:37017`);
 //! 3. if the leader cannot be determined, every node does — a duplicate archive is better than a
 //!    slot silently lost.
 //!
@@ -53,6 +54,12 @@ fn leader(cfg: &Config) -> Result<String, String> {
             let database = d.databases.first().ok_or("no database configured")?;
             engine.current_leader(database).map_err(|e| e.to_string())
         }
+        Engine::Mongodb => crate::snapshot::db::mongo::MongoEngine {
+            root: cfg.files.root.clone(),
+            timeout: cfg.ha.probe_timeout.max(Duration::from_secs(5)),
+        }
+        .primary()
+        .map_err(|e| e.to_string()),
         other => Err(format!("no leader query for the {other:?} engine")),
     }
 }

@@ -152,6 +152,33 @@ pub fn reinitiate_script(c: &Credentials, address: &str) -> String {
     )
 }
 
+/// Marks the line of the primary query's output we read; anything else the shell prints is noise.
+const PRIMARY_MARK: &str = "juju-brd-primary:";
+
+/// The shell script (fed on stdin) that prints the replica set's primary as `host:port`.
+/// `isMaster` rather than `hello`: Juju 1.x ships a MongoDB that has no `hello`.
+pub fn primary_script(c: &Credentials) -> String {
+    let js = |s: &str| serde_json::to_string(s).expect("string serialises");
+    format!(
+        "db.getSiblingDB(\"admin\").auth({user}, {pw});\n\
+         var r = db.getSiblingDB(\"admin\").isMaster();\n\
+         print({mark} + (r.primary || \"\"));\n",
+        user = js(&c.user),
+        pw = js(&c.password),
+        mark = js(PRIMARY_MARK),
+    )
+}
+
+/// The primary from the query's stdout, if the replica set has one.
+pub fn parse_primary(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(PRIMARY_MARK))
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+}
+
 /// A private directory holding the config (password) and CA files for one run; removed on drop.
 struct Secrets {
     dir: tempfile::TempDir,
@@ -227,21 +254,65 @@ impl MongoEngine {
         let mut spec = ChildSpec::new("mongorestore", &argv, self.timeout);
         spec.cancel = Some(cancel);
         process::run(spec)?;
+        self.shell(
+            &c,
+            &secrets,
+            "reinitiate.js",
+            &reinitiate_script(&c, address),
+            Stdio::null(),
+        )
+    }
+
+    /// The replica set's primary (`host:port`), asked of the local juju-db: every member knows
+    /// it. Used to pick the one HA node that takes a scheduled backup.
+    pub fn primary(&self) -> Result<String, DbError> {
+        let c = self.credentials()?;
+        let secrets = Secrets::new(&c)?;
+        let out_path = secrets.dir.path().join("primary.out");
+        let out = fs::File::create(&out_path).map_err(|e| fail(e.to_string()))?;
+        self.shell(
+            &c,
+            &secrets,
+            "primary.js",
+            &primary_script(&c),
+            Stdio::from(out),
+        )?;
+        let text = fs::read_to_string(&out_path).map_err(|e| fail(e.to_string()))?;
+        parse_primary(&text).ok_or_else(|| fail("the replica set reports no primary".into()))
+    }
+
+    /// Runs `script` (it holds the password: a private file on stdin, never argv) in the mongo
+    /// shell against the local juju-db.
+    fn shell(
+        &self,
+        c: &Credentials,
+        secrets: &Secrets,
+        name: &str,
+        script: &str,
+        stdout: Stdio,
+    ) -> Result<(), DbError> {
         let shell = tool(&["juju-db.mongo", "mongo", "mongosh"])
             .ok_or_else(|| fail("no mongo shell is installed".into()))?;
-        let script = secrets.dir.path().join("reinitiate.js");
-        fs::write(&script, reinitiate_script(&c, address)).map_err(|e| fail(e.to_string()))?;
-        let mut argv = vec![
+        let path = secrets.dir.path().join(name);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut f| f.write_all(script.as_bytes()))
+            .map_err(|e| fail(e.to_string()))?;
+        let argv = vec![
             shell,
             "--quiet".into(),
             "--port".into(),
             c.port.to_string(),
             "--ssl".into(),
             "--sslAllowInvalidCertificates".into(),
+            "admin".into(),
         ];
-        argv.push("admin".into());
         let mut spec = ChildSpec::new("mongo shell", &argv, self.timeout);
-        spec.stdin = Stdio::from(fs::File::open(&script).map_err(|e| fail(e.to_string()))?);
+        spec.stdin = Stdio::from(fs::File::open(&path).map_err(|e| fail(e.to_string()))?);
+        spec.stdout = stdout;
         process::run(spec)?;
         Ok(())
     }
@@ -295,6 +366,20 @@ mod tests {
             AgentConf::parse("tag: machine-0\nstatepassword: 'p\"a$s w0rd'\nstateport: 37018\n")
                 .unwrap();
         Credentials::from_agent_conf(&conf, None).unwrap()
+    }
+
+    #[test]
+    fn primary_query_quotes_the_password_and_its_answer_parses() {
+        let c = creds();
+        let script = primary_script(&c);
+        assert!(script.contains(r#""p\"a$s w0rd""#), "{script}");
+        assert!(script.contains("isMaster()"));
+        assert_eq!(
+            parse_primary("MongoDB shell version v4.4\njuju-brd-primary:10.0.0.2:37017\n"),
+            Some("10.0.0.2:37017".into())
+        );
+        assert_eq!(parse_primary("juju-brd-primary:\n"), None);
+        assert_eq!(parse_primary("Error: not authorized\n"), None);
     }
 
     #[test]
