@@ -462,7 +462,7 @@ async fn worker_loop(
     loop {
         tokio::select! {
             job = jobs.recv() => match job {
-                Some(job) => run_job(&daemon, job, &mut tick, pinging).await,
+                Some(job) => run_job(&daemon, job, &mut tick, pinging, &mut stop).await,
                 None => return,
             },
             _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
@@ -476,6 +476,7 @@ async fn run_job(
     job: Arc<Job>,
     tick: &mut tokio::time::Interval,
     pinging: bool,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let cfg = daemon.config();
     let started = Instant::now();
@@ -546,17 +547,19 @@ async fn run_job(
     let _ = job.done.send(true);
     notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
     if job.info().state == JobState::Succeeded && !cfg.remotes.is_empty() {
-        replicate(daemon, &cfg, tick, pinging).await;
+        replicate(daemon, &cfg, tick, pinging, stop).await;
     }
 }
 
 /// Copies what has not reached each remote yet, after the job is reported done (a waiting client
-/// has its archive), still inside the single worker, so it never overlaps a backup.
+/// has its archive), still inside the single worker, so it never overlaps a backup. Shutdown
+/// interrupts it: the ledger records only finished copies, so the rest go after the next backup.
 async fn replicate(
     daemon: &Arc<Daemon>,
     cfg: &Arc<Config>,
     tick: &mut tokio::time::Interval,
     pinging: bool,
+    stop: &mut watch::Receiver<bool>,
 ) {
     let c = cfg.clone();
     let mut handle = tokio::spawn(async move { crate::remote::replicate::run(&c).await });
@@ -564,6 +567,11 @@ async fn replicate(
         tokio::select! {
             r = &mut handle => break r,
             _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
+            _ = stopped(stop) => {
+                handle.abort();
+                tracing::warn!("stopping: off-host copies interrupted; they resume after the next backup");
+                return;
+            }
         }
     };
     let runs = match runs {

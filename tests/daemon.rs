@@ -617,3 +617,41 @@ fn the_tcp_listener_requires_the_bearer_token() {
     assert!(!d.log().contains(token), "the token reached the log");
     assert!(d.stop().success());
 }
+
+/// SIGTERM while off-host copies are being retried stops the daemon at once, cleanly; the copy is
+/// left for the next backup.
+#[test]
+fn sigterm_interrupts_off_host_copies() {
+    let env = Env::new(1);
+    std::fs::write(
+        env.path("s3.credentials"),
+        "aws_access_key_id = a\naws_secret_access_key = b\n",
+    )
+    .unwrap();
+    config(
+        &env,
+        &format!(
+            "[[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"b\"\n\
+             path_style = true\ncredentials_file = \"s3.credentials\"\nretries = 3\nretry_delay = \"30s\"\n",
+            common::free_port()
+        ),
+    );
+    let d = Daemon::start(&env);
+    let rt = rt();
+    let (status, body) = d.request(&rt, hyper::Method::POST, "/v1/backups?wait=true");
+    assert!(status.is_success(), "{}", String::from_utf8_lossy(&body));
+    wait_until(
+        Duration::from_secs(30),
+        "a failed upload being retried",
+        || d.log().contains("upload failed; retrying"),
+    );
+    let asked = Instant::now();
+    let st = d.stop();
+    assert!(st.success(), "{st:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "took {:?} to stop",
+        asked.elapsed()
+    );
+    assert_eq!(archives(&env).len(), 1, "the local archive is kept");
+}

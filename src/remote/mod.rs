@@ -43,6 +43,8 @@ pub enum RemoteError {
         key: String,
         message: String,
     },
+    #[error("remote `{remote}`: no object {key}")]
+    NotFound { remote: String, key: String },
     #[error("remote `{remote}`: {key} read back wrong: {message}")]
     Mismatch {
         remote: String,
@@ -366,12 +368,16 @@ impl Remote {
                 .open(&part)
                 .await
                 .map_err(self.local_err(&part))?;
-            let mut stream = self
-                .store
-                .get(key)
-                .await
-                .map_err(self.store_err("download", key))?
-                .into_stream();
+            let mut stream = match self.store.get(key).await {
+                Ok(r) => r.into_stream(),
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(RemoteError::NotFound {
+                        remote: self.name.clone(),
+                        key: key.to_string(),
+                    })
+                }
+                Err(e) => return Err(self.store_err("download", key)(e)),
+            };
             let mut n = 0u64;
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(self.store_err("download", key))?;
