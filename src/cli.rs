@@ -313,23 +313,45 @@ fn list_remote(cfg: &Config, name: &str, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&archives)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if archives.is_empty() {
-        println!("no archives on remote `{name}` (bucket {})", rc.bucket);
-        return Ok(ExitCode::SUCCESS);
+    let rows: Vec<_> = archives
+        .iter()
+        .map(|a| {
+            (
+                a.name.as_str(),
+                a.size,
+                a.started,
+                format!("s3://{}/{}", rc.bucket, a.key),
+            )
+        })
+        .collect();
+    print_archive_table(
+        &rows,
+        "KEY",
+        &format!("no archives on remote `{name}` (bucket {})", rc.bucket),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table `list` prints, local or remote: name, size, age, and one column of `last`.
+fn print_archive_table(
+    rows: &[(&str, u64, chrono::DateTime<chrono::Utc>, String)],
+    last: &str,
+    empty: &str,
+) {
+    if rows.is_empty() {
+        println!("{empty}");
+        return;
     }
+    let width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(4);
     let now = chrono::Utc::now();
-    println!("{:<48} {:>12} {:>10}  KEY", "NAME", "SIZE", "AGE");
-    for a in &archives {
+    println!("{:<width$} {:>12} {:>10}  {last}", "NAME", "SIZE", "AGE");
+    for (name, size, started, extra) in rows {
         println!(
-            "{:<48} {:>12} {:>10}  s3://{}/{}",
-            a.name,
-            human_bytes(a.size),
-            human_age(now - a.started),
-            rc.bucket,
-            a.key
+            "{name:<width$} {:>12} {:>10}  {extra}",
+            human_bytes(*size),
+            human_age(now - *started)
         );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -593,25 +615,22 @@ fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&archives)?);
         return Ok(ExitCode::SUCCESS);
     }
-    if archives.is_empty() {
-        println!("no archives in {}", cfg.archive_dir.display());
-        return Ok(ExitCode::SUCCESS);
-    }
-    let now = chrono::Utc::now();
-    println!("{:<44} {:>12} {:>10}  STATUS", "NAME", "SIZE", "AGE");
-    for a in &archives {
-        println!(
-            "{:<44} {:>12} {:>10}  {}",
-            a.name,
-            human_bytes(a.size),
-            human_age(now - a.started),
-            match a.verification {
+    let rows: Vec<_> = archives
+        .iter()
+        .map(|a| {
+            let state = match a.verification {
                 catalog::VerifyState::Verified => "verified",
                 catalog::VerifyState::Failed => "FAILED",
                 catalog::VerifyState::Unverified => "unverified",
-            }
-        );
-    }
+            };
+            (a.name.as_str(), a.size, a.started, state.to_string())
+        })
+        .collect();
+    print_archive_table(
+        &rows,
+        "STATUS",
+        &format!("no archives in {}", cfg.archive_dir.display()),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
