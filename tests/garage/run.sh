@@ -122,4 +122,12 @@ cmp "$archive" "$work/original.tar.gz" && echo "   downloaded archive is byte-id
 cmp "$work/root/var/lib/juju/server.pem" "$work/hostB/var/lib/juju/server.pem"
 diff -r "$work/root/var/lib/juju/agents/machine-0/tools" "$work/hostB/var/lib/juju/agents/machine-0/tools" 2>/dev/null || true
 tail -3 "$work/restore.out" | sed 's/^/   /'
-echo "PASS: 3-node Garage (replication factor 3): upload, read-back, list, restore with a node lost mid-download"
+
+step "with node 3 still down: two more backups under a remote policy of keep_last = 1"
+# The remote's own policy goes in its [[remote]] table, which ends where [restore] begins.
+sed -i 's/^\[restore\]$/[remote.retention]\nkeep_last = 1\n\n[restore]/' "$work/cfg.toml"
+for i in 1 2; do sleep 1; "$bin" backup --offline 2>>"$work/backup.err" | tail -1 | sed 's/^/   /'; done
+left=$("$bin" list --remote garage --json | grep -c '"name"')
+"$bin" list --remote garage | sed 's/^/   /'
+[ "$left" = 1 ] || { echo "FAIL: the remote holds $left archives, want 1"; exit 1; }
+echo "PASS: 3-node Garage (replication factor 3): multipart upload, read-back, list, restore with a node lost mid-download, uploads and remote retention with a node down"
