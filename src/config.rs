@@ -918,8 +918,16 @@ impl RemoteConfig {
         if earlier.iter().any(|r| &r.name == n) {
             return Err(("name", format!("`{n}` names two remotes")));
         }
-        if self.bucket.trim().is_empty() {
-            return Err(("bucket", "must not be empty".into()));
+        let b = &self.bucket;
+        if !(3..=63).contains(&b.len())
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err((
+                "bucket",
+                format!("`{b}` is not a bucket name (3-63 letters, digits, `.`, `-`)"),
+            ));
         }
         if let Some(e) = &self.endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {

@@ -631,7 +631,7 @@ fn sigterm_interrupts_off_host_copies() {
     config(
         &env,
         &format!(
-            "[[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"b\"\n\
+            "[[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"bkt\"\n\
              path_style = true\ncredentials_file = \"s3.credentials\"\nretries = 3\nretry_delay = \"30s\"\n",
             common::free_port()
         ),

@@ -203,18 +203,19 @@ fn each_remote_prunes_with_its_own_policy() {
 fn bad_remote_config_is_named_and_credentials_are_never_echoed() {
     let env = Env::new(1);
     for (remote, want) in [
-        ("name = \"a b\"\nbucket = \"x\"\n", "remote[0].name"),
+        ("name = \"a b\"\nbucket = \"xyz\"\n", "remote[0].name"),
         ("name = \"a\"\nbucket = \"\"\n", "remote[0].bucket"),
+        ("name = \"a\"\nbucket = \"b\"\n", "not a bucket name"),
         (
-            "name = \"a\"\nbucket = \"x\"\nendpoint = \"127.0.0.1:9000\"\n",
+            "name = \"a\"\nbucket = \"xyz\"\nendpoint = \"127.0.0.1:9000\"\n",
             "remote[0].endpoint",
         ),
         (
-            "name = \"a\"\nbucket = \"x\"\npart_size = \"1MiB\"\n",
+            "name = \"a\"\nbucket = \"xyz\"\npart_size = \"1MiB\"\n",
             "remote[0].part_size",
         ),
         (
-            "name = \"a\"\nbucket = \"x\"\nbukket = \"y\"\n",
+            "name = \"a\"\nbucket = \"xyz\"\nbukket = \"y\"\n",
             "did you mean `bucket`",
         ),
     ] {
@@ -236,7 +237,7 @@ fn bad_remote_config_is_named_and_credentials_are_never_echoed() {
     env.config(
         "",
         &format!(
-            "{}[[remote]]\nname = \"a\"\nbucket = \"x\"\nendpoint = \"http://127.0.0.1:1\"\ncredentials_file = \"half.cred\"\n",
+            "{}[[remote]]\nname = \"a\"\nbucket = \"xyz\"\nendpoint = \"http://127.0.0.1:1\"\ncredentials_file = \"half.cred\"\n",
             env.sqlite_section()
         ),
     );
