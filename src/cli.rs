@@ -283,23 +283,11 @@ fn fetch_remote_archive(cfg: &Config, file: &Path, remote: Option<&str>) -> Resu
         rc.name,
         cfg.archive_dir.display()
     );
-    let path = runtime()?.block_on(async {
-        match key {
-            None => remote.fetch_archive(&name, &cfg.archive_dir).await,
-            Some(key) => {
-                let dest = cfg.archive_dir.join(&name);
-                remote.download(&key.as_str().into(), &dest).await?;
-                let side = format!("{key}{}", crate::archive::name::SIDECAR_SUFFIX);
-                let side_dest = cfg
-                    .archive_dir
-                    .join(format!("{name}{}", crate::archive::name::SIDECAR_SUFFIX));
-                if let Err(e) = remote.download(&side.as_str().into(), &side_dest).await {
-                    tracing::warn!(error = %e, "no sidecar downloaded; verifying without one");
-                }
-                Ok(dest)
-            }
-        }
-    })?;
+    let key = match key {
+        Some(k) => object_store::path::Path::from(k.as_str()),
+        None => remote.key(&name),
+    };
+    let path = runtime()?.block_on(remote.fetch(&key, &cfg.archive_dir))?;
     Ok(path)
 }
 

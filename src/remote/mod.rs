@@ -397,19 +397,19 @@ impl Remote {
         result
     }
 
-    /// Downloads an archive and its sidecar (when the remote has one) into `dir`.
-    pub async fn fetch_archive(&self, name: &str, dir: &Path) -> Result<PathBuf, RemoteError> {
-        let dest = dir.join(name);
-        self.download(&self.key(name), &dest).await?;
-        let sidecar = format!("{name}{SIDECAR_SUFFIX}");
-        match self
-            .download(&self.key(&sidecar), &dir.join(&sidecar))
-            .await
-        {
+    /// Downloads the archive at `key` and its sidecar (`key.sha256`, when the remote has one)
+    /// into `dir`, under the key's file name.
+    pub async fn fetch(&self, key: &ObjectPath, dir: &Path) -> Result<PathBuf, RemoteError> {
+        let name = key.filename().unwrap_or_default().to_string();
+        let dest = dir.join(&name);
+        self.download(key, &dest).await?;
+        let side_key = ObjectPath::from(format!("{key}{SIDECAR_SUFFIX}"));
+        let side_dest = dir.join(format!("{name}{SIDECAR_SUFFIX}"));
+        match self.download(&side_key, &side_dest).await {
             Ok(_) => {}
-            Err(RemoteError::Store { message, .. })
-                if message.contains("not found") || message.contains("NotFound") =>
-            {
+            Err(RemoteError::NotFound { .. }) => {
+                // Stale from an earlier download, it would not match; verification goes on without.
+                let _ = tokio::fs::remove_file(&side_dest).await;
                 tracing::warn!(remote = %self.name, archive = %name, "the remote has no sidecar for it; verifying without one");
             }
             Err(e) => return Err(e),
