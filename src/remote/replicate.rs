@@ -96,6 +96,10 @@ pub async fn run(cfg: &Config) -> BTreeMap<String, RemoteRun> {
     };
     for rc in &cfg.remotes {
         let mut ledger = Ledger::load(&cfg.state_dir);
+        // Archives retention has deleted need no record; the ledger stays as small as the dir.
+        ledger
+            .copies
+            .retain(|name, _| local.iter().any(|a| &a.name == name));
         let run = run_one(cfg, rc, &local, &mut ledger).await;
         let health = ledger.remotes.entry(rc.name.clone()).or_default();
         let now = Utc::now();
