@@ -248,12 +248,7 @@ fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
 fn fetch_remote_archive(cfg: &Config, file: &Path, remote: Option<&str>) -> Result<PathBuf> {
     let text = file.to_string_lossy();
     let (rc, key) = match (remote, crate::remote::parse_s3_url(&text)) {
-        (Some(name), _) => {
-            let rc = cfg
-                .remote(name)
-                .with_context(|| format!("no [[remote]] named `{name}` in the config"))?;
-            (rc, None)
-        }
+        (Some(name), _) => (remote_named(cfg, name)?, None),
         (None, Some((bucket, key))) => {
             let rc = cfg
                 .remotes
@@ -292,9 +287,7 @@ fn fetch_remote_archive(cfg: &Config, file: &Path, remote: Option<&str>) -> Resu
 }
 
 fn list_remote(cfg: &Config, name: &str, json: bool) -> Result<ExitCode> {
-    let rc = cfg
-        .remote(name)
-        .with_context(|| format!("no [[remote]] named `{name}` in the config"))?;
+    let rc = remote_named(cfg, name)?;
     let remote = crate::remote::Remote::from_config(rc)?;
     let archives = runtime()?.block_on(remote.list())?;
     if json {
@@ -625,21 +618,19 @@ fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
 /// `list --verify` of one archive: completely, or for an encrypted archive without
 /// `encryption.identity_file`, its checksum against the sidecar and its age header.
 fn verify_listed(cfg: &Config, a: &catalog::ArchiveInfo) -> Result<bool> {
-    let identities = match &cfg.encryption.identity_file {
-        Some(p) if a.parsed.encrypted => {
-            Some(Arc::new(Identities::load(p).map_err(anyhow::Error::msg)?))
-        }
-        _ => None,
-    };
-    if a.parsed.encrypted && identities.is_none() {
-        let want = crate::archive::sidecar::read(&a.path).map(|(sha, _)| sha);
-        return Ok(want.is_some_and(|sha| verify::verify_sealed(&a.path, &sha).is_ok()));
-    }
     let opts = VerifyOptions {
-        identities,
+        identities: crate::archive::encryption::configured(&cfg.encryption, a.parsed.encrypted)
+            .map_err(anyhow::Error::msg)?,
         ..VerifyOptions::default()
     };
-    Ok(verify::verify(&a.path, &opts).is_ok())
+    let sha256 = crate::archive::sidecar::read(&a.path).map(|(sha, _)| sha);
+    Ok(verify::verify_readable(&a.path, sha256.as_deref(), &opts).is_ok())
+}
+
+/// The `[[remote]]` called `name`.
+fn remote_named<'a>(cfg: &'a Config, name: &str) -> Result<&'a crate::config::RemoteConfig> {
+    cfg.remote(name)
+        .with_context(|| format!("no [[remote]] named `{name}` in the config"))
 }
 
 fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {

@@ -163,17 +163,7 @@ fn encrypted_round_trip_with_the_age_tool_and_restore() {
     // Restore straight from the encrypted archive.
     let b = env.path("hostB");
     std::fs::create_dir_all(&b).unwrap();
-    let out = env.run(&[
-        "restore",
-        "--yes",
-        "--address",
-        "10.20.30.40",
-        "--identity",
-        id,
-        "--target-root",
-        b.to_str().unwrap(),
-        a,
-    ]);
+    let out = env.restore_into(&b, &["--identity", id, a]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         std::fs::read(b.join("var/lib/juju/server.pem")).unwrap(),
@@ -205,10 +195,9 @@ fn a_wrong_or_missing_identity_is_refused_and_changes_nothing() {
     std::fs::write(b.join("var/lib/juju/keep-me"), "old").unwrap();
     let before = tree_state(&b, &[]);
     for extra in [vec!["--identity", w], vec![]] {
-        let mut args = vec!["restore", "--yes", "--address", "10.20.30.40"];
-        args.extend(extra);
-        args.extend(["--target-root", b.to_str().unwrap(), a]);
-        let out = env.run(&args);
+        let mut args = extra;
+        args.push(a);
+        let out = env.restore_into(&b, &args);
         assert!(!out.status.success());
         let err = stderr(&out);
         assert!(

@@ -81,16 +81,8 @@ fn a_backup_is_copied_read_back_listed_and_restored_from_the_bucket() {
     {
         let b = env.path(&format!("hostB{i}"));
         std::fs::create_dir_all(&b).unwrap();
-        let mut args = vec![
-            "restore",
-            "--yes",
-            "--address",
-            "10.20.30.40",
-            "--target-root",
-            b.to_str().unwrap(),
-        ];
-        args.extend(how.iter().map(|s| &**s));
-        let out = env.run(&args);
+        let args: Vec<&str> = how.iter().map(|s| &**s).collect();
+        let out = env.restore_into(&b, &args);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(!stderr(&out).contains(SECRET_KEY));
         assert_eq!(

@@ -26,17 +26,9 @@ fn host_b(env: &Env) -> PathBuf {
 }
 
 fn restore(env: &Env, archive: &Path, target: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec![
-        "restore",
-        "--yes",
-        "--address",
-        "10.20.30.40",
-        "--target-root",
-        target.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
+    let mut args = extra.to_vec();
     args.push(archive.to_str().unwrap());
-    env.run(&args)
+    env.restore_into(target, &args)
 }
 
 /// Sets every file's and directory's mtime under `root` to one fixed moment in 2020, so that

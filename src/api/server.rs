@@ -140,8 +140,8 @@ fn find(d: &Daemon, name: &str) -> Result<catalog::ArchiveInfo, ApiError> {
 async fn show(State(d): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
     let a = find(&d, &name)?;
     let path = a.path.clone();
-    let identity_file = d.config().encryption.identity_file.clone();
-    if a.encrypted && identity_file.is_none() {
+    let encryption = d.config().encryption.clone();
+    if a.encrypted && encryption.identity_file.is_none() {
         // The daemon holds only public keys: what it can tell is what the sidecar records.
         let listing = crate::archive::sidecar::read(&a.path).and_then(|(_, l)| l);
         return Ok(
@@ -149,15 +149,15 @@ async fn show(State(d): Shared, Path(name): Path<String>) -> Result<Response, Ap
                 .into_response(),
         );
     }
+    let encrypted = a.encrypted;
     let meta = tokio::task::spawn_blocking(move || {
-        let ids = identity_file
-            .map(|p| crate::archive::encryption::Identities::load(&p))
-            .transpose()
-            .map_err(|e| crate::archive::verify::VerifyError {
+        let ids = crate::archive::encryption::configured(&encryption, encrypted).map_err(|e| {
+            crate::archive::verify::VerifyError {
                 path: path.clone(),
                 message: e,
-            })?;
-        crate::archive::verify::read_metadata(&path, ids.as_ref())
+            }
+        })?;
+        crate::archive::verify::read_metadata(&path, ids.as_deref())
     })
     .await
     .map_err(internal)?

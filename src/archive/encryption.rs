@@ -125,6 +125,17 @@ impl Identities {
     }
 }
 
+/// The daemon's own identities (`encryption.identity_file`), loaded only for an encrypted archive.
+pub fn configured(
+    cfg: &crate::config::EncryptionConfig,
+    encrypted: bool,
+) -> Result<Option<std::sync::Arc<Identities>>, String> {
+    match &cfg.identity_file {
+        Some(p) if encrypted => Identities::load(p).map(|i| Some(std::sync::Arc::new(i))),
+        _ => Ok(None),
+    }
+}
+
 /// The error for an encrypted archive opened without `--identity`.
 pub fn identity_needed() -> io::Error {
     io::Error::new(

@@ -433,7 +433,7 @@ fn check_sidecar(path: &Path, sha256: &str) -> Result<SidecarStatus, String> {
 
 /// What can be checked of an encrypted archive without its identity: the bytes on disk hash to
 /// `sha256` (and to the sidecar) and start with a well-formed age header.
-pub fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
+fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
     let fail = |message: String| VerifyError {
         path: path.to_path_buf(),
         message,
@@ -454,6 +454,30 @@ pub fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
     }
     check_sidecar(path, &got).map_err(fail)?;
     Ok(())
+}
+
+/// Verifies as far as this process can read: completely (`Some(report)`), or for an encrypted
+/// archive without `opts.identities`, its stored bytes against `sha256` and its age header
+/// (`None`). `sha256` is what the archive was written as (or its sidecar says).
+pub fn verify_readable(
+    path: &Path,
+    sha256: Option<&str>,
+    opts: &VerifyOptions,
+) -> Result<Option<VerifyReport>, VerifyError> {
+    let mut magic = [0u8; super::encryption::AGE_MAGIC.len()];
+    let sealed = opts.identities.is_none()
+        && std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut magic))
+            .is_ok()
+        && magic == *super::encryption::AGE_MAGIC;
+    if !sealed {
+        return verify(path, opts).map(Some);
+    }
+    let sha256 = sha256.ok_or_else(|| VerifyError {
+        path: path.to_path_buf(),
+        message: "encrypted, with no identity and no checksum to check it against".into(),
+    })?;
+    verify_sealed(path, sha256).map(|()| None)
 }
 
 /// Reads just the metadata (the first member of our archives), without checking the rest.

@@ -21,7 +21,6 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use crate::agent_conf::AgentConf;
-use crate::archive::encryption::Identities;
 use crate::archive::manifest::{Entry, Kind};
 use crate::archive::metadata::{BrdMetadata, Metadata, FORMAT_VERSION};
 use crate::archive::name::{ArchiveName, PART_SUFFIX};
@@ -119,35 +118,20 @@ pub fn take(
     }
     let outcome = result?;
     if cfg.backup.verify_after {
-        let identities = match &cfg.encryption.identity_file {
-            Some(p) if outcome.name.encrypted => Some(Arc::new(
-                Identities::load(p).map_err(SnapshotError::Config)?,
-            )),
-            _ => None,
-        };
-        if outcome.name.encrypted && identities.is_none() {
-            // Without an identity the plaintext cannot be read back: check what reached the disk.
-            return match verify::verify_sealed(&outcome.archive.path, &outcome.archive.sha256) {
-                Ok(()) => {
-                    record_verified(cfg, &outcome.archive.path);
-                    Ok(outcome)
-                }
-                Err(e) => {
-                    discard(cfg, &outcome);
-                    Err(SnapshotError::Verify(e))
-                }
-            };
-        }
+        let identities =
+            crate::archive::encryption::configured(&cfg.encryption, outcome.name.encrypted)
+                .map_err(SnapshotError::Config)?;
         let opts = VerifyOptions {
             scratch_dir: Some(cfg.archive_dir.clone()),
             identities,
             ..VerifyOptions::default()
         };
-        match verify::verify(&outcome.archive.path, &opts) {
+        // Without an identity an encrypted archive is checked as stored (checksum, age header).
+        match verify::verify_readable(&outcome.archive.path, Some(&outcome.archive.sha256), &opts) {
             Ok(report) => {
                 record_verified(cfg, &outcome.archive.path);
                 return Ok(BackupOutcome {
-                    verified: Some(report),
+                    verified: report,
                     ..outcome
                 });
             }

@@ -64,6 +64,21 @@ impl Env {
             .unwrap()
     }
 
+    /// Runs `restore --yes --address 10.20.30.40 --target-root TARGET` with `args` after it
+    /// (flags, then the archive).
+    pub fn restore_into(&self, target: &Path, args: &[&str]) -> Output {
+        let mut all = vec![
+            "restore",
+            "--yes",
+            "--address",
+            "10.20.30.40",
+            "--target-root",
+            target.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        self.run(&all)
+    }
+
     /// Runs `backup --offline` and returns the archive path it printed.
     pub fn backup(&self) -> PathBuf {
         let out = self.run(&["backup", "--offline"]);
