@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, Engine};
+use crate::config::Config;
 
 /// Whether this node takes the scheduled slot, and why (for the log).
 pub fn takes_scheduled_slot(cfg: &Config) -> (bool, String) {
@@ -46,20 +46,9 @@ fn answers(addr: &str, timeout: Duration) -> bool {
 }
 
 fn leader(cfg: &Config) -> Result<String, String> {
-    match cfg.database.engine {
-        Engine::Dqlite => {
-            let d = &cfg.database;
-            let mut engine = crate::snapshot::db::dqlite::DqliteEngine::from_config(d);
-            engine.timeout = cfg.ha.probe_timeout.max(Duration::from_secs(5));
-            let database = d.databases.first().ok_or("no database configured")?;
-            engine.current_leader(database).map_err(|e| e.to_string())
-        }
-        Engine::Mongodb => crate::snapshot::db::mongo::MongoEngine {
-            root: cfg.files.root.clone(),
-            timeout: cfg.ha.probe_timeout.max(Duration::from_secs(5)),
-        }
-        .primary()
-        .map_err(|e| e.to_string()),
-        other => Err(format!("no leader query for the {other:?} engine")),
-    }
+    let engine = crate::db::from_config(&cfg.database, &cfg.files.root)
+        .ok_or("no database engine is configured")?;
+    engine
+        .leader(cfg.ha.probe_timeout.max(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, strictly parsed; errors name file, key and line.
-//! - [`snapshot`]: taking one backup — file capture, hooks, database engines (`snapshot::db`).
+//! - [`snapshot`]: taking one backup — file capture, hooks, the database dump.
+//! - [`db`]: the database engines, one [`db::Engine`] trait (dump, check, restore, leader).
 //! - [`archive`]: the archive format — names, metadata, manifest, writer, reader, verify.
 //! - [`catalog`]: the archives in a directory and their verification state.
 //! - [`daemon`]: the service — one worker, the scheduler, signals, systemd notify.
@@ -25,6 +26,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod db;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ha;

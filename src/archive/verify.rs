@@ -256,7 +256,9 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         .prefix("juju-brd-verify-")
         .tempdir_in(opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir))
         .map_err(|e| fail(format!("cannot create a scratch directory: {e}")))?;
-    let mut sqlite_dumps = Vec::new();
+    let mut checked_dumps = Vec::new();
+    // The engine that wrote `dump/`, once metadata.json has named it.
+    let mut checker: Option<Box<dyn crate::db::Engine>> = None;
 
     let entries = outer
         .entries()
@@ -307,13 +309,15 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
             }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
                 let rel = d[DUMP_DIR.len() + 1..].to_string();
-                // dqlite dumps are SQLite files too.
-                let is_sqlite = metadata
-                    .as_ref()
-                    .is_some_and(|m| matches!(m.engine(), "sqlite" | "dqlite"));
+                if checker.is_none() {
+                    checker = metadata.as_ref().and_then(|m| {
+                        crate::db::for_archive(m.engine(), &Default::default(), Path::new("/"))
+                    });
+                }
+                let checked = checker.as_ref().is_some_and(|e| e.checks_dump_files());
                 let mut h = Sha256::new();
-                let size = if opts.check_database && is_sqlite {
-                    let copy = scratch.path().join(format!("dump-{}", sqlite_dumps.len()));
+                let size = if opts.check_database && checked {
+                    let copy = scratch.path().join(format!("dump-{}", checked_dumps.len()));
                     let mut f = std::fs::File::create(&copy)
                         .map_err(|e| fail(format!("scratch copy: {e}")))?;
                     let n = io::copy(
@@ -324,7 +328,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
                         },
                     )
                     .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?;
-                    sqlite_dumps.push((rel.clone(), copy));
+                    checked_dumps.push((rel.clone(), copy));
                     n
                 } else {
                     io::copy(&mut entry, &mut h)
@@ -373,12 +377,12 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         }
         compare("dump", &m.dump, &dump).map_err(fail)?;
     }
-    for (rel, copy) in &sqlite_dumps {
-        crate::snapshot::db::sqlite::integrity_check(copy).map_err(|e| {
-            fail(format!(
-                "dump `{rel}` fails the SQLite integrity check: {e}"
-            ))
-        })?;
+    if let Some(engine) = &checker {
+        for (rel, copy) in &checked_dumps {
+            engine
+                .check_dump_file(copy)
+                .map_err(|e| fail(format!("dump `{rel}`: {e}")))?;
+        }
     }
 
     let sha256 = opened.raw.sha256_hex();

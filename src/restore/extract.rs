@@ -385,3 +385,14 @@ pub fn replace_file(journal: &mut Journal, src: &Path, dest: &Path) -> io::Resul
     dir.set_times(FileTimes::new().set_modified(mtime))?;
     dir.sync_all()
 }
+
+/// Database engines change target files through the journal, so rollback covers them too.
+impl crate::db::TargetFiles for Journal {
+    fn move_aside(&mut self, path: &Path) -> io::Result<()> {
+        Journal::move_aside(self, path)
+    }
+
+    fn replace_file(&mut self, staged: &Path, dest: &Path) -> io::Result<()> {
+        replace_file(self, staged, dest)
+    }
+}

@@ -59,24 +59,18 @@ pub struct RestoreOptions {
     pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
 }
 
+/// The database step of a restore, decided in the plan.
 #[derive(Debug, Clone)]
-pub enum DbRestore {
+pub enum DbStep {
+    /// The archive holds no dump.
     None,
-    Sqlite {
-        dump: String,
-        dest: PathBuf,
+    /// The engine that reads the archive's dump loads it; `description` is the plan's line.
+    Load {
+        engine: std::sync::Arc<dyn crate::db::Engine>,
+        description: String,
     },
-    Command {
-        dump: String,
-        argv: Vec<String>,
-    },
-    /// Database names under `dump/dqlite/`, loaded into the cluster named by `database.servers`.
-    Dqlite {
-        databases: Vec<String>,
-    },
-    /// A mongodump directory (Juju 1.x-3.x), restored into the local juju-db.
-    Mongo,
-    Unsupported(String),
+    /// The dump stays unrestored, for this reason.
+    NotRestored(String),
 }
 
 /// Everything `execute` will do, decided before anything changes.
@@ -88,7 +82,9 @@ pub struct RestorePlan {
     pub address: String,
     pub files: u64,
     pub bytes: u64,
-    pub db: DbRestore,
+    /// Dump files in the archive (relative to `dump/`), as verified.
+    pub dump_files: Vec<String>,
+    pub db: DbStep,
     pub stop: Vec<Vec<String>>,
     pub start: Vec<Vec<String>>,
     pub forced_past: Vec<String>,
@@ -121,24 +117,9 @@ impl fmt::Display for RestorePlan {
         }
         writeln!(f, "  replace:      {} members ({} bytes of files); replaced files are moved aside, not deleted", self.files, self.bytes)?;
         match &self.db {
-            DbRestore::None => writeln!(f, "  database:     none in the archive")?,
-            DbRestore::Sqlite { dump, dest } => writeln!(
-                f,
-                "  database:     dump/{dump} -> {} (atomic replace)",
-                dest.display()
-            )?,
-            DbRestore::Command { dump, argv } => writeln!(
-                f,
-                "  database:     dump/{dump} | {}",
-                argv.first().map_or("", String::as_str)
-            )?,
-            DbRestore::Dqlite { databases } => writeln!(
-                f,
-                "  database:     dqlite {} -> cluster (tables replaced)",
-                databases.join(", ")
-            )?,
-            DbRestore::Mongo => writeln!(f, "  database:     dump/ -> juju-db (mongorestore --drop --oplogReplay, replica set re-initiated at {})", self.address)?,
-            DbRestore::Unsupported(why) => writeln!(f, "  database:     NOT restored: {why}")?,
+            DbStep::None => writeln!(f, "  database:     none in the archive")?,
+            DbStep::Load { description, .. } => writeln!(f, "  database:     {description}")?,
+            DbStep::NotRestored(why) => writeln!(f, "  database:     NOT restored: {why}")?,
         }
         writeln!(
             f,
@@ -233,41 +214,32 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
             .push("the archive records no state-server addresses; nothing could be probed".into());
     }
 
-    let db = match (metadata.engine(), report.dump_files.first()) {
-        (_, None) => DbRestore::None,
-        ("sqlite", Some(dump)) => match metadata.brd.as_ref().and_then(|b| b.database_path.clone()) {
-            Some(p) => DbRestore::Sqlite {
-                dump: dump.clone(),
-                dest: opts.target_root.join(p.trim_start_matches('/')),
+    let db = if report.dump_files.is_empty() {
+        DbStep::None
+    } else {
+        let input = crate::db::RestoreInput {
+            dump_files: &report.dump_files,
+            recorded_path: metadata
+                .brd
+                .as_ref()
+                .and_then(|b| b.database_path.as_deref()),
+            target_root: &opts.target_root,
+        };
+        match crate::db::for_archive(metadata.engine(), &cfg.database, &opts.target_root) {
+            None => DbStep::NotRestored(format!(
+                "no restore engine for `{}` dumps",
+                metadata.engine()
+            )),
+            Some(engine) => match engine.plan_restore(&input) {
+                Ok(description) => DbStep::Load {
+                    engine: engine.into(),
+                    description,
+                },
+                Err(why) => DbStep::NotRestored(why),
             },
-            None => DbRestore::Unsupported("the archive does not record where the database lives".into()),
-        },
-        ("command", Some(dump)) if !cfg.database.restore_command.is_empty() => DbRestore::Command {
-            dump: dump.clone(),
-            argv: cfg.database.restore_command.clone(),
-        },
-        ("command", Some(_)) => DbRestore::Unsupported("database.restore_command is not configured".into()),
-        ("dqlite", Some(_)) if !cfg.database.servers.is_empty() => DbRestore::Dqlite {
-            databases: report
-                .dump_files
-                .iter()
-                .filter_map(|f| f.strip_prefix("dqlite/"))
-                .map(str::to_string)
-                .collect(),
-        },
-        ("dqlite", Some(_)) => DbRestore::Unsupported(
-            "set database.servers to the new dqlite cluster to load the dump".into(),
-        ),
-        // Juju's own archives carry a Mongo dump and no juju-brd metadata.
-        ("mongodb" | "unknown", Some(_)) if crate::snapshot::db::mongo::restore_tools_installed() => DbRestore::Mongo,
-        ("mongodb" | "unknown", Some(_)) => DbRestore::Unsupported(
-            "the dump is a MongoDB dump and mongorestore or the mongo shell is not installed".into(),
-        ),
-        (engine, Some(_)) => DbRestore::Unsupported(format!(
-            "no restore engine for `{engine}` dumps yet (a Juju MongoDB dump needs the MongoDB engine)"
-        )),
+        }
     };
-    if let DbRestore::Unsupported(why) = &db {
+    if let DbStep::NotRestored(why) = &db {
         warnings.push(format!("the database will not be restored: {why}"));
     }
     let address = match &opts.address {
@@ -283,6 +255,7 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         metadata,
         target_root: opts.target_root.clone(),
         address,
+        dump_files: report.dump_files.clone(),
         db,
         stop: cfg.restore.stop_commands.clone(),
         start: cfg.restore.start_commands.clone(),
@@ -444,65 +417,27 @@ fn apply(
         extracted.ok_or((step, "root.tar is missing".to_string()))?
     };
 
-    match &plan.db {
-        DbRestore::Sqlite { dump, dest } => {
-            let step = "restoring the database";
-            let src = incoming.join(dump);
-            crate::snapshot::db::sqlite::integrity_check(&src).map_err(|e| (step, e))?;
-            for suffix in ["-wal", "-shm"] {
-                let mut side = dest.as_os_str().to_owned();
-                side.push(suffix);
-                journal
-                    .move_aside(Path::new(&side))
-                    .map_err(|e| (step, e.to_string()))?;
-            }
-            extract::replace_file(journal, &src, dest).map_err(|e| (step, e.to_string()))?;
-        }
-        DbRestore::Command { dump, argv } => {
-            let step = "restoring the database";
-            let env = match &cfg.database.environment_file {
-                Some(p) => process::read_env_file(p).map_err(|e| (step, e.to_string()))?,
-                None => Vec::new(),
-            };
-            let stdin =
-                std::fs::File::open(incoming.join(dump)).map_err(|e| (step, e.to_string()))?;
-            let mut spec = ChildSpec::new("database restore", argv, cfg.database.timeout);
-            spec.env = &env;
-            spec.stdin = stdin.into();
-            process::run(spec).map_err(|e| (step, e.to_string()))?;
-        }
-        DbRestore::Dqlite { databases } => {
-            let step = "loading the database into the dqlite cluster";
-            let mut engine = crate::snapshot::db::dqlite::DqliteEngine::from_config(&cfg.database);
-            engine.databases = databases.clone();
-            let never = std::sync::atomic::AtomicBool::new(false);
-            for db in databases {
-                let dump = incoming
-                    .join(crate::snapshot::db::dqlite::DUMP_SUBDIR)
-                    .join(db);
-                engine
-                    .load(&incoming, db, &dump, &never)
-                    .map_err(|e| (step, e.to_string()))?;
-            }
-        }
-        DbRestore::Mongo => {
-            let step = "restoring juju-db";
-            run_commands(
-                "starting juju-db",
-                &cfg.restore.database_start_commands,
-                Duration::from_secs(300),
-            )
-            .map_err(|e| (step, e))?;
-            let engine = crate::snapshot::db::mongo::MongoEngine {
-                root: plan.target_root.clone(),
-                timeout: cfg.database.timeout,
-            };
-            let never = std::sync::atomic::AtomicBool::new(false);
-            engine
-                .restore(&incoming, &plan.address, &never)
-                .map_err(|e| (step, e.to_string()))?;
-        }
-        DbRestore::None | DbRestore::Unsupported(_) => {}
+    if let DbStep::Load { engine, .. } = &plan.db {
+        let never = std::sync::atomic::AtomicBool::new(false);
+        let mut ctx = crate::db::RestoreContext {
+            input: crate::db::RestoreInput {
+                dump_files: &plan.dump_files,
+                recorded_path: plan
+                    .metadata
+                    .brd
+                    .as_ref()
+                    .and_then(|b| b.database_path.as_deref()),
+                target_root: &plan.target_root,
+            },
+            staged_dump: &incoming,
+            address: &plan.address,
+            database_start_commands: &cfg.restore.database_start_commands,
+            files: journal,
+            cancel: &never,
+        };
+        engine
+            .restore(&mut ctx)
+            .map_err(|e| ("restoring the database", e.to_string()))?;
     }
     let _ = std::fs::remove_dir_all(&incoming);
 

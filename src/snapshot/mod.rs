@@ -5,7 +5,6 @@
 //! then verify what was written. Any failure removes everything this run created; earlier archives
 //! are never touched here.
 
-pub mod db;
 pub mod files;
 pub mod hooks;
 
@@ -29,6 +28,7 @@ use crate::archive::verify::{self, VerifyOptions, VerifyReport};
 use crate::archive::writer::{ArchiveWriter, WrittenArchive};
 use crate::archive::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
 use crate::config::{Compression, Config};
+use crate::db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -336,7 +336,7 @@ fn build_metadata(
     started: DateTime<Utc>,
     finished: DateTime<Utc>,
     s: &Summary,
-    engine: Option<&dyn db::DbEngine>,
+    engine: Option<&dyn db::Engine>,
 ) -> Metadata {
     let agent = AgentConf::find(&cfg.files.root)
         .map(|(_, c)| c)

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::{DbEngine, DbError};
+use super::{DbError, Engine, RestoreContext, RestoreInput};
 use crate::agent_conf::AgentConf;
 use crate::process::{self, ChildSpec};
 
@@ -221,6 +221,7 @@ pub fn restore_tools_installed() -> bool {
         && tool(&["juju-db.mongo", "mongo", "mongosh"]).is_some()
 }
 
+#[derive(Debug, Clone)]
 pub struct MongoEngine {
     /// Host root where `/var/lib/juju/agents/machine-*/agent.conf` is read.
     pub root: PathBuf,
@@ -245,7 +246,12 @@ impl MongoEngine {
 
     /// Restores a dump directory into the local juju-db and makes it a one-member replica set at
     /// `address`.
-    pub fn restore(&self, dump: &Path, address: &str, cancel: &AtomicBool) -> Result<(), DbError> {
+    pub fn restore_dump(
+        &self,
+        dump: &Path,
+        address: &str,
+        cancel: &AtomicBool,
+    ) -> Result<(), DbError> {
         let c = self.credentials()?;
         let secrets = Secrets::new(&c)?;
         let bin = tool(&["juju-db.mongorestore", "mongorestore"])
@@ -318,13 +324,38 @@ impl MongoEngine {
     }
 }
 
-impl DbEngine for MongoEngine {
+impl Engine for MongoEngine {
     fn name(&self) -> &'static str {
         "mongodb"
     }
 
-    fn estimate_bytes(&self) -> u64 {
-        0
+    fn plan_restore(&self, _input: &RestoreInput) -> Result<String, String> {
+        if !restore_tools_installed() {
+            return Err(
+                "the dump is a MongoDB dump and mongorestore or the mongo shell is not installed"
+                    .into(),
+            );
+        }
+        Ok("dump/ -> juju-db (mongorestore --drop --oplogReplay, replica set re-initiated at this host's address)".into())
+    }
+
+    fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError> {
+        for argv in ctx.database_start_commands.iter().filter(|c| !c.is_empty()) {
+            process::run(ChildSpec::new(
+                "starting juju-db",
+                argv,
+                Duration::from_secs(300),
+            ))?;
+        }
+        self.restore_dump(ctx.staged_dump, ctx.address, ctx.cancel)
+    }
+
+    fn leader(&self, timeout: Duration) -> Result<String, DbError> {
+        MongoEngine {
+            timeout,
+            ..self.clone()
+        }
+        .primary()
     }
 
     fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError> {

@@ -15,12 +15,13 @@ use std::process::Stdio;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use super::{DbEngine, DbError};
+use super::{DbError, Engine, RestoreContext, RestoreInput};
 use crate::process::{self, ChildSpec};
 
 /// Dumped databases go under `dump/dqlite/<name>`.
 pub const DUMP_SUBDIR: &str = "dqlite";
 
+#[derive(Debug, Clone)]
 pub struct DqliteEngine {
     pub shell: String,
     pub servers: Vec<String>,
@@ -38,7 +39,7 @@ fn fail(message: String) -> DbError {
 }
 
 impl DqliteEngine {
-    pub fn from_config(d: &crate::config::DatabaseConfig) -> Self {
+    pub fn from_config(d: &super::DatabaseConfig) -> Self {
         DqliteEngine {
             shell: d.shell.clone(),
             servers: d.servers.clone(),
@@ -194,14 +195,17 @@ fn fold_wal(db: &Path) -> Result<(), String> {
     Ok(())
 }
 
-impl DbEngine for DqliteEngine {
+/// Database names in a dump: the files under `dump/dqlite/`.
+fn dumped_databases(dump_files: &[String]) -> Vec<&str> {
+    dump_files
+        .iter()
+        .filter_map(|f| f.strip_prefix(&format!("{DUMP_SUBDIR}/")))
+        .collect()
+}
+
+impl Engine for DqliteEngine {
     fn name(&self) -> &'static str {
         "dqlite"
-    }
-
-    fn estimate_bytes(&self) -> u64 {
-        // Unknown until dumped; the free-space margin covers typical controller databases.
-        0
     }
 
     fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError> {
@@ -209,6 +213,46 @@ impl DbEngine for DqliteEngine {
             self.dump_one(out_dir, database, cancel)?;
         }
         Ok(())
+    }
+
+    /// Each dumped database is an SQLite file.
+    fn checks_dump_files(&self) -> bool {
+        true
+    }
+
+    fn check_dump_file(&self, file: &Path) -> Result<(), DbError> {
+        super::sqlite::integrity_check(file)
+            .map_err(|e| fail(format!("fails the SQLite integrity check: {e}")))
+    }
+
+    fn plan_restore(&self, input: &RestoreInput) -> Result<String, String> {
+        if self.servers.is_empty() {
+            return Err("set database.servers to the new dqlite cluster to load the dump".into());
+        }
+        Ok(format!(
+            "dqlite {} -> cluster (tables replaced)",
+            dumped_databases(input.dump_files).join(", ")
+        ))
+    }
+
+    fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError> {
+        for db in dumped_databases(ctx.input.dump_files) {
+            let dump = ctx.staged_dump.join(DUMP_SUBDIR).join(db);
+            self.load(ctx.staged_dump, db, &dump, ctx.cancel)?;
+        }
+        Ok(())
+    }
+
+    fn leader(&self, timeout: Duration) -> Result<String, DbError> {
+        let database = self
+            .databases
+            .first()
+            .ok_or_else(|| fail("no database configured".into()))?;
+        let engine = DqliteEngine {
+            timeout,
+            ..self.clone()
+        };
+        engine.current_leader(database)
     }
 }
 

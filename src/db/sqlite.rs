@@ -10,11 +10,30 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{backup::Backup, backup::StepResult, Connection, OpenFlags};
 
-use super::{DbEngine, DbError};
+use super::{DbError, Engine, RestoreContext, RestoreInput};
 
+#[derive(Debug)]
 pub struct SqliteEngine {
+    /// The live database (backup); restore puts the dump where the archive recorded it.
     pub path: PathBuf,
     pub timeout: Duration,
+}
+
+impl SqliteEngine {
+    pub fn from_config(cfg: &super::DatabaseConfig) -> Self {
+        SqliteEngine {
+            path: cfg.path.clone().unwrap_or_default(),
+            timeout: cfg.timeout,
+        }
+    }
+}
+
+/// Where restore writes the database: the recorded host path, under the target root.
+fn restore_destination(input: &RestoreInput) -> Result<PathBuf, String> {
+    let recorded = input
+        .recorded_path
+        .ok_or("the archive does not record where the database lives")?;
+    Ok(input.target_root.join(recorded.trim_start_matches('/')))
 }
 
 fn fail(message: String) -> DbError {
@@ -24,7 +43,7 @@ fn fail(message: String) -> DbError {
     }
 }
 
-impl DbEngine for SqliteEngine {
+impl Engine for SqliteEngine {
     fn name(&self) -> &'static str {
         "sqlite"
     }
@@ -81,6 +100,48 @@ impl DbEngine for SqliteEngine {
         drop(dst);
         integrity_check(&out).map_err(|e| fail(format!("the copy of {shown} is damaged: {e}")))?;
         Ok(())
+    }
+
+    fn checks_dump_files(&self) -> bool {
+        true
+    }
+
+    fn check_dump_file(&self, file: &Path) -> Result<(), DbError> {
+        integrity_check(file).map_err(|e| fail(format!("fails the SQLite integrity check: {e}")))
+    }
+
+    fn plan_restore(&self, input: &RestoreInput) -> Result<String, String> {
+        let dump = input
+            .dump_files
+            .first()
+            .ok_or("the archive holds no dump")?;
+        let dest = restore_destination(input)?;
+        Ok(format!(
+            "dump/{dump} -> {} (atomic replace)",
+            dest.display()
+        ))
+    }
+
+    fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError> {
+        let dump = ctx
+            .input
+            .dump_files
+            .first()
+            .ok_or_else(|| fail("the archive holds no dump".into()))?;
+        let dest = restore_destination(&ctx.input).map_err(fail)?;
+        let src = ctx.staged_dump.join(dump);
+        self.check_dump_file(&src)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = dest.as_os_str().to_owned();
+            side.push(suffix);
+            let side = PathBuf::from(side);
+            ctx.files
+                .move_aside(&side)
+                .map_err(DbError::io("sqlite", "moving aside", &side))?;
+        }
+        ctx.files
+            .replace_file(&src, &dest)
+            .map_err(DbError::io("sqlite", "replacing", &dest))
     }
 }
 
