@@ -1,5 +1,5 @@
-//! The local HTTP API: types shared by both ends, the axum server, and the CLI's client.
+//! The local HTTP API as both ends see it: the protocol [`types`] and the typed [`client`] that
+//! the CLI and the tests use. The server is part of the daemon (`daemon::http`).
 
 pub mod client;
-pub mod server;
 pub mod types;

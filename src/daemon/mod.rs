@@ -1,27 +1,38 @@
-//! `juju-brd daemon`: the long-running service. One worker takes backups one at a time (scheduled
-//! and triggered alike), a scheduler task feeds it, the API serves side by side.
+//! `juju-brd daemon`: the long-running service. One [`worker`] takes backups one at a time
+//! (scheduled and triggered alike), the [`scheduler`] feeds it, and the [`http`] API serves side
+//! by side, on the Unix socket and optionally on TCP behind a bearer token.
 //!
 //! Locking: `Daemon` holds a few std `Mutex`es, each guarding a small value and never held across an
-//! `.await`. `jobs` is the one that matters: a trigger checks for a running job and registers a new
-//! one under the same lock, which is what makes 50 concurrent triggers produce exactly one backup.
+//! `.await` or a system call that can block. `jobs` is the one that matters: a trigger checks for a
+//! running job and registers a new one under the same lock, which is what makes 50 concurrent
+//! triggers produce exactly one backup.
+//!
+//! Blocking work: the runtime has as many worker threads as cores (two on a small controller), and
+//! one of them stalled by a slow disk stops the API and the watchdog pings. So anything that can
+//! block (listing or deleting archives, `statvfs`, reading or fsyncing files under `state_dir`,
+//! backups, pruning, HA probes) runs in `tokio::task::spawn_blocking`, and async code only waits
+//! for it. Handlers and loops here never touch the disk directly.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::api::types::{ArchiveRecord, JobInfo, JobKind, JobState};
+pub mod http;
+mod scheduler;
+mod worker;
+
+use crate::api::types::{JobInfo, JobKind, JobState};
 use crate::catalog;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::schedule::CronSchedule;
-use crate::snapshot::{self, BackupRequest, Progress};
+use crate::snapshot::Progress;
 use crate::state::DaemonState;
 
 /// How long SIGTERM waits for a running backup before cancelling it.
@@ -88,6 +99,28 @@ pub enum DaemonError {
 }
 
 impl Daemon {
+    /// A daemon with no job running and nothing scheduled yet, and the receiving end of its work
+    /// queue (which [`run`] hands to the worker). Tests build the HTTP router on one directly.
+    pub fn new(
+        config_path: PathBuf,
+        cfg: Config,
+        state: DaemonState,
+    ) -> (Arc<Daemon>, mpsc::UnboundedReceiver<Arc<Job>>) {
+        let (work, work_rx) = mpsc::unbounded_channel();
+        let daemon = Arc::new(Daemon {
+            config_path,
+            cfg: RwLock::new(Arc::new(cfg)),
+            jobs: Mutex::new(Jobs::default()),
+            work,
+            state: Mutex::new(state),
+            next_run: Mutex::new(None),
+            metrics: Metrics::default(),
+            reloaded: Notify::new(),
+            stopping: AtomicBool::new(false),
+        });
+        (daemon, work_rx)
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.cfg.read().expect("config lock").clone()
     }
@@ -159,11 +192,20 @@ impl Daemon {
         Ok(())
     }
 
-    fn save_state(&self, f: impl FnOnce(&mut DaemonState)) {
-        let mut s = self.state.lock().expect("state lock");
-        f(&mut s);
-        if let Err(e) = s.save(&self.config().state_dir) {
-            tracing::error!(error = %e, "cannot save daemon state");
+    /// Changes the remembered state and writes it out. The lock guards only the in-memory
+    /// change; the fsync runs on the blocking pool. Only the worker calls this, one at a time, so
+    /// the writes land in order.
+    async fn save_state(&self, f: impl FnOnce(&mut DaemonState)) {
+        let snapshot = {
+            let mut s = self.state.lock().expect("state lock");
+            f(&mut s);
+            s.clone()
+        };
+        let dir = self.config().state_dir.clone();
+        match tokio::task::spawn_blocking(move || snapshot.save(&dir)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot save daemon state"),
+            Err(e) => tracing::error!(error = %e, "saving daemon state panicked"),
         }
     }
 
@@ -267,21 +309,10 @@ pub async fn run(
         ));
         state.save(&cfg.state_dir)?;
     }
-    let (work_tx, work_rx) = mpsc::unbounded_channel();
-    let daemon = Arc::new(Daemon {
-        config_path,
-        cfg: RwLock::new(Arc::new(cfg)),
-        jobs: Mutex::new(Jobs::default()),
-        work: work_tx,
-        state: Mutex::new(state),
-        next_run: Mutex::new(None),
-        metrics: Metrics::default(),
-        reloaded: Notify::new(),
-        stopping: AtomicBool::new(false),
-    });
+    let (daemon, work_rx) = Daemon::new(config_path, cfg, state);
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let router = crate::api::server::router(daemon.clone());
+    let router = http::router(daemon.clone());
     let mut servers = Vec::new();
     {
         let mut rx = stop_rx.clone();
@@ -296,7 +327,7 @@ pub async fn run(
     }
     if let Some((tcp, token)) = tcp {
         let mut rx = stop_rx.clone();
-        let app = crate::api::server::with_bearer_token(router, token);
+        let app = http::with_bearer_token(router, token);
         servers.push(tokio::spawn(async move {
             axum::serve(tcp, app)
                 .with_graceful_shutdown(async move {
@@ -306,9 +337,13 @@ pub async fn run(
         }));
     }
 
-    let worker = tokio::spawn(worker_loop(daemon.clone(), work_rx, stop_rx.clone()));
-    let scheduler = tokio::spawn(scheduler_loop(daemon.clone(), stop_rx.clone()));
-    catch_up(&daemon);
+    let worker = tokio::spawn(worker::worker_loop(
+        daemon.clone(),
+        work_rx,
+        stop_rx.clone(),
+    ));
+    let scheduler = tokio::spawn(scheduler::scheduler_loop(daemon.clone(), stop_rx.clone()));
+    scheduler::catch_up(&daemon);
 
     notify(&[sd_notify::NotifyState::Ready]);
     notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
@@ -353,258 +388,8 @@ pub async fn run(
     Ok(())
 }
 
-/// Takes one backup at start-up if a scheduled run was due while the daemon was down.
-fn catch_up(daemon: &Daemon) {
-    let cfg = daemon.config();
-    if !cfg.schedule.catch_up || cfg.schedule.cron.trim().is_empty() {
-        return;
-    }
-    let Ok(sched) = CronSchedule::parse(&cfg.schedule.cron, &cfg.schedule.timezone) else {
-        return;
-    };
-    let Some(last_attempt) = daemon.state().last_attempt else {
-        return;
-    };
-    if let Some(due) = sched.last_at_or_before(Utc::now(), chrono::Duration::days(366)) {
-        if due > last_attempt {
-            tracing::info!(missed = %due, "a scheduled backup was missed while the daemon was down; taking it now");
-            daemon.trigger(JobKind::CatchUp, String::new());
-        }
-    }
-}
-
-async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let cfg = daemon.config();
-        let sched = if cfg.schedule.cron.trim().is_empty() {
-            None
-        } else {
-            CronSchedule::parse(&cfg.schedule.cron, &cfg.schedule.timezone).ok()
-        };
-        let next = sched.and_then(|s| s.next_after(Utc::now())).map(|n| {
-            let jitter = cfg.schedule.jitter.as_millis() as i64;
-            if jitter > 0 {
-                n + chrono::Duration::milliseconds(rand::random::<i64>().rem_euclid(jitter))
-            } else {
-                n
-            }
-        });
-        *daemon.next_run.lock().expect("next_run lock") = next;
-        daemon
-            .metrics
-            .set_next_run(next.map(|n| n.timestamp_millis() as f64 / 1000.0));
-        let wait = next.map_or(Duration::from_secs(3600), |n| {
-            (n - Utc::now()).to_std().unwrap_or(Duration::ZERO)
-        });
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                if next.is_none() {
-                    continue;
-                }
-                if takes_slot(&daemon).await {
-                    match daemon.trigger(JobKind::Scheduled, String::new()) {
-                        Some((_, true)) => {}
-                        Some((job, false)) => {
-                            daemon.metrics.skipped.fetch_add(1, Ordering::Relaxed);
-                            tracing::warn!(running = %job.id, "scheduled backup skipped: a backup is already running");
-                        }
-                        None => return,
-                    }
-                }
-                // Never fire twice for the same slot, even if the clock is coarse.
-                if let Some(n) = next {
-                    let wait = (n - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(5);
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            _ = daemon.reloaded.notified() => {}
-            _ = stopped(&mut stop) => return,
-        }
-    }
-}
-
-/// Whether this node takes a scheduled slot (see `ha`); logged either way when HA is configured.
-async fn takes_slot(daemon: &Daemon) -> bool {
-    let cfg = daemon.config();
-    let ha = cfg.ha.self_address.is_some();
-    let (mine, why) = tokio::task::spawn_blocking(move || crate::ha::takes_scheduled_slot(&cfg))
-        .await
-        .unwrap_or_else(|e| (true, format!("HA check failed ({e}); backing up here")));
-    if ha && mine {
-        tracing::info!(reason = %why, "taking the scheduled backup");
-    } else if !mine {
-        tracing::info!(reason = %why, "scheduled backup left to another state-server");
-    }
-    mine
-}
-
 /// Resolves once the stop flag is set. (The watch guard is dropped before returning, so callers'
 /// futures stay `Send`.)
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
-}
-
-fn watchdog_period() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
-}
-
-/// The single worker: runs queued jobs one at a time and pings the systemd watchdog from this loop,
-/// so a wedged worker stops the pings and systemd restarts us.
-async fn worker_loop(
-    daemon: Arc<Daemon>,
-    mut jobs: mpsc::UnboundedReceiver<Arc<Job>>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let period = watchdog_period();
-    let pinging = period.is_some();
-    let mut tick = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
-    loop {
-        tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => run_job(&daemon, job, &mut tick, pinging, &mut stop).await,
-                None => return,
-            },
-            _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
-            _ = stopped(&mut stop) => return,
-        }
-    }
-}
-
-async fn run_job(
-    daemon: &Arc<Daemon>,
-    job: Arc<Job>,
-    tick: &mut tokio::time::Interval,
-    pinging: bool,
-    stop: &mut watch::Receiver<bool>,
-) {
-    let cfg = daemon.config();
-    let started = Instant::now();
-    job.update(|i| i.state = JobState::Running);
-    daemon.metrics.attempts.fetch_add(1, Ordering::Relaxed);
-    daemon.save_state(|s| {
-        s.last_attempt = Some(Utc::now());
-        s.running_job = Some(job.id.clone());
-    });
-    tracing::info!(job = %job.id, kind = ?job.info().kind, "backup started");
-    let req = BackupRequest {
-        notes: job.info().notes,
-        environment: cfg.effective_environment(),
-    };
-    let (c, p) = (cfg.clone(), job.progress.clone());
-    let mut handle = tokio::task::spawn_blocking(move || snapshot::take(&c, &req, &p));
-    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
-    let result = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
-            _ = status_tick.tick() => notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]),
-        }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let now = Utc::now();
-    match result {
-        Ok(Ok(outcome)) => {
-            let verified = outcome.verified.is_some();
-            daemon.metrics.backup_finished(
-                true,
-                seconds,
-                outcome.archive.size,
-                now.timestamp_millis() as f64 / 1000.0,
-            );
-            let name = outcome.name.to_string();
-            tracing::info!(job = %job.id, archive = %outcome.archive.path.display(), bytes = outcome.archive.size, seconds, "backup complete");
-            job.update(|i| {
-                i.state = JobState::Succeeded;
-                i.archive = Some(ArchiveRecord {
-                    name: name.clone(),
-                    path: outcome.archive.path.display().to_string(),
-                    size: outcome.archive.size,
-                    sha256: outcome.archive.sha256.clone(),
-                    verified,
-                });
-            });
-            daemon.save_state(|s| {
-                s.last_success = Some(now);
-                s.last_archive = Some(name);
-                s.last_error = None;
-                s.running_job = None;
-            });
-            if let Err(e) = catalog::prune(&cfg, false) {
-                tracing::warn!(error = %e, "retention not applied");
-            }
-        }
-        Ok(Err(e)) => fail_job(daemon, &job, seconds, e.to_string()),
-        Err(e) => fail_job(daemon, &job, seconds, format!("backup task panicked: {e}")),
-    }
-    job.update(|i| i.finished = Some(Utc::now()));
-    {
-        let mut jobs = daemon.jobs.lock().expect("jobs lock");
-        jobs.current = None;
-        jobs.recent.push_front(job.clone());
-        jobs.recent.truncate(RECENT_JOBS);
-    }
-    let _ = job.done.send(true);
-    notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
-    if job.info().state == JobState::Succeeded && !cfg.remotes.is_empty() {
-        replicate(daemon, &cfg, tick, pinging, stop).await;
-    }
-}
-
-/// Copies what has not reached each remote yet, after the job is reported done (a waiting client
-/// has its archive), still inside the single worker, so it never overlaps a backup. Shutdown
-/// interrupts it: the ledger records only finished copies, so the rest go after the next backup.
-async fn replicate(
-    daemon: &Arc<Daemon>,
-    cfg: &Arc<Config>,
-    tick: &mut tokio::time::Interval,
-    pinging: bool,
-    stop: &mut watch::Receiver<bool>,
-) {
-    let c = cfg.clone();
-    let mut handle = tokio::spawn(async move { crate::remote::replicate::run(&c).await });
-    let runs = loop {
-        tokio::select! {
-            r = &mut handle => break r,
-            _ = tick.tick() => if pinging { notify(&[sd_notify::NotifyState::Watchdog]) },
-            _ = stopped(stop) => {
-                handle.abort();
-                tracing::warn!("stopping: off-host copies interrupted; they resume after the next backup");
-                return;
-            }
-        }
-    };
-    let runs = match runs {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "replication task failed");
-            return;
-        }
-    };
-    let mut uploaded = false;
-    for (remote, run) in &runs {
-        if run.error.is_some() {
-            daemon.metrics.remote_failed(remote);
-        }
-        uploaded |= !run.uploaded.is_empty();
-    }
-    // Archives that were pinned only because they were not off-host yet may go now.
-    if uploaded {
-        if let Err(e) = catalog::prune(cfg, false) {
-            tracing::warn!(error = %e, "retention not applied");
-        }
-    }
-}
-
-fn fail_job(daemon: &Daemon, job: &Job, seconds: f64, error: String) {
-    tracing::error!(job = %job.id, error = %error, "backup failed");
-    daemon.metrics.backup_finished(false, seconds, 0, 0.0);
-    job.update(|i| {
-        i.state = JobState::Failed;
-        i.error = Some(error.clone());
-    });
-    daemon.save_state(|s| {
-        s.last_error = Some(error);
-        s.running_job = None;
-    });
 }
