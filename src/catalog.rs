@@ -1,17 +1,16 @@
 //! The archives in an archive directory: what `list`, retention and the API see.
 //!
 //! Only names [`ArchiveName`] parses are archives; `*.part` files, sidecars and anything an operator
-//! put there are ignored. Verification results are cached in the state directory by
-//! (name, size, mtime), so listing does not re-read gigabytes and a replaced file is never trusted.
+//! put there are ignored. Verification results come from the state directory's cache
+//! ([`VerificationCache`]), so listing does not re-read gigabytes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::archive::name::ArchiveName;
-use crate::archive::writer::write_atomic;
+use crate::state::{Ledger, VerificationCache};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchiveInfo {
@@ -37,23 +36,9 @@ pub enum VerifyState {
     Unverified,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct CacheEntry {
-    size: u64,
-    mtime_ns: i128,
-    ok: bool,
-}
-
-const CACHE_FILE: &str = "verified.json";
-
-fn mtime_ns(m: &std::fs::Metadata) -> i128 {
-    use std::os::unix::fs::MetadataExt;
-    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
-}
-
 /// Archives in `dir`, newest first.
 pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
-    let cache = load_cache(state_dir);
+    let cache = VerificationCache::load(state_dir);
     let mut out = Vec::new();
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -71,15 +56,10 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             _ => continue,
         };
         let name = parsed.to_string();
-        let verification = match cache.get(&name) {
-            Some(c) if c.size == md.len() && c.mtime_ns == mtime_ns(&md) => {
-                if c.ok {
-                    VerifyState::Verified
-                } else {
-                    VerifyState::Failed
-                }
-            }
-            _ => VerifyState::Unverified,
+        let verification = match cache.result(&name, &md) {
+            Some(true) => VerifyState::Verified,
+            Some(false) => VerifyState::Failed,
+            None => VerifyState::Unverified,
         };
         let environment = crate::archive::sidecar::read(&entry.path())
             .and_then(|(_, listing)| listing)
@@ -98,41 +78,6 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
     }
     out.sort_by(|a, b| b.parsed.cmp(&a.parsed));
     Ok(out)
-}
-
-fn load_cache(state_dir: &Path) -> BTreeMap<String, CacheEntry> {
-    std::fs::read(state_dir.join(CACHE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-/// Records a verification result for the archive as it is on disk now.
-pub fn record_verification(state_dir: &Path, archive: &Path, ok: bool) -> std::io::Result<()> {
-    let md = archive.metadata()?;
-    let name = archive
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    std::fs::create_dir_all(state_dir)?;
-    let mut cache = load_cache(state_dir);
-    // Forget archives that no longer exist, so the cache does not grow forever.
-    if let Some(dir) = archive.parent() {
-        cache.retain(|n, _| dir.join(n).exists());
-    }
-    cache.insert(
-        name,
-        CacheEntry {
-            size: md.len(),
-            mtime_ns: mtime_ns(&md),
-            ok,
-        },
-    );
-    write_atomic(
-        &state_dir.join(CACHE_FILE),
-        &serde_json::to_vec_pretty(&cache).expect("serialises"),
-        0o600,
-    )
 }
 
 /// Removes leftovers of interrupted runs: `*.part` files and staging directories.
@@ -161,13 +106,41 @@ pub fn remove_partials(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Where this host's archives live and how they are kept: what listing, retention and off-host
+/// copying need from the config (built by `Config::site`).
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub archive_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub retention: crate::retention::RetentionConfig,
+    /// The zone retention's daily, weekly... buckets are cut in.
+    pub timezone: chrono_tz::Tz,
+    /// The `[[remote]]` names an archive must reach before retention may delete it here.
+    pub remote_names: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("{what} {}: {err}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error(transparent)]
+    Policy(#[from] crate::retention::RetentionError),
+    #[error("retention task panicked: {0}")]
+    Panicked(String),
+}
+
 /// Applies the retention policy to the archive directory (or only reports, with `dry_run`).
 /// Every deletion is logged with the rule that removed it.
-pub fn prune(
-    cfg: &crate::config::Config,
-    dry_run: bool,
-) -> anyhow::Result<Vec<crate::retention::Decision>> {
-    let archives = list(&cfg.archive_dir, &cfg.state_dir)?;
+pub fn prune(cfg: &Site, dry_run: bool) -> Result<Vec<crate::retention::Decision>, PruneError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |err| PruneError::Io { what, path, err }
+    };
+    let archives = list(&cfg.archive_dir, &cfg.state_dir).map_err(io("list", &cfg.archive_dir))?;
     let candidates: Vec<crate::retention::Candidate> = archives
         .iter()
         .map(|a| crate::retention::Candidate {
@@ -177,13 +150,14 @@ pub fn prune(
             size: a.size,
         })
         .collect();
-    let tz = crate::schedule::parse_timezone(&cfg.schedule.timezone)?;
-    let (free, _) = crate::space::free_and_total(&cfg.archive_dir)?;
+    let tz = cfg.timezone;
+    let (free, _) = crate::space::free_and_total(&cfg.archive_dir)
+        .map_err(io("free space of", &cfg.archive_dir))?;
     let mut decisions = crate::retention::plan(&cfg.retention, &candidates, tz, free)?;
     // An archive that has not reached every remote is the only copy there is: keep it.
-    let ledger = crate::remote::replicate::Ledger::load(&cfg.state_dir);
+    let ledger = Ledger::load(&cfg.state_dir);
     for d in decisions.iter_mut().filter(|d| !d.keep) {
-        let missing = ledger.missing(&d.name, &cfg.remotes);
+        let missing = ledger.missing(&d.name, cfg.remote_names.iter().map(String::as_str));
         if !missing.is_empty() {
             d.keep = true;
             d.reason = format!("not yet copied to remote {}", missing.join(", "));
@@ -195,7 +169,7 @@ pub fn prune(
             continue;
         }
         let path = cfg.archive_dir.join(&d.name);
-        std::fs::remove_file(&path)?;
+        std::fs::remove_file(&path).map_err(io("delete", &path))?;
         let _ = std::fs::remove_file(cfg.archive_dir.join(format!(
             "{}{}",
             d.name,

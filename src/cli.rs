@@ -202,7 +202,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = crate::restore::RestoreOptions {
                 archive: file,
                 constraints,
-                environment,
+                environment: environment.unwrap_or_else(|| cfg.effective_environment()),
                 force,
                 target_root,
                 address,
@@ -219,14 +219,14 @@ fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
         notes,
         environment: cfg.effective_environment(),
     };
-    let outcome = snapshot::take(cfg, &req, &progress)?;
+    let outcome = snapshot::take(&cfg.backup_settings(), &req, &progress)?;
     tracing::info!(
         archive = %outcome.archive.path.display(),
         bytes = outcome.archive.size,
         "backup complete"
     );
     if !cfg.remotes.is_empty() {
-        let runs = runtime()?.block_on(crate::remote::replicate::run(cfg));
+        let runs = runtime()?.block_on(crate::remote::replicate::run(&cfg.site(), &cfg.remotes));
         for (remote, run) in runs {
             match run.error {
                 None => {
@@ -376,7 +376,7 @@ fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode> {
 }
 
 fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
-    let decisions = catalog::prune(cfg, dry_run)?;
+    let decisions = catalog::prune(&cfg.site(), dry_run)?;
     for d in &decisions {
         let verb = match (d.keep, dry_run) {
             (true, _) => "keep",
@@ -391,10 +391,10 @@ fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
 fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
     let path = Config::resolve_path(config_flag);
     let cfg = Config::load(&path)?;
-    let _lock = crate::daemon::lock_state_dir(&cfg.state_dir)?;
+    let _lock = crate::state::lock(&cfg.state_dir)?;
     let rt = runtime()?;
     rt.block_on(async move {
-        let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.socket_mode())?;
+        let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.api.socket_mode.0)?;
         let tcp = match (&cfg.api.tcp_listen, &cfg.api.token_file) {
             (Some(addr), Some(token_file)) => {
                 let token = std::fs::read_to_string(token_file)
@@ -437,7 +437,7 @@ fn restore(
     yes: bool,
 ) -> Result<ExitCode> {
     use std::io::{IsTerminal, Write};
-    let plan = crate::restore::plan(cfg, opts)?;
+    let plan = crate::restore::plan(&cfg.restore, &cfg.database, opts)?;
     print!("{plan}");
     if dry_run {
         println!("dry run: every check passed; nothing was changed");
@@ -468,7 +468,7 @@ fn restore(
             last = std::time::Instant::now();
         }
     };
-    let summary = crate::restore::execute(cfg, &plan, &mut progress)?;
+    let summary = crate::restore::execute(&cfg.restore, &plan, &mut progress)?;
     if tty {
         eprintln!();
     }
@@ -512,7 +512,7 @@ fn verify_cmd(
     if let Ok(cfg) = load_config(config_flag) {
         if file.parent().map(|p| p.canonicalize().ok()) == Some(cfg.archive_dir.canonicalize().ok())
         {
-            let _ = catalog::record_verification(&cfg.state_dir, file, result.is_ok());
+            let _ = crate::state::VerificationCache::record(&cfg.state_dir, file, result.is_ok());
         }
     }
     match result {
@@ -584,7 +584,7 @@ fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {
             .filter(|a| a.verification != catalog::VerifyState::Verified)
         {
             let ok = verify_listed(cfg, a)?;
-            let _ = catalog::record_verification(&cfg.state_dir, &a.path, ok);
+            let _ = crate::state::VerificationCache::record(&cfg.state_dir, &a.path, ok);
             a.verification = if ok {
                 catalog::VerifyState::Verified
             } else {

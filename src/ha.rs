@@ -11,22 +11,24 @@
 
 use std::time::Duration;
 
-use crate::config::Config;
-
-/// Whether this node takes the scheduled slot, and why (for the log).
-pub fn takes_scheduled_slot(cfg: &Config) -> (bool, String) {
-    let Some(me) = cfg.ha.self_address.as_deref() else {
+/// Whether this node takes the scheduled slot, and why (for the log). `engine` is the configured
+/// database engine, asked for its leader.
+pub fn takes_scheduled_slot(
+    ha: &HaConfig,
+    engine: Option<&dyn crate::db::Engine>,
+) -> (bool, String) {
+    let Some(me) = ha.self_address.as_deref() else {
         return (true, "single node (ha.self_address not set)".into());
     };
-    if let Some(prefer) = cfg.ha.prefer.as_deref().filter(|p| !p.is_empty()) {
+    if let Some(prefer) = ha.prefer.as_deref().filter(|p| !p.is_empty()) {
         if prefer == me {
             return (true, "this node is ha.prefer".into());
         }
-        if answers(prefer, cfg.ha.probe_timeout) {
+        if answers(prefer, ha.probe_timeout) {
             return (false, format!("the preferred node {prefer} is up"));
         }
     }
-    match leader(cfg) {
+    match leader(ha, engine) {
         Ok(l) if l == me => (true, "this node is the database leader".into()),
         Ok(l) => (false, format!("the database leader is {l}")),
         Err(e) => (
@@ -45,10 +47,29 @@ fn answers(addr: &str, timeout: Duration) -> bool {
         .unwrap_or(false)
 }
 
-fn leader(cfg: &Config) -> Result<String, String> {
-    let engine = crate::db::from_config(&cfg.database, &cfg.files.root)
-        .ok_or("no database engine is configured")?;
+fn leader(ha: &HaConfig, engine: Option<&dyn crate::db::Engine>) -> Result<String, String> {
     engine
-        .leader(cfg.ha.probe_timeout.max(Duration::from_secs(5)))
+        .ok_or("no database engine is configured")?
+        .leader(ha.probe_timeout.max(Duration::from_secs(5)))
         .map_err(|e| e.to_string())
+}
+
+// The `[ha]` config section, owned here; `config` composes the sections and validates them.
+/// Several state-servers: which one takes each scheduled backup (see `ha`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    /// This node's database address as the cluster knows it (dqlite: its node address). When
+    /// set, scheduled backups run only on the database leader (or `prefer`).
+    #[serde(default)]
+    pub self_address: Option<String>,
+    /// A node that takes scheduled backups whenever its database address answers.
+    #[serde(default)]
+    pub prefer: Option<String>,
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: std::time::Duration,
+}
+
+fn default_probe_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
 }

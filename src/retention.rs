@@ -10,8 +10,6 @@ use std::collections::HashSet;
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
 
-use crate::config::RetentionConfig;
-
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub name: String,
@@ -132,6 +130,27 @@ pub fn plan(
             },
         })
         .collect())
+}
+
+// The `[retention]` config section, owned here; `config` composes the sections and validates them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    #[serde(default)]
+    pub keep_last: u32,
+    #[serde(default)]
+    pub keep_hourly: u32,
+    #[serde(default)]
+    pub keep_daily: u32,
+    #[serde(default)]
+    pub keep_weekly: u32,
+    #[serde(default)]
+    pub keep_monthly: u32,
+    #[serde(default)]
+    pub keep_yearly: u32,
+    /// Size like "2GiB": below this free space, the oldest archives the rules keep are deleted too.
+    #[serde(default)]
+    pub min_free_space: Option<crate::space::ByteSize>,
 }
 
 #[cfg(test)]
@@ -280,7 +299,7 @@ mod tests {
     fn min_free_space_removes_the_oldest_kept_but_never_the_newest() {
         let policy = RetentionConfig {
             keep_last: 10,
-            min_free_space: Some(crate::config::ByteSize(1000)),
+            min_free_space: Some(crate::space::ByteSize(1000)),
             ..Default::default()
         };
         // 8 archives of 100 bytes, 750 free: the 3 oldest must go (750 + 300 >= 1000).

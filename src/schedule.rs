@@ -27,6 +27,23 @@ pub struct CronSchedule {
     tz: Tz,
 }
 
+fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
+    let fields = expr.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
+        return Err(ScheduleError::Cron {
+            expr: expr.into(),
+            reason: format!("{fields} fields"),
+        });
+    }
+    croner::Cron::new(expr)
+        .with_seconds_optional()
+        .parse()
+        .map_err(|e| ScheduleError::Cron {
+            expr: expr.into(),
+            reason: e.to_string(),
+        })
+}
+
 pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
     name.parse::<Tz>()
         .map_err(|_| ScheduleError::Timezone(name.to_string()))
@@ -35,20 +52,7 @@ pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
 impl CronSchedule {
     pub fn parse(expr: &str, timezone: &str) -> Result<Self, ScheduleError> {
         let tz = parse_timezone(timezone)?;
-        let fields = expr.split_whitespace().count();
-        if !(5..=6).contains(&fields) {
-            return Err(ScheduleError::Cron {
-                expr: expr.into(),
-                reason: format!("{fields} fields"),
-            });
-        }
-        let cron = croner::Cron::new(expr)
-            .with_seconds_optional()
-            .parse()
-            .map_err(|e| ScheduleError::Cron {
-                expr: expr.into(),
-                reason: e.to_string(),
-            })?;
+        let cron = parse_cron(expr)?;
         Ok(CronSchedule { cron, tz })
     }
 
@@ -111,6 +115,102 @@ impl CronSchedule {
                 None
             }
         }
+    }
+}
+
+// The `[schedule]` config section, owned here; `config` composes the sections and validates them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// 5-field cron, or 6-field with seconds first. Empty disables scheduled backups.
+    #[serde(default = "default_cron")]
+    pub cron: CronExpr,
+    /// IANA zone the cron expression and retention buckets are read in.
+    #[serde(default = "default_timezone", with = "tz_name")]
+    pub timezone: Tz,
+    /// Random delay added to each run, so many controllers do not hit shared storage at once.
+    #[serde(default, with = "humantime_serde")]
+    pub jitter: std::time::Duration,
+    /// Take one backup at start-up when a scheduled run was missed while the daemon was down.
+    #[serde(default = "default_yes")]
+    pub catch_up: bool,
+}
+
+fn default_yes() -> bool {
+    true
+}
+
+fn default_cron() -> CronExpr {
+    CronExpr::parse("0 3 * * *").expect("the default cron expression parses")
+}
+
+fn default_timezone() -> Tz {
+    Tz::UTC
+}
+
+impl ScheduleConfig {
+    /// The schedule, or `None` when scheduled backups are off (empty `cron`).
+    pub fn schedule(&self) -> Option<CronSchedule> {
+        Some(CronSchedule {
+            cron: self.cron.cron.clone()?,
+            tz: self.timezone,
+        })
+    }
+}
+
+/// A cron expression as written in the config, parsed when the config loads; empty means none.
+#[derive(Debug, Clone)]
+pub struct CronExpr {
+    text: String,
+    cron: Option<croner::Cron>,
+}
+
+impl CronExpr {
+    pub fn parse(text: &str) -> Result<CronExpr, ScheduleError> {
+        let cron = if text.trim().is_empty() {
+            None
+        } else {
+            Some(parse_cron(text)?)
+        };
+        Ok(CronExpr {
+            text: text.to_string(),
+            cron,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cron.is_none()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl serde::Serialize for CronExpr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CronExpr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        CronExpr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `timezone = "Europe/London"` as a [`Tz`], refused by name when unknown.
+mod tz_name {
+    use chrono_tz::Tz;
+
+    pub fn serialize<S: serde::Serializer>(tz: &Tz, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tz.name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Tz, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        super::parse_timezone(&name).map_err(serde::de::Error::custom)
     }
 }
 

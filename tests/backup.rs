@@ -252,7 +252,10 @@ fn consistent_under_concurrent_writes() {
     let started = std::time::Instant::now();
     while outcomes.len() < 3 || started.elapsed() < Duration::from_secs(2) {
         let progress = Arc::new(juju_brd::snapshot::Progress::default());
-        outcomes.push(juju_brd::snapshot::take(&cfg, &Default::default(), &progress).unwrap());
+        outcomes.push(
+            juju_brd::snapshot::take(&cfg.backup_settings(), &Default::default(), &progress)
+                .unwrap(),
+        );
     }
     stop.store(true, Ordering::Relaxed);
     let commits = db_writer.join().unwrap();

@@ -1,4 +1,6 @@
-//! A minimal HTTP/1 client over the daemon's Unix socket, for `juju-brd backup` and friends.
+//! The client side of the local API: [`Client`], typed calls over the daemon's Unix socket for
+//! `juju-brd backup`, `status` and `prune` and for the tests, on top of [`request`], one raw
+//! HTTP/1 exchange.
 
 use std::path::Path;
 
@@ -13,6 +15,82 @@ pub enum ClientError {
     NoDaemon(std::path::PathBuf),
     #[error("talking to the daemon: {0}")]
     Http(String),
+    /// The daemon answered with an error status and said why.
+    #[error("the daemon refused ({status}): {message}")]
+    Refused { status: StatusCode, message: String },
+}
+
+/// Typed calls to the daemon's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: std::path::PathBuf,
+}
+
+impl Client {
+    pub fn new(socket: &Path) -> Client {
+        Client {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    /// Sends a request and decodes a 2xx answer as `T`; any other status becomes
+    /// [`ClientError::Refused`] with the daemon's message. With `lenient`, an answer with an
+    /// error status that still decodes as `T` is returned (a failed backup job).
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        lenient: bool,
+    ) -> Result<T, ClientError> {
+        let (status, bytes) = request(&self.socket, method, path, body).await?;
+        if status.is_success() || lenient {
+            if let Ok(v) = serde_json::from_slice(&bytes) {
+                return Ok(v);
+            }
+        }
+        let message = serde_json::from_slice::<super::types::ErrorBody>(&bytes)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+        if status.is_success() {
+            return Err(ClientError::Http(format!(
+                "unexpected answer ({status}): {message}"
+            )));
+        }
+        Err(ClientError::Refused { status, message })
+    }
+
+    /// `POST /v1/backups`; with `wait`, returns when the job has finished (succeeded or not).
+    pub async fn trigger(
+        &self,
+        req: &super::types::TriggerRequest,
+        wait: bool,
+    ) -> Result<super::types::TriggerResponse, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Http(e.to_string()))?;
+        let path = if wait {
+            "/v1/backups?wait=true"
+        } else {
+            "/v1/backups"
+        };
+        self.call(Method::POST, path, Some(body), wait).await
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<super::types::StatusResponse, ClientError> {
+        self.call(Method::GET, "/v1/status", None, false).await
+    }
+
+    /// `GET /v1/jobs/{id}`.
+    pub async fn job(&self, id: &str) -> Result<super::types::JobInfo, ClientError> {
+        self.call(Method::GET, &format!("/v1/jobs/{id}"), None, false)
+            .await
+    }
+
+    /// `POST /v1/prune`: retention applied by the daemon (or only reported, with `dry_run`).
+    pub async fn prune(&self, dry_run: bool) -> Result<super::types::PruneResponse, ClientError> {
+        let path = format!("/v1/prune?dry_run={dry_run}");
+        self.call(Method::POST, &path, None, false).await
+    }
 }
 
 pub async fn request(

@@ -93,3 +93,18 @@ pub struct RemoteStatus {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `POST /v1/prune`: what retention decided for each archive (deleted unless `dry_run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruneResponse {
+    pub dry_run: bool,
+    pub decisions: Vec<PruneDecision>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PruneDecision {
+    pub name: String,
+    pub keep: bool,
+    /// The rule that kept it, or why it goes.
+    pub reason: String,
+}

@@ -19,7 +19,7 @@ pub const AGE_MAGIC: &[u8] = b"age-encryption.org/v1";
 pub const SUFFIX: &str = ".age";
 
 /// Public keys an archive is encrypted to (age X25519, `age1...`).
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Recipients(Vec<age::x25519::Recipient>);
 
 impl Recipients {
@@ -40,6 +40,10 @@ impl Recipients {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Starts an age stream to these recipients on `out`; `finish` on the result seals it.
@@ -127,7 +131,7 @@ impl Identities {
 
 /// The daemon's own identities (`encryption.identity_file`), loaded only for an encrypted archive.
 pub fn configured(
-    cfg: &crate::config::EncryptionConfig,
+    cfg: &EncryptionConfig,
     encrypted: bool,
 ) -> Result<Option<std::sync::Arc<Identities>>, String> {
     match &cfg.identity_file {
@@ -142,6 +146,33 @@ pub fn identity_needed() -> io::Error {
         io::ErrorKind::PermissionDenied,
         "the archive is encrypted with age; pass --identity FILE (the age identity file of one of its recipients)",
     )
+}
+
+// The `[encryption]` config section, owned here; `config` composes the sections and validates them.
+impl serde::Serialize for Recipients {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| r.to_string()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Recipients {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let list = <Vec<String> as serde::Deserialize>::deserialize(d)?;
+        Recipients::parse(&list).map_err(serde::de::Error::custom)
+    }
+}
+
+/// age encryption of archives (see `archive::encryption`).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// age X25519 public keys (`age1...`); when any is set, archives are `NAME.tar.gz.age`.
+    #[serde(default)]
+    pub recipients: Recipients,
+    /// Optional identity file for the daemon's own full verification of what it wrote. Without
+    /// it an encrypted archive is checked by re-reading its checksum and age header only.
+    #[serde(default)]
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -23,3 +23,13 @@ pub const METADATA: &str = "metadata.json";
 pub const MANIFEST: &str = "manifest.json";
 pub const ROOT_TAR: &str = "root.tar";
 pub const DUMP_DIR: &str = "dump";
+
+/// How an archive is compressed (the `[backup] compression` key).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use crate::config::Compression;
+use crate::archive::Compression;
 
 pub const PREFIX: &str = "juju-backup-";
 /// In-progress files and staging directories end with this; listing and retention skip them.

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::encryption::Recipients;
 use super::name::{ArchiveName, PART_SUFFIX};
 use super::sidecar::{self, Listing};
-use crate::config::Compression;
+use crate::archive::Compression;
 
 /// What a finished archive is, as written.
 #[derive(Debug, Clone)]

@@ -54,6 +54,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/backups/{name}/archive", get(download))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/status", get(status))
+        .route("/v1/prune", post(prune))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(daemon)
@@ -232,6 +233,33 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Deserialize)]
+struct PruneQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/prune[?dry_run=true]`: retention now, serialised with the worker's own runs.
+async fn prune(State(d): Shared, Query(q): Query<PruneQuery>) -> Result<Response, ApiError> {
+    let decisions = d.prune(q.dry_run).await.map_err(|e| match e {
+        catalog::PruneError::Policy(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
+        other => internal(other),
+    })?;
+    let decisions = decisions
+        .into_iter()
+        .map(|x| crate::api::types::PruneDecision {
+            name: x.name,
+            keep: x.keep,
+            reason: x.reason,
+        })
+        .collect();
+    Ok(Json(crate::api::types::PruneResponse {
+        dry_run: q.dry_run,
+        decisions,
+    })
+    .into_response())
+}
+
 async fn job(State(d): Shared, Path(id): Path<String>) -> Result<Response, ApiError> {
     let job = d
         .job(&id)
@@ -243,7 +271,7 @@ async fn job(State(d): Shared, Path(id): Path<String>) -> Result<Response, ApiEr
 struct DiskView {
     archives: Vec<catalog::ArchiveInfo>,
     free: u64,
-    ledger: crate::remote::replicate::Ledger,
+    ledger: crate::state::Ledger,
 }
 
 async fn disk_view(cfg: &Arc<Config>) -> Result<DiskView, ApiError> {
@@ -252,7 +280,7 @@ async fn disk_view(cfg: &Arc<Config>) -> Result<DiskView, ApiError> {
         Ok(DiskView {
             archives: catalog::list(&cfg.archive_dir, &cfg.state_dir).map_err(internal)?,
             free: crate::space::free_and_total(&cfg.archive_dir).map_or(0, |(f, _)| f),
-            ledger: crate::remote::replicate::Ledger::load(&cfg.state_dir),
+            ledger: crate::state::Ledger::load(&cfg.state_dir),
         })
     })
     .await
@@ -531,7 +559,7 @@ mod tests {
         let r = router(f.daemon.clone());
         let path = f.dir.path().join("archives").join(ARCHIVE);
         std::fs::write(&path, b"archive bytes").unwrap();
-        catalog::record_verification(&f.dir.path().join("state"), &path, true).unwrap();
+        crate::state::VerificationCache::record(&f.dir.path().join("state"), &path, true).unwrap();
         let (code, body) = call(
             r.clone(),
             Method::DELETE,

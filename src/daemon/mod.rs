@@ -82,12 +82,12 @@ pub struct Daemon {
     pub metrics: Metrics,
     reloaded: Notify,
     stopping: AtomicBool,
+    /// Serialises retention runs (after a backup, and `POST /v1/prune`): two never delete at once.
+    prune_lock: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("another juju-brd daemon is running with state directory {} (lock {} is held)", .0.display(), .0.join("daemon.lock").display())]
-    Locked(PathBuf),
     #[error("another juju-brd daemon answers on {}", .0.display())]
     SocketInUse(PathBuf),
     #[error("{what} {}: {err}", path.display())]
@@ -117,6 +117,7 @@ impl Daemon {
             metrics: Metrics::default(),
             reloaded: Notify::new(),
             stopping: AtomicBool::new(false),
+            prune_lock: tokio::sync::Mutex::new(()),
         });
         (daemon, work_rx)
     }
@@ -180,6 +181,18 @@ impl Daemon {
         Some((job, true))
     }
 
+    /// Applies retention on the blocking pool (it lists and deletes files), one run at a time.
+    pub async fn prune(
+        &self,
+        dry_run: bool,
+    ) -> Result<Vec<crate::retention::Decision>, catalog::PruneError> {
+        let _one_at_a_time = self.prune_lock.lock().await;
+        let cfg = self.config();
+        tokio::task::spawn_blocking(move || catalog::prune(&cfg.site(), dry_run))
+            .await
+            .unwrap_or_else(|e| Err(catalog::PruneError::Panicked(e.to_string())))
+    }
+
     /// Re-reads the config file; a config that does not load is rejected and the old one kept.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
         let new = Config::load(&self.config_path)?;
@@ -238,33 +251,6 @@ fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
-}
-
-/// Takes the daemon lock in `state_dir`; held for the life of the returned file.
-pub fn lock_state_dir(state_dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(|err| DaemonError::Io {
-            what: "create state directory",
-            path: state_dir.to_path_buf(),
-            err,
-        })?;
-    let path = state_dir.join("daemon.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|err| DaemonError::Io {
-            what: "open",
-            path: path.clone(),
-            err,
-        })?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| DaemonError::Locked(state_dir.to_path_buf()))
 }
 
 /// Binds the API socket: refuses if a daemon answers there, removes a stale socket file, applies

@@ -10,15 +10,14 @@ use tokio::sync::watch;
 
 use super::{stopped, Daemon};
 use crate::api::types::JobKind;
-use crate::schedule::CronSchedule;
 
 /// Takes one backup at start-up if a scheduled run was due while the daemon was down.
 pub(super) fn catch_up(daemon: &Daemon) {
     let cfg = daemon.config();
-    if !cfg.schedule.catch_up || cfg.schedule.cron.trim().is_empty() {
+    if !cfg.schedule.catch_up {
         return;
     }
-    let Ok(sched) = CronSchedule::parse(&cfg.schedule.cron, &cfg.schedule.timezone) else {
+    let Some(sched) = cfg.schedule.schedule() else {
         return;
     };
     let Some(last_attempt) = daemon.state().last_attempt else {
@@ -35,11 +34,7 @@ pub(super) fn catch_up(daemon: &Daemon) {
 pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     loop {
         let cfg = daemon.config();
-        let sched = if cfg.schedule.cron.trim().is_empty() {
-            None
-        } else {
-            CronSchedule::parse(&cfg.schedule.cron, &cfg.schedule.timezone).ok()
-        };
+        let sched = cfg.schedule.schedule();
         let next = sched.and_then(|s| s.next_after(Utc::now())).map(|n| {
             let jitter = cfg.schedule.jitter.as_millis() as i64;
             if jitter > 0 {
@@ -86,9 +81,12 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
 async fn takes_slot(daemon: &Daemon) -> bool {
     let cfg = daemon.config();
     let ha = cfg.ha.self_address.is_some();
-    let (mine, why) = tokio::task::spawn_blocking(move || crate::ha::takes_scheduled_slot(&cfg))
-        .await
-        .unwrap_or_else(|e| (true, format!("HA check failed ({e}); backing up here")));
+    let (mine, why) = tokio::task::spawn_blocking(move || {
+        let engine = crate::db::from_config(&cfg.database, &cfg.files.root);
+        crate::ha::takes_scheduled_slot(&cfg.ha, engine.as_deref())
+    })
+    .await
+    .unwrap_or_else(|e| (true, format!("HA check failed ({e}); backing up here")));
     if ha && mine {
         tracing::info!(reason = %why, "taking the scheduled backup");
     } else if !mine {

@@ -11,7 +11,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::{notify, stopped, Daemon, Job, RECENT_JOBS};
 use crate::api::types::{ArchiveRecord, JobState};
-use crate::catalog;
 use crate::config::Config;
 use crate::snapshot::{self, BackupRequest};
 
@@ -65,7 +64,8 @@ async fn run_job(
         environment: cfg.effective_environment(),
     };
     let (c, p) = (cfg.clone(), job.progress.clone());
-    let mut handle = tokio::task::spawn_blocking(move || snapshot::take(&c, &req, &p));
+    let mut handle =
+        tokio::task::spawn_blocking(move || snapshot::take(&c.backup_settings(), &req, &p));
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let result = loop {
         tokio::select! {
@@ -105,7 +105,7 @@ async fn run_job(
                     s.running_job = None;
                 })
                 .await;
-            prune(&cfg).await;
+            prune(daemon).await;
         }
         Ok(Err(e)) => fail_job(daemon, &job, seconds, e.to_string()).await,
         Err(e) => fail_job(daemon, &job, seconds, format!("backup task panicked: {e}")).await,
@@ -135,7 +135,8 @@ async fn replicate(
     stop: &mut watch::Receiver<bool>,
 ) {
     let c = cfg.clone();
-    let mut handle = tokio::spawn(async move { crate::remote::replicate::run(&c).await });
+    let mut handle =
+        tokio::spawn(async move { crate::remote::replicate::run(&c.site(), &c.remotes).await });
     let runs = loop {
         tokio::select! {
             r = &mut handle => break r,
@@ -163,17 +164,14 @@ async fn replicate(
     }
     // Archives that were pinned only because they were not off-host yet may go now.
     if uploaded {
-        prune(cfg).await;
+        prune(daemon).await;
     }
 }
 
-/// Applies retention on the blocking pool (it lists and deletes files).
-async fn prune(cfg: &Arc<Config>) {
-    let c = cfg.clone();
-    match tokio::task::spawn_blocking(move || catalog::prune(&c, false)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "retention not applied"),
-        Err(e) => tracing::error!(error = %e, "retention task panicked"),
+/// Retention after a backup or a copy; a failure is logged, never fails the job.
+async fn prune(daemon: &Daemon) {
+    if let Err(e) = daemon.prune(false).await {
+        tracing::warn!(error = %e, "retention not applied");
     }
 }
 

@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-pub use crate::config::{DatabaseConfig, Engine as EngineKind};
-
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database ({engine}): {message}")]
@@ -178,4 +176,72 @@ pub fn for_archive(name: &str, cfg: &DatabaseConfig, root: &Path) -> Option<Box<
     let mut cfg = cfg.clone();
     cfg.engine = kind;
     from_config(&cfg, root)
+}
+
+// The `[database]` config section, owned here; `config` composes the sections and validates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    None,
+    Sqlite,
+    Command,
+    Dqlite,
+    Mongodb,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    #[serde(default = "default_engine")]
+    pub engine: EngineKind,
+    /// sqlite: the live database file (read through SQLite's online backup API).
+    #[serde(default)]
+    pub path: Option<std::path::PathBuf>,
+    /// command: argv of a dump command; its stdout becomes `dump/<dump_file>`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// command: argv of the matching restore command; the dump is fed on stdin.
+    #[serde(default)]
+    pub restore_command: Vec<String>,
+    /// command: the file name the dump gets under `dump/`.
+    #[serde(default = "default_dump_file")]
+    pub dump_file: String,
+    /// command: KEY=VALUE lines given to the child's environment, so passwords never reach argv.
+    #[serde(default)]
+    pub environment_file: Option<std::path::PathBuf>,
+    /// command: expected dump size, used only for the free-space check.
+    #[serde(default)]
+    pub estimate_bytes: u64,
+    /// dqlite: the cluster's node addresses (host:port).
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// dqlite: the database names to copy.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// dqlite: the shell program (Debian's go-dqlite ships `dqlite`).
+    #[serde(default = "default_dqlite_shell")]
+    pub shell: String,
+    /// dqlite: TLS certificate and key files for the cluster, if it uses TLS.
+    #[serde(default)]
+    pub tls_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<std::path::PathBuf>,
+    #[serde(default = "default_db_timeout", with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+fn default_db_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30 * 60)
+}
+
+fn default_dqlite_shell() -> String {
+    "dqlite".into()
+}
+
+fn default_dump_file() -> String {
+    "database.dump".into()
+}
+
+fn default_engine() -> EngineKind {
+    EngineKind::None
 }

@@ -27,7 +27,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::archive::name::{ArchiveName, PART_SUFFIX, SIDECAR_SUFFIX};
-use crate::config::RemoteConfig;
 
 /// Parts in flight at once: memory held is about this many parts plus one being filled.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -435,6 +434,116 @@ pub fn parse_s3_url(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("s3://")?;
     let (bucket, key) = rest.split_once('/')?;
     (!bucket.is_empty() && !key.is_empty()).then(|| (bucket.to_string(), key.to_string()))
+}
+
+// The `[[remote]]` config section, owned here; `config` composes the sections and validates them.
+/// One S3-compatible bucket that every successful backup is copied to.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// Short name for `list --remote`, `restore --remote`, logs and metric labels.
+    pub name: String,
+    /// `http(s)://host:port` of the S3 API (Ceph RGW, MinIO, Garage); omit for AWS itself.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix inside the bucket, e.g. "controllers/prod/".
+    #[serde(default)]
+    pub prefix: String,
+    /// Path-style requests (`endpoint/bucket/key`), which most self-hosted servers need.
+    #[serde(default)]
+    pub path_style: bool,
+    /// AWS-style credentials file (`aws_access_key_id`, `aws_secret_access_key`, optional
+    /// `aws_session_token`); without it the standard `AWS_*` environment variables are used.
+    #[serde(default)]
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// Upload attempts after the first failure, with exponential backoff.
+    #[serde(default = "default_remote_retries")]
+    pub retries: u32,
+    /// Wait before the first retry; doubled before each next one.
+    #[serde(default = "default_retry_delay", with = "humantime_serde")]
+    pub retry_delay: std::time::Duration,
+    /// Multipart upload part size; memory used is about two parts.
+    #[serde(default = "default_part_size")]
+    pub part_size: crate::space::ByteSize,
+    /// This remote's own retention policy; without it, the remote keeps every archive.
+    #[serde(default)]
+    pub retention: Option<crate::retention::RetentionConfig>,
+}
+
+fn default_part_size() -> crate::space::ByteSize {
+    crate::space::ByteSize(8 << 20)
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_remote_retries() -> u32 {
+    4
+}
+
+fn default_retry_delay() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
+impl RemoteConfig {
+    /// Checks one remote; `earlier` are the remotes before it (names must be unique).
+    pub fn validate(
+        &self,
+        _index: usize,
+        earlier: &[RemoteConfig],
+    ) -> Result<(), (&'static str, String)> {
+        let n = &self.name;
+        if n.is_empty()
+            || !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(("name", format!("`{n}` must be letters, digits, `-` or `_`")));
+        }
+        if earlier.iter().any(|r| &r.name == n) {
+            return Err(("name", format!("`{n}` names two remotes")));
+        }
+        let b = &self.bucket;
+        if !(3..=63).contains(&b.len())
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return Err((
+                "bucket",
+                format!("`{b}` is not a bucket name (3-63 letters, digits, `.`, `-`)"),
+            ));
+        }
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err((
+                    "endpoint",
+                    format!("`{e}` must start with http:// or https://"),
+                ));
+            }
+        }
+        if self.prefix.starts_with('/') || self.prefix.split('/').any(|p| p == "..") {
+            return Err(("prefix", "must be relative, without `..`".into()));
+        }
+        if self.part_size.0 < 5 << 20 {
+            return Err(("part_size", "S3 needs parts of at least 5MiB".into()));
+        }
+        if self
+            .retention
+            .as_ref()
+            .is_some_and(|r| *r == crate::retention::RetentionConfig::default())
+        {
+            return Err((
+                "retention",
+                "an empty policy would delete every archive; omit it to keep all".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

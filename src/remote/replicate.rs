@@ -8,68 +8,15 @@
 //! Each remote with a `retention` policy is pruned with it afterwards.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use chrono::Utc;
 
+use super::RemoteConfig;
 use super::{Remote, RemoteError};
 use crate::archive::name::SIDECAR_SUFFIX;
-use crate::archive::writer::write_atomic;
 use crate::catalog::ArchiveInfo;
-use crate::config::{Config, RemoteConfig};
-
-const LEDGER_FILE: &str = "replicated.json";
-
-/// What has reached where, and how each remote is doing.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Ledger {
-    /// archive name -> remote name -> when it was read back intact.
-    #[serde(default)]
-    pub copies: BTreeMap<String, BTreeMap<String, DateTime<Utc>>>,
-    #[serde(default)]
-    pub remotes: BTreeMap<String, RemoteHealth>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct RemoteHealth {
-    pub last_success: Option<DateTime<Utc>>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<DateTime<Utc>>,
-}
-
-impl Ledger {
-    pub fn load(state_dir: &Path) -> Ledger {
-        std::fs::read(state_dir.join(LEDGER_FILE))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
-    }
-
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(state_dir)?;
-        write_atomic(
-            &state_dir.join(LEDGER_FILE),
-            &serde_json::to_vec_pretty(self).expect("serialises"),
-            0o600,
-        )
-    }
-
-    pub fn has(&self, archive: &str, remote: &str) -> bool {
-        self.copies
-            .get(archive)
-            .is_some_and(|m| m.contains_key(remote))
-    }
-
-    /// The configured remotes `archive` has not reached.
-    pub fn missing<'a>(&self, archive: &str, remotes: &'a [RemoteConfig]) -> Vec<&'a str> {
-        remotes
-            .iter()
-            .filter(|r| !self.has(archive, &r.name))
-            .map(|r| r.name.as_str())
-            .collect()
-    }
-}
+use crate::catalog::Site;
+use crate::state::Ledger;
 
 /// What one remote's run did.
 #[derive(Debug, Default)]
@@ -82,9 +29,9 @@ pub struct RemoteRun {
 /// Uploads every local archive the ledger does not show on each remote, then applies each
 /// remote's retention. Returns per remote what happened; never fails as a whole, because one
 /// broken remote must not keep the others from getting their copies.
-pub async fn run(cfg: &Config) -> BTreeMap<String, RemoteRun> {
+pub async fn run(cfg: &Site, remotes: &[RemoteConfig]) -> BTreeMap<String, RemoteRun> {
     let mut out = BTreeMap::new();
-    if cfg.remotes.is_empty() {
+    if remotes.is_empty() {
         return out;
     }
     let local = match crate::catalog::list(&cfg.archive_dir, &cfg.state_dir) {
@@ -94,7 +41,7 @@ pub async fn run(cfg: &Config) -> BTreeMap<String, RemoteRun> {
             return out;
         }
     };
-    for rc in &cfg.remotes {
+    for rc in remotes {
         let mut ledger = Ledger::load(&cfg.state_dir);
         // Archives retention has deleted need no record; the ledger stays as small as the dir.
         ledger
@@ -119,7 +66,7 @@ pub async fn run(cfg: &Config) -> BTreeMap<String, RemoteRun> {
 }
 
 async fn run_one(
-    cfg: &Config,
+    cfg: &Site,
     rc: &RemoteConfig,
     local: &[ArchiveInfo],
     ledger: &mut Ledger,
@@ -210,9 +157,9 @@ async fn upload_archive(remote: &Remote, a: &ArchiveInfo) -> Result<(), RemoteEr
 
 /// Applies `policy` to the archives on `remote`; returns what it deleted.
 async fn prune(
-    cfg: &Config,
+    cfg: &Site,
     remote: &Remote,
-    policy: &crate::config::RetentionConfig,
+    policy: &crate::retention::RetentionConfig,
 ) -> anyhow::Result<Vec<String>> {
     let listed = remote.list().await?;
     let candidates: Vec<crate::retention::Candidate> = listed
@@ -225,7 +172,7 @@ async fn prune(
             size: a.size,
         })
         .collect();
-    let tz = crate::schedule::parse_timezone(&cfg.schedule.timezone)?;
+    let tz = cfg.timezone;
     let decisions = crate::retention::plan(policy, &candidates, tz, u64::MAX)?;
     let mut deleted = Vec::new();
     for d in decisions.into_iter().filter(|d| !d.keep) {

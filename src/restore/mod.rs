@@ -19,7 +19,6 @@ use crate::archive::manifest::Manifest;
 use crate::archive::metadata::Metadata;
 use crate::archive::verify::{self, VerifyOptions};
 use crate::archive::{reader, DUMP_DIR, MANIFEST, ROOT_TAR, TOP};
-use crate::config::Config;
 use crate::process::{self, ChildSpec};
 
 /// The seed's warning, printed whenever an old state-server may still be alive.
@@ -51,7 +50,8 @@ pub enum RestoreError {
 pub struct RestoreOptions {
     pub archive: PathBuf,
     pub constraints: Option<String>,
-    pub environment: Option<String>,
+    /// The environment the archive must belong to (`-e`, `JUJU_ENV` or the config's).
+    pub environment: String,
     pub force: bool,
     pub target_root: PathBuf,
     pub address: Option<String>,
@@ -137,7 +137,11 @@ impl fmt::Display for RestorePlan {
 }
 
 /// All checks; changes nothing on the host.
-pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreError> {
+pub fn plan(
+    cfg: &RestoreConfig,
+    database: &crate::db::DatabaseConfig,
+    opts: &RestoreOptions,
+) -> Result<RestorePlan, RestoreError> {
     let scratch = opts.target_root.clone();
     let report = verify::verify(
         &opts.archive,
@@ -151,10 +155,7 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         },
     )?;
     let metadata = report.metadata.clone();
-    let expected = opts
-        .environment
-        .clone()
-        .unwrap_or_else(|| cfg.effective_environment());
+    let expected = opts.environment.clone();
     if metadata.environment_name() != expected {
         return Err(RestoreError::WrongEnvironment {
             archive: metadata.environment_name().to_string(),
@@ -199,8 +200,8 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         .as_ref()
         .map(|b| b.state_server_addresses.clone())
         .unwrap_or_default();
-    let targets = probe::targets(&recorded, &cfg.restore.probe_ports);
-    let alive = probe::answering(&targets, cfg.restore.probe_timeout);
+    let targets = probe::targets(&recorded, &cfg.probe_ports);
+    let alive = probe::answering(&targets, cfg.probe_timeout);
     let mut forced_past = Vec::new();
     if !alive.is_empty() {
         if !opts.force {
@@ -225,7 +226,7 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
                 .and_then(|b| b.database_path.as_deref()),
             target_root: &opts.target_root,
         };
-        match crate::db::for_archive(metadata.engine(), &cfg.database, &opts.target_root) {
+        match crate::db::for_archive(metadata.engine(), database, &opts.target_root) {
             None => DbStep::NotRestored(format!(
                 "no restore engine for `{}` dumps",
                 metadata.engine()
@@ -257,8 +258,8 @@ pub fn plan(cfg: &Config, opts: &RestoreOptions) -> Result<RestorePlan, RestoreE
         address,
         dump_files: report.dump_files.clone(),
         db,
-        stop: cfg.restore.stop_commands.clone(),
-        start: cfg.restore.start_commands.clone(),
+        stop: cfg.stop_commands.clone(),
+        start: cfg.start_commands.clone(),
         forced_past,
         warnings,
         identities: opts.identities.clone(),
@@ -300,7 +301,7 @@ fn run_commands(what: &'static str, cmds: &[Vec<String>], timeout: Duration) -> 
 
 /// Carries out a plan. `progress` receives (files, bytes) as files are written.
 pub fn execute(
-    cfg: &Config,
+    cfg: &RestoreConfig,
     plan: &RestorePlan,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Summary, RestoreError> {
@@ -350,7 +351,7 @@ pub fn execute(
 type StepError = (&'static str, String);
 
 fn apply(
-    cfg: &Config,
+    cfg: &RestoreConfig,
     plan: &RestorePlan,
     journal: &mut extract::Journal,
     progress: &mut dyn FnMut(u64, u64),
@@ -431,7 +432,7 @@ fn apply(
             },
             staged_dump: &incoming,
             address: &plan.address,
-            database_start_commands: &cfg.restore.database_start_commands,
+            database_start_commands: &cfg.database_start_commands,
             files: journal,
             cancel: &never,
         };
@@ -450,8 +451,8 @@ fn apply(
         Duration::from_secs(300),
     )
     .map_err(|e| ("starting the services", e))?;
-    if !cfg.restore.health_command.is_empty() {
-        wait_healthy(&cfg.restore.health_command, cfg.restore.health_timeout)
+    if !cfg.health_command.is_empty() {
+        wait_healthy(&cfg.health_command, cfg.health_timeout)
             .map_err(|e| ("waiting for the state-server to come up", e))?;
     }
     Ok(Summary {
@@ -512,4 +513,64 @@ fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), String> {
             Err(_) => std::thread::sleep(Duration::from_secs(2).min(left)),
         }
     }
+}
+
+// The `[restore]` config section, owned here; `config` composes the sections and validates them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreConfig {
+    /// Commands (argv) that stop the state-server before files are replaced.
+    #[serde(default = "default_stop_commands")]
+    pub stop_commands: Vec<Vec<String>>,
+    /// Commands (argv) that start it again afterwards.
+    #[serde(default = "default_start_commands")]
+    pub start_commands: Vec<Vec<String>>,
+    /// argv that exits 0 once the restored state-server is up.
+    #[serde(default)]
+    pub health_command: Vec<String>,
+    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    pub health_timeout: std::time::Duration,
+    /// mongodb: commands that bring juju-db up for `mongorestore` (the rest of the state-server
+    /// stays stopped until the end).
+    #[serde(default = "default_database_start_commands")]
+    pub database_start_commands: Vec<Vec<String>>,
+    /// Ports probed on every recorded state-server address to make sure the old one is gone.
+    #[serde(default = "default_probe_ports")]
+    pub probe_ports: Vec<u16>,
+    #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+    pub probe_timeout: std::time::Duration,
+}
+
+fn default_database_start_commands() -> Vec<Vec<String>> {
+    vec![vec!["systemctl".into(), "start".into(), "juju-db".into()]]
+}
+
+fn default_health_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_probe_ports() -> Vec<u16> {
+    vec![17070, 37017]
+}
+
+fn default_probe_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(2)
+}
+
+fn default_start_commands() -> Vec<Vec<String>> {
+    vec![vec![
+        "systemctl".into(),
+        "start".into(),
+        "juju-db".into(),
+        "jujud-machine-*".into(),
+    ]]
+}
+
+fn default_stop_commands() -> Vec<Vec<String>> {
+    vec![vec![
+        "systemctl".into(),
+        "stop".into(),
+        "jujud-machine-*".into(),
+        "juju-db".into(),
+    ]]
 }

@@ -22,7 +22,6 @@ use sha2::{Digest, Sha256};
 
 use super::{io_err, SnapshotError};
 use crate::archive::manifest::{Entry, Kind};
-use crate::config::{FileSet, IncludeEntry};
 
 /// What will be captured. Paths are host-absolute (`/var/lib/juju/...`), read under `root`.
 #[derive(Debug, Default)]
@@ -481,6 +480,83 @@ impl<R: Read> Read for CountingHash<'_, R> {
         self.progress.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+// The `[files]` config section, owned here; `config` composes the sections and validates them.
+/// An include entry: one glob, or a list of alternatives of which the first that exists is taken
+/// (Juju keeps the shared secret in one of two places depending on how juju-db is installed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum IncludeEntry {
+    One(String),
+    FirstOf(Vec<String>),
+}
+
+impl<'de> serde::Deserialize<'de> for IncludeEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(String),
+            FirstOf(Vec<String>),
+        }
+        match <Raw as serde::Deserialize>::deserialize(d) {
+            Ok(Raw::One(s)) => Ok(IncludeEntry::One(s)),
+            Ok(Raw::FirstOf(v)) => Ok(IncludeEntry::FirstOf(v)),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a path glob (\"/var/lib/juju/x\") or a list of alternative globs",
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSet {
+    /// The host root the absolute paths below are read from: `/` in production, a directory in tests.
+    #[serde(default = "default_root")]
+    pub root: std::path::PathBuf,
+    /// Required: a glob that matches nothing fails the backup.
+    #[serde(default = "default_include")]
+    pub include: Vec<IncludeEntry>,
+    /// Optional: missing entries are logged and skipped.
+    #[serde(default = "default_optional")]
+    pub optional: Vec<String>,
+    /// Globs (on the absolute host path) that are never archived.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+fn default_include() -> Vec<IncludeEntry> {
+    vec![
+        IncludeEntry::One("/var/lib/juju/agents/machine-*".into()),
+        IncludeEntry::One("/var/lib/juju/tools".into()),
+        IncludeEntry::One("/var/lib/juju/system-identity".into()),
+        IncludeEntry::One("/var/lib/juju/server.pem".into()),
+        IncludeEntry::FirstOf(vec![
+            "/var/lib/juju/shared-secret".into(),
+            "/var/snap/juju-db/common/shared-secret".into(),
+        ]),
+    ]
+}
+
+fn default_optional() -> Vec<String> {
+    [
+        "/var/lib/juju/init/*",
+        "/var/lib/juju/nonce.txt",
+        "/home/ubuntu/.ssh/authorized_keys",
+        "/etc/systemd/system/jujud-machine-*.service",
+        "/etc/systemd/system/juju-db.service",
+        "/etc/init/jujud-machine-*.conf",
+        "/etc/init/juju-db.conf",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect()
+}
+
+fn default_root() -> std::path::PathBuf {
+    "/".into()
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::AtomicBool;
 
-use crate::config::Hooks;
 use crate::process::{self, ChildSpec, ProcessError};
 
 pub fn run_pre(hooks: &Hooks, cancel: &AtomicBool) -> Result<(), ProcessError> {
@@ -27,4 +26,22 @@ fn run(
     let mut spec = ChildSpec::new(what, argv, hooks.timeout);
     spec.cancel = cancel;
     process::run(spec)
+}
+
+// The `[hooks]` config section, owned here; `config` composes the sections and validates them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hooks {
+    /// argv run before the snapshot (e.g. to quiesce an agent); failure fails the backup.
+    #[serde(default)]
+    pub pre: Vec<String>,
+    /// argv run after the snapshot, always, even when the backup failed.
+    #[serde(default)]
+    pub post: Vec<String>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: std::time::Duration,
+}
+
+fn default_hook_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5 * 60)
 }

@@ -26,8 +26,8 @@ use crate::archive::name::{ArchiveName, PART_SUFFIX};
 use crate::archive::sidecar::Listing;
 use crate::archive::verify::{self, VerifyOptions, VerifyReport};
 use crate::archive::writer::{ArchiveWriter, WrittenArchive};
+use crate::archive::Compression;
 use crate::archive::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
-use crate::config::{Compression, Config};
 use crate::db;
 
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,27 @@ pub struct Progress {
     pub bytes_total: AtomicU64,
 }
 
+/// What one backup needs from the config (built by `Config::backup_settings`).
+#[derive(Debug)]
+pub struct Settings<'a> {
+    pub archive_dir: &'a Path,
+    pub state_dir: &'a Path,
+    /// The configured environment (or `JUJU_ENV`), when the request names none.
+    pub environment: String,
+    /// Recorded in the archive, so an operator can tell which config produced it.
+    pub config_digest: String,
+    pub backup: &'a BackupOptions,
+    pub files: &'a files::FileSet,
+    pub database: &'a db::DatabaseConfig,
+    pub hooks: &'a hooks::Hooks,
+    pub controller: &'a ControllerOverrides,
+    pub encryption: &'a crate::archive::encryption::EncryptionConfig,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct BackupRequest {
     pub notes: String,
-    /// Environment name; `Config::effective_environment()` when empty.
+    /// Environment name; [`Settings::environment`] when empty.
     pub environment: String,
 }
 
@@ -98,17 +115,17 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> SnapshotError {
 }
 
 pub fn take(
-    cfg: &Config,
+    cfg: &Settings<'_>,
     req: &BackupRequest,
     progress: &Arc<Progress>,
 ) -> Result<BackupOutcome, SnapshotError> {
     let started = Utc::now();
-    let result = hooks::run_pre(&cfg.hooks, &progress.cancel)
+    let result = hooks::run_pre(cfg.hooks, &progress.cancel)
         .map_err(SnapshotError::Hook)
         .and_then(|()| snapshot_and_write(cfg, req, progress, started));
     // `post` runs whatever happened; its failure fails an otherwise good backup only if the
     // archive is not there yet, never deletes a finished one.
-    if let Err(e) = hooks::run_post(&cfg.hooks) {
+    if let Err(e) = hooks::run_post(cfg.hooks) {
         tracing::error!(error = %e, "post hook failed");
         if result.is_ok() {
             tracing::warn!("the archive was written before the post hook failed; it is kept");
@@ -119,10 +136,10 @@ pub fn take(
     let outcome = result?;
     if cfg.backup.verify_after {
         let identities =
-            crate::archive::encryption::configured(&cfg.encryption, outcome.name.encrypted)
+            crate::archive::encryption::configured(cfg.encryption, outcome.name.encrypted)
                 .map_err(SnapshotError::Config)?;
         let opts = VerifyOptions {
-            scratch_dir: Some(cfg.archive_dir.clone()),
+            scratch_dir: Some(cfg.archive_dir.to_path_buf()),
             identities,
             ..VerifyOptions::default()
         };
@@ -145,33 +162,33 @@ pub fn take(
 }
 
 /// So `list`, the API and retention see it as verified without reading it again.
-fn record_verified(cfg: &Config, archive: &Path) {
-    if let Err(e) = crate::catalog::record_verification(&cfg.state_dir, archive, true) {
+fn record_verified(cfg: &Settings<'_>, archive: &Path) {
+    if let Err(e) = crate::state::VerificationCache::record(cfg.state_dir, archive, true) {
         tracing::warn!(error = %e, "cannot record the verification result");
     }
 }
 
 /// An archive we cannot read back must not pass for a good backup.
-fn discard(cfg: &Config, outcome: &BackupOutcome) {
+fn discard(cfg: &Settings<'_>, outcome: &BackupOutcome) {
     let _ = std::fs::remove_file(&outcome.archive.path);
     let _ = std::fs::remove_file(cfg.archive_dir.join(outcome.name.sidecar()));
 }
 
 fn snapshot_and_write(
-    cfg: &Config,
+    cfg: &Settings<'_>,
     req: &BackupRequest,
     progress: &Arc<Progress>,
     started: DateTime<Utc>,
 ) -> Result<BackupOutcome, SnapshotError> {
-    let dir = &cfg.archive_dir;
+    let dir = cfg.archive_dir;
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(io_err("create archive directory", dir))?;
 
-    let plan = files::plan(&cfg.files)?;
-    let engine = db::from_config(&cfg.database, &cfg.files.root);
+    let plan = files::plan(cfg.files)?;
+    let engine = db::from_config(cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
     let staged = plan.bytes + db_estimate;
     // Staging holds root.tar and the dump while the archive (at worst as large) is written.
@@ -181,7 +198,7 @@ fn snapshot_and_write(
     let want = crate::space::required(estimate, total);
     if have < want {
         return Err(SnapshotError::NoSpace {
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             want_mib: want.div_ceil(1 << 20),
             have_mib: have >> 20,
         });
@@ -257,14 +274,14 @@ fn snapshot_and_write(
         .len();
 
     // The archive itself.
-    let recipients = cfg.recipients();
+    let recipients = (!cfg.encryption.recipients.is_empty()).then_some(&cfg.encryption.recipients);
     let name = ArchiveName::first_free(dir, started, cfg.backup.compression, recipients.is_some());
     let mut w = ArchiveWriter::create(
         dir,
         name.clone(),
         cfg.backup.level,
         cfg.backup.threads,
-        recipients.as_ref(),
+        recipients,
     )
     .map_err(io_err("create archive in", dir))?;
     w.set_listing(Listing {
@@ -331,7 +348,7 @@ struct Summary {
 }
 
 fn build_metadata(
-    cfg: &Config,
+    cfg: &Settings<'_>,
     req: &BackupRequest,
     started: DateTime<Utc>,
     finished: DateTime<Utc>,
@@ -364,7 +381,7 @@ fn build_metadata(
         hosts.len().max(1) as i64
     };
     let environment = if req.environment.is_empty() {
-        cfg.effective_environment()
+        cfg.environment.clone()
     } else {
         req.environment.clone()
     };
@@ -391,7 +408,7 @@ fn build_metadata(
             environment,
             state_server_addresses: addresses,
             database_engine: engine.map_or("none", |e| e.name()).into(),
-            config_digest: cfg.digest(),
+            config_digest: cfg.config_digest.clone(),
             database_path: cfg.database.path.as_ref().map(|p| {
                 // Recorded as the host sees it: relative to files.root when it lies under it.
                 let rel = p.strip_prefix(&cfg.files.root).unwrap_or(p);
@@ -482,4 +499,56 @@ impl<R: io::Read> io::Read for ProgressReader<'_, R> {
         self.progress.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
+}
+
+// The `[backup]` and `[controller]` config sections, owned here; `config` composes and validates them.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupOptions {
+    /// `gzip` (what Juju and `tar xzf` read) or `zstd`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+    /// gzip 1-9, zstd 1-19.
+    #[serde(default = "default_level")]
+    pub level: u32,
+    /// Compression threads; 0 means one per core.
+    #[serde(default)]
+    pub threads: usize,
+    /// Re-read every archive after writing it (`verify`) before it counts as good.
+    #[serde(default = "default_yes")]
+    pub verify_after: bool,
+    /// How often a file that changes while it is read is read again before the backup gives up.
+    #[serde(default = "default_file_retries")]
+    pub file_retries: u32,
+}
+
+fn default_compression() -> Compression {
+    Compression::Gzip
+}
+
+fn default_file_retries() -> u32 {
+    5
+}
+
+fn default_level() -> u32 {
+    6
+}
+
+fn default_yes() -> bool {
+    true
+}
+
+/// Facts about the controller normally read from the machine agent's `agent.conf`; set them here
+/// only when that file is missing or wrong.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerOverrides {
+    pub model_uuid: Option<String>,
+    pub controller_uuid: Option<String>,
+    pub machine: Option<String>,
+    pub version: Option<String>,
+    pub series: Option<String>,
+    /// Every state-server's address (host or host:port); restore probes each of them.
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }

@@ -2,12 +2,10 @@
 //! last attempt and success, the last error, and the job that was running, so a crash mid-backup
 //! is noticed and catch-up after downtime is correct.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-
-use crate::archive::writer::write_atomic;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DaemonState {
@@ -19,27 +17,14 @@ pub struct DaemonState {
     pub running_job: Option<String>,
 }
 
-pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("state.json")
-}
+const FILE: &str = "state.json";
 
 impl DaemonState {
     pub fn load(state_dir: &Path) -> DaemonState {
-        match std::fs::read(path(state_dir)) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "state.json is unreadable; starting with empty state");
-                DaemonState::default()
-            }),
-            Err(_) => DaemonState::default(),
-        }
+        super::read_json(state_dir, FILE)
     }
 
-    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
-        std::fs::create_dir_all(state_dir)?;
-        write_atomic(
-            &path(state_dir),
-            &serde_json::to_vec_pretty(self).expect("serialises"),
-            0o600,
-        )
+    pub fn save(&self, state_dir: &Path) -> Result<(), super::StateError> {
+        super::write_json(state_dir, FILE, self)
     }
 }

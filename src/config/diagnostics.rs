@@ -1,0 +1,79 @@
+//! Where in the file a problem is: the line of a dotted key, and a suggestion for a mistyped one.
+
+pub(super) fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Finds the line where a dotted key (`schedule.cron`) is set, for errors found after parsing.
+pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let mut item: &toml_edit::Item = doc.as_item();
+    let mut last_span = None;
+    for part in dotted.split('.').filter(|p| !p.is_empty()) {
+        if let Ok(index) = part.parse::<usize>() {
+            item = item.as_array().and_then(|a| a.get(index)).map(|_| item)?;
+            continue;
+        }
+        let table = item.as_table_like()?;
+        let (key, value) = table.get_key_value(part)?;
+        last_span = key.span().or(last_span);
+        item = value;
+    }
+    last_span.map(|s| line_of_offset(text, s.start))
+}
+
+/// The line of `field` in the `index`-th `[[remote]]` table (or of the table's header).
+pub(super) fn locate_remote_key(text: &str, index: usize, field: &str) -> Option<usize> {
+    let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;
+    let table = doc.get("remote")?.as_array_of_tables()?.get(index)?;
+    let span = table
+        .get_key_value(field)
+        .and_then(|(k, _)| k.span())
+        .or_else(|| table.span())?;
+    Some(line_of_offset(text, span.start))
+}
+
+/// Turns serde's "unknown field `keep_dayly`, expected one of ..." into a suggestion of the
+/// closest known name, which is what the operator actually needs.
+pub(super) fn with_suggestion(message: &str) -> String {
+    let message = message.trim_end();
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_string();
+    };
+    let Some((unknown, tail)) = rest.split_once('`') else {
+        return message.to_string();
+    };
+    let candidates: Vec<&str> = tail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(unknown, c), *c))
+        .min()
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3));
+    match best {
+        Some((_, c)) => format!("unknown key `{unknown}`; did you mean `{c}`?"),
+        None => format!(
+            "unknown key `{unknown}`; known keys: {}",
+            candidates.join(", ")
+        ),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

@@ -1,0 +1,413 @@
+//! The configuration file: one strict serde tree composed of the sections the modules own
+//! (`[backup]` and `[controller]` in `snapshot`, `[files]` in `snapshot::files`, `[database]` in
+//! `db`, `[schedule]` in `schedule`, `[api]` in `api`, `[[remote]]` in `remote`, and so on).
+//!
+//! This module owns loading, the checks that span sections, and the key-to-line diagnostics
+//! ([`diagnostics`]). Values are parsed into their types while loading (time zone, cron
+//! expression, socket mode, age recipients), so nothing downstream parses them again. Loading a
+//! config (even a broken one) has no side effect, so `check-config` and SIGHUP can call it freely.
+//!
+//! Every error names the file, the key and the line, because the operator reading it is usually
+//! editing that file over SSH at the worst possible moment.
+
+mod diagnostics;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::api::ApiConfig;
+pub use crate::archive::encryption::EncryptionConfig;
+pub use crate::archive::Compression;
+pub use crate::db::{DatabaseConfig, EngineKind};
+pub use crate::ha::HaConfig;
+pub use crate::remote::RemoteConfig;
+pub use crate::restore::RestoreConfig;
+pub use crate::retention::RetentionConfig;
+pub use crate::schedule::ScheduleConfig;
+pub use crate::snapshot::files::{FileSet, IncludeEntry};
+pub use crate::snapshot::hooks::Hooks;
+pub use crate::snapshot::{BackupOptions, ControllerOverrides};
+pub use crate::space::ByteSize;
+use diagnostics::{line_of_offset, locate_key, locate_remote_key, with_suggestion};
+
+/// Where the config is looked for when neither `--config` nor `JUJU_BRD_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/juju-brd/juju-brd.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {}: {err}", path.display())]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("{}:{line}: {key}: {message}", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based line, or 0 when the problem is not tied to one line.
+        line: usize,
+        /// Dotted key path, e.g. `retention.keep_daily`.
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Juju environment (model/controller) name recorded in every archive; `JUJU_ENV` overrides it.
+    pub environment: String,
+    /// Where finished archives are written and looked for.
+    #[serde(default = "defaults::archive_dir")]
+    pub archive_dir: PathBuf,
+    /// Daemon state: last run, job records, lock file.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub backup: BackupOptions,
+    #[serde(default)]
+    pub files: FileSet,
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub hooks: Hooks,
+    #[serde(default)]
+    pub controller: ControllerOverrides,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub restore: RestoreConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// Off-host copies: `[[remote]]` tables.
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteConfig>,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    pub fn archive_dir() -> PathBuf {
+        "/var/lib/juju-brd/archives".into()
+    }
+    pub fn state_dir() -> PathBuf {
+        "/var/lib/juju-brd".into()
+    }
+}
+
+macro_rules! default_via_serde {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                // The serde defaults are the single source of truth for every field.
+                toml::from_str("").expect("all fields have serde defaults")
+            }
+        }
+    )*};
+}
+default_via_serde!(
+    HaConfig,
+    BackupOptions,
+    FileSet,
+    DatabaseConfig,
+    Hooks,
+    ScheduleConfig,
+    ApiConfig,
+    RestoreConfig
+);
+
+impl Config {
+    /// The config path from, in order: the flag, `JUJU_BRD_CONFIG`, the default.
+    pub fn resolve_path(flag: Option<&Path>) -> PathBuf {
+        if let Some(p) = flag {
+            return p.to_path_buf();
+        }
+        match std::env::var_os("JUJU_BRD_CONFIG") {
+            Some(p) if !p.is_empty() => PathBuf::from(p),
+            _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; relative paths in the file are taken relative to the file's folder.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| line_of_offset(text, s.start))
+                .or_else(|| locate_key(text, &key))
+                .unwrap_or(0);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: with_suggestion(inner.message()),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.make_paths_absolute(base);
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: locate_key(text, key).unwrap_or(0),
+                key: key.to_string(),
+                message,
+            })?;
+        for (i, r) in cfg.remotes.iter().enumerate() {
+            r.validate(i, &cfg.remotes[..i])
+                .map_err(|(field, message)| ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    line: locate_remote_key(text, i, field).unwrap_or(0),
+                    key: format!("remote[{i}].{field}"),
+                    message,
+                })?;
+        }
+        Ok(cfg)
+    }
+
+    fn make_paths_absolute(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = normalize(&base.join(&*p));
+            }
+        };
+        fix(&mut self.archive_dir);
+        fix(&mut self.state_dir);
+        fix(&mut self.files.root);
+        fix(&mut self.api.socket);
+        if let Some(p) = self.database.path.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.database.environment_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.api.token_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.encryption.identity_file.as_mut() {
+            fix(p);
+        }
+        for r in &mut self.remotes {
+            if let Some(p) = r.credentials_file.as_mut() {
+                fix(p);
+            }
+        }
+        for p in [&mut self.database.tls_cert, &mut self.database.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            fix(p);
+        }
+    }
+
+    /// Semantic checks serde cannot express; the error names the offending key.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.environment.trim().is_empty() {
+            return Err(("environment", "must not be empty".into()));
+        }
+        let b = &self.backup;
+        match b.compression {
+            Compression::Gzip if !(1..=9).contains(&b.level) => {
+                return Err((
+                    "backup.level",
+                    format!("gzip level must be 1-9, got {}", b.level),
+                ))
+            }
+            Compression::Zstd if !(1..=19).contains(&b.level) => {
+                return Err((
+                    "backup.level",
+                    format!("zstd level must be 1-19, got {}", b.level),
+                ))
+            }
+            _ => {}
+        }
+        for e in &self.files.include {
+            let globs: Vec<&String> = match e {
+                IncludeEntry::One(g) => vec![g],
+                IncludeEntry::FirstOf(v) if v.is_empty() => {
+                    return Err((
+                        "files.include",
+                        "an alternatives list must not be empty".into(),
+                    ))
+                }
+                IncludeEntry::FirstOf(v) => v.iter().collect(),
+            };
+            for g in globs {
+                check_glob("files.include", g)?;
+            }
+        }
+        for g in &self.files.optional {
+            check_glob("files.optional", g)?;
+        }
+        for g in &self.files.exclude {
+            globset::Glob::new(g).map_err(|e| ("files.exclude", format!("bad glob `{g}`: {e}")))?;
+        }
+        let db = &self.database;
+        match db.engine {
+            EngineKind::Sqlite if db.path.is_none() => {
+                return Err(("database.path", "engine \"sqlite\" needs `path`".into()))
+            }
+            EngineKind::Dqlite if db.servers.is_empty() => {
+                return Err((
+                    "database.servers",
+                    "engine \"dqlite\" needs `servers`".into(),
+                ))
+            }
+            EngineKind::Dqlite if db.databases.is_empty() => {
+                return Err((
+                    "database.databases",
+                    "engine \"dqlite\" needs `databases`".into(),
+                ))
+            }
+            EngineKind::Dqlite if db.tls_cert.is_some() != db.tls_key.is_some() => {
+                return Err((
+                    "database.tls_key",
+                    "tls_cert and tls_key go together".into(),
+                ))
+            }
+            EngineKind::Command if db.command.is_empty() => {
+                return Err((
+                    "database.command",
+                    "engine \"command\" needs `command`".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(bad) = db
+            .databases
+            .iter()
+            .find(|d| d.is_empty() || d.contains(['/', '\n']) || d.starts_with('.'))
+        {
+            return Err((
+                "database.databases",
+                format!("`{bad}` is not a database name"),
+            ));
+        }
+        if db.dump_file.is_empty()
+            || db.dump_file.contains('/')
+            || db.dump_file == "."
+            || db.dump_file == ".."
+        {
+            return Err(("database.dump_file", "must be a plain file name".into()));
+        }
+        if let Some(addr) = &self.api.tcp_listen {
+            let sa: std::net::SocketAddr = addr
+                .parse()
+                .map_err(|_| ("api.tcp_listen", format!("`{addr}` is not an address:port")))?;
+            if self.api.token_file.is_none() {
+                return Err((
+                    "api.token_file",
+                    "a TCP listener requires a bearer token file".into(),
+                ));
+            }
+            if !sa.ip().is_loopback() && !self.api.allow_non_loopback {
+                return Err((
+                    "api.tcp_listen",
+                    format!(
+                        "{addr} is not a loopback address; set api.allow_non_loopback = true \
+                         if you really mean to expose the API"
+                    ),
+                ));
+            }
+        }
+        if self.encryption.identity_file.is_some() && self.encryption.recipients.is_empty() {
+            return Err((
+                "encryption.identity_file",
+                "is only used with encryption.recipients".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The age recipients archives are sealed to, if encryption is on.
+    /// Where archives live and how they are kept, for listing, retention and off-host copies.
+    pub fn site(&self) -> crate::catalog::Site {
+        crate::catalog::Site {
+            archive_dir: self.archive_dir.clone(),
+            state_dir: self.state_dir.clone(),
+            retention: self.retention.clone(),
+            timezone: self.schedule.timezone,
+            remote_names: self.remotes.iter().map(|r| r.name.clone()).collect(),
+        }
+    }
+
+    /// What one backup needs, borrowed from this config.
+    pub fn backup_settings(&self) -> crate::snapshot::Settings<'_> {
+        crate::snapshot::Settings {
+            archive_dir: &self.archive_dir,
+            state_dir: &self.state_dir,
+            environment: self.effective_environment(),
+            config_digest: self.digest(),
+            backup: &self.backup,
+            files: &self.files,
+            database: &self.database,
+            hooks: &self.hooks,
+            controller: &self.controller,
+            encryption: &self.encryption,
+        }
+    }
+
+    pub fn remote(&self, name: &str) -> Option<&RemoteConfig> {
+        self.remotes.iter().find(|r| r.name == name)
+    }
+
+    /// The environment name: `JUJU_ENV` if set, else the config's.
+    pub fn effective_environment(&self) -> String {
+        match std::env::var("JUJU_ENV") {
+            Ok(e) if !e.trim().is_empty() => e,
+            _ => self.environment.clone(),
+        }
+    }
+
+    /// A digest of the effective config, recorded in archives so an operator can tell which
+    /// config produced a backup.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let text = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&text)[..8])
+    }
+}
+
+/// Folds `.` and `..` lexically, so paths in messages read as the operator would write them.
+fn normalize(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+fn check_glob(key: &'static str, g: &str) -> Result<(), (&'static str, String)> {
+    if !g.starts_with('/') {
+        return Err((key, format!("`{g}` must be an absolute path")));
+    }
+    glob::Pattern::new(g).map_err(|e| (key, format!("bad glob `{g}`: {e}")))?;
+    Ok(())
+}
