@@ -33,7 +33,8 @@ pub struct Cli {
 enum Command {
     /// Take a backup now and print the archive's path (last line of stdout).
     Backup {
-        /// Take the backup in this process instead of asking the running daemon.
+        /// Take the backup in this process instead of asking the running daemon (when a daemon
+        /// runs, it holds the state lock and is asked after all, and this says so).
         #[arg(long)]
         offline: bool,
         /// Free text stored in the archive's metadata.
@@ -75,7 +76,7 @@ enum Command {
     },
     /// Validate a config file and print the effective settings.
     CheckConfig,
-    /// Apply the retention policy to the archive directory.
+    /// Apply the retention policy to the archive directory (through the daemon when it runs).
     Prune {
         /// Only print what would be deleted and why.
         #[arg(long)]
@@ -83,6 +84,12 @@ enum Command {
     },
     /// Run the service: scheduled backups, the local API, retention (normally started by systemd).
     Daemon,
+    /// Show what the running daemon is doing: last backup, next run, archives, off-host copies.
+    Status {
+        /// Print the daemon's `/v1/status` document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Rebuild this host's state-server from an archive (run on the replacement host).
     Restore {
         /// The archive to restore: a local file, `s3://BUCKET/KEY`, or with `--remote` an
@@ -185,6 +192,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig => check_config(config_flag),
         Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
         Command::Daemon => daemon(config_flag),
+        Command::Status { json } => status(&load_config(config_flag)?, json),
         Command::Restore {
             file,
             remote,
@@ -213,7 +221,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
+/// Takes the state lock for work that must not run beside the daemon, or says that the daemon
+/// holds it (`None`): the caller then goes through the daemon instead.
+fn lock_or_daemon(cfg: &Config, what: &str) -> Result<Option<crate::state::StateLock>> {
+    match crate::state::lock(&cfg.state_dir) {
+        Ok(lock) => {
+            tracing::info!(state_dir = %cfg.state_dir.display(), "no daemon holds the state lock; {what} in this process");
+            Ok(Some(lock))
+        }
+        Err(crate::state::StateError::Locked(_)) => {
+            eprintln!("juju-brd: the daemon is running (it holds the state lock); asking it for the {what} instead");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
+    let Some(_lock) = lock_or_daemon(cfg, "backup")? else {
+        return backup_via_daemon(cfg, notes);
+    };
     let progress = Arc::new(Progress::default());
     let req = BackupRequest {
         notes,
@@ -343,20 +370,9 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode> {
-    use crate::api::types::{JobState, TriggerRequest, TriggerResponse};
-    let body = serde_json::to_vec(&TriggerRequest { notes })?;
-    let (status, bytes) = runtime()?.block_on(crate::api::client::request(
-        &cfg.api.socket,
-        hyper::Method::POST,
-        "/v1/backups?wait=true",
-        Some(body),
-    ))?;
-    let resp: TriggerResponse = serde_json::from_slice(&bytes).with_context(|| {
-        format!(
-            "unexpected answer from the daemon ({status}): {}",
-            String::from_utf8_lossy(&bytes)
-        )
-    })?;
+    use crate::api::types::{JobState, TriggerRequest};
+    let client = crate::api::client::Client::new(&cfg.api.socket);
+    let resp = runtime()?.block_on(client.trigger(&TriggerRequest { notes }, true))?;
     if !resp.created {
         eprintln!(
             "a backup was already running (job {}); waited for it",
@@ -376,14 +392,91 @@ fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode> {
 }
 
 fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
-    let decisions = catalog::prune(&cfg.site(), dry_run)?;
-    for d in &decisions {
-        let verb = match (d.keep, dry_run) {
+    let decisions: Vec<(String, bool, String)> = match lock_or_daemon(cfg, "prune")? {
+        Some(_lock) => catalog::prune(&cfg.site(), dry_run)?
+            .into_iter()
+            .map(|d| (d.name, d.keep, d.reason))
+            .collect(),
+        None => {
+            let client = crate::api::client::Client::new(&cfg.api.socket);
+            runtime()?
+                .block_on(client.prune(dry_run))?
+                .decisions
+                .into_iter()
+                .map(|d| (d.name, d.keep, d.reason))
+                .collect()
+        }
+    };
+    for (name, keep, reason) in &decisions {
+        let verb = match (keep, dry_run) {
             (true, _) => "keep",
             (false, true) => "would delete",
             (false, false) => "deleted",
         };
-        println!("{verb:<13} {}  ({})", d.name, d.reason);
+        println!("{verb:<13} {name}  ({reason})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let client = crate::api::client::Client::new(&cfg.api.socket);
+    let s = runtime()?.block_on(client.status())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("never".to_string(), |t| {
+            format!(
+                "{} ({} ago)",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                human_age(chrono::Utc::now() - t)
+            )
+        })
+    };
+    println!("environment:   {}", s.environment);
+    println!("daemon:        juju-brd {}, {}", s.version, s.state);
+    if let Some(j) = &s.current_job {
+        println!(
+            "current job:   {} ({:?}, {} of ~{})",
+            j.id,
+            j.state,
+            human_bytes(j.bytes_done),
+            human_bytes(j.bytes_estimated)
+        );
+    }
+    println!("last success:  {}", when(s.last_success));
+    println!("last attempt:  {}", when(s.last_attempt));
+    if let Some(a) = &s.last_archive {
+        println!("last archive:  {a}");
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error:    {e}");
+    }
+    println!(
+        "next run:      {}",
+        s.next_run.map_or("none scheduled".into(), |t| t
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string())
+    );
+    println!(
+        "archives:      {} ({} free)",
+        s.archive_count,
+        human_bytes(s.free_space_bytes)
+    );
+    for r in &s.remotes {
+        let health = match (&r.last_error, r.last_success) {
+            (Some(e), _) => format!("FAILING: {e}"),
+            (None, Some(_)) => "ok".into(),
+            (None, None) => "no copy yet".into(),
+        };
+        println!(
+            "remote {}:  bucket {}, {} pending, last copy {}, {health}",
+            r.name,
+            r.bucket,
+            r.pending,
+            when(r.last_success)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -425,7 +518,7 @@ fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
         };
         let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
         let _ = std::fs::remove_file(&socket);
-        result
+        Ok(result?)
     })?;
     Ok(ExitCode::SUCCESS)
 }

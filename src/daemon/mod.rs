@@ -88,6 +88,10 @@ pub struct Daemon {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error("cannot handle SIGHUP: {0}")]
+    Signal(std::io::Error),
     #[error("another juju-brd daemon answers on {}", .0.display())]
     SocketInUse(PathBuf),
     #[error("{what} {}: {err}", path.display())]
@@ -282,9 +286,14 @@ pub async fn run(
     listener: UnixListener,
     tcp: Option<(tokio::net::TcpListener, String)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), DaemonError> {
     // Leftovers of a crash: a half-written archive, a staging dir, a job marked running.
-    for p in catalog::remove_partials(&cfg.archive_dir)? {
+    let partials = catalog::remove_partials(&cfg.archive_dir).map_err(|err| DaemonError::Io {
+        what: "remove leftovers in",
+        path: cfg.archive_dir.clone(),
+        err,
+    })?;
+    for p in partials {
         tracing::warn!(path = %p.display(), "removed the leftover of an interrupted backup");
     }
     let mut state = DaemonState::load(&cfg.state_dir);
@@ -335,7 +344,8 @@ pub async fn run(
     notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
     tracing::info!(status = %daemon.status_line(), "juju-brd daemon ready");
 
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(DaemonError::Signal)?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

@@ -31,9 +31,11 @@ pub struct DqliteEngine {
     pub timeout: Duration,
 }
 
+const ENGINE: &str = "dqlite";
+
 fn fail(message: String) -> DbError {
     DbError::Failed {
-        engine: "dqlite",
+        engine: ENGINE,
         message,
     }
 }
@@ -73,7 +75,7 @@ impl DqliteEngine {
         cancel: &AtomicBool,
     ) -> Result<String, DbError> {
         let input = dir.join(".commands");
-        fs::write(&input, commands).map_err(|e| fail(format!("staging: {e}")))?;
+        fs::write(&input, commands).map_err(DbError::io(ENGINE, "write", &input))?;
         let what = commands.trim().replace('\n', "; ");
         let out = self.shell_file(dir, database, &input, &what, cancel);
         let _ = fs::remove_file(&input);
@@ -92,12 +94,13 @@ impl DqliteEngine {
         let output = dir.join(".output");
         let argv = self.argv(database);
         let mut spec = ChildSpec::new("dqlite shell", &argv, self.timeout);
-        spec.stdin = Stdio::from(File::open(input).map_err(|e| fail(e.to_string()))?);
-        spec.stdout = Stdio::from(File::create(&output).map_err(|e| fail(e.to_string()))?);
+        spec.stdin = Stdio::from(File::open(input).map_err(DbError::io(ENGINE, "open", input))?);
+        spec.stdout =
+            Stdio::from(File::create(&output).map_err(DbError::io(ENGINE, "create", &output))?);
         spec.cancel = Some(cancel);
         spec.dir = Some(dir);
         process::run(spec)?;
-        let text = fs::read_to_string(&output).map_err(|e| fail(e.to_string()))?;
+        let text = fs::read_to_string(&output).map_err(DbError::io(ENGINE, "read", &output))?;
         let _ = fs::remove_file(&output);
         if let Some(line) = text.lines().find(|l| l.contains("Error:")) {
             let msg = line.split_once("Error:").map_or(line, |(_, m)| m).trim();
@@ -116,11 +119,13 @@ impl DqliteEngine {
         cancel: &AtomicBool,
     ) -> Result<u64, DbError> {
         let sql_path = work_dir.join(format!(".{database}.sql"));
-        let mut sql =
-            std::io::BufWriter::new(File::create(&sql_path).map_err(|e| fail(e.to_string()))?);
+        let mut sql = std::io::BufWriter::new(
+            File::create(&sql_path).map_err(DbError::io(ENGINE, "create", &sql_path))?,
+        );
         let rows = replay_sql(dump, &mut sql)
             .map_err(|e| fail(format!("reading dump of `{database}`: {e}")))?;
-        sql.flush().map_err(|e| fail(e.to_string()))?;
+        sql.flush()
+            .map_err(DbError::io(ENGINE, "write", &sql_path))?;
         drop(sql);
         let result = self.shell_file(work_dir, database, &sql_path, "loading the dump", cancel);
         let _ = fs::remove_file(&sql_path);
@@ -131,7 +136,11 @@ impl DqliteEngine {
 
     /// The cluster's current leader (for choosing which node takes a scheduled backup).
     pub fn current_leader(&self, database: &str) -> Result<String, DbError> {
-        let dir = tempfile::tempdir().map_err(|e| fail(format!("staging: {e}")))?;
+        let dir = tempfile::tempdir().map_err(DbError::io(
+            ENGINE,
+            "create a scratch directory in",
+            &std::env::temp_dir(),
+        ))?;
         self.leader(dir.path(), database, &AtomicBool::new(false))
     }
 
@@ -149,7 +158,11 @@ impl DqliteEngine {
         let staging = tempfile::Builder::new()
             .prefix(".dqlite-")
             .tempdir_in(out_dir)
-            .map_err(|e| fail(format!("staging: {e}")))?;
+            .map_err(DbError::io(
+                ENGINE,
+                "create a staging directory in",
+                out_dir,
+            ))?;
         let leader = self.leader(staging.path(), database, cancel)?;
         self.shell(
             staging.path(),
@@ -172,8 +185,12 @@ impl DqliteEngine {
         super::sqlite::integrity_check(&db)
             .map_err(|e| fail(format!("the copy of `{database}` is damaged: {e}")))?;
         let dest_dir = out_dir.join(DUMP_SUBDIR);
-        fs::create_dir_all(&dest_dir).map_err(|e| fail(e.to_string()))?;
-        fs::rename(&db, dest_dir.join(database)).map_err(|e| fail(e.to_string()))?;
+        fs::create_dir_all(&dest_dir).map_err(DbError::io(ENGINE, "create", &dest_dir))?;
+        fs::rename(&db, dest_dir.join(database)).map_err(DbError::io(
+            ENGINE,
+            "move into the dump",
+            &db,
+        ))?;
         tracing::info!(database, leader = %leader, bytes = size, "dqlite database copied");
         Ok(())
     }

@@ -23,9 +23,11 @@ const DEFAULT_PORT: u16 = 37017;
 /// Databases Juju leaves out of its dumps.
 const DROPPED: [&str; 2] = ["admin", "backups"];
 
+const ENGINE: &str = "mongodb";
+
 fn fail(message: String) -> DbError {
     DbError::Failed {
-        engine: "mongodb",
+        engine: ENGINE,
         message,
     }
 }
@@ -189,16 +191,20 @@ impl Secrets {
         let dir = tempfile::Builder::new()
             .prefix("juju-brd-mongo-")
             .tempdir()
-            .map_err(|e| fail(format!("private directory: {e}")))?;
+            .map_err(DbError::io(
+                ENGINE,
+                "create a private directory in",
+                &std::env::temp_dir(),
+            ))?;
         let write = |name: &str, body: &str| -> Result<(), DbError> {
-            let mut f = fs::OpenOptions::new()
+            let path = dir.path().join(name);
+            fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(dir.path().join(name))
-                .map_err(|e| fail(e.to_string()))?;
-            f.write_all(body.as_bytes())
-                .map_err(|e| fail(e.to_string()))
+                .open(&path)
+                .and_then(|mut f| f.write_all(body.as_bytes()))
+                .map_err(DbError::io(ENGINE, "write", &path))
         };
         write("tool.yaml", &c.config_file())?;
         if let Some(ca) = &c.ca_cert {
@@ -275,7 +281,7 @@ impl MongoEngine {
         let c = self.credentials()?;
         let secrets = Secrets::new(&c)?;
         let out_path = secrets.dir.path().join("primary.out");
-        let out = fs::File::create(&out_path).map_err(|e| fail(e.to_string()))?;
+        let out = fs::File::create(&out_path).map_err(DbError::io(ENGINE, "create", &out_path))?;
         self.shell(
             &c,
             &secrets,
@@ -283,7 +289,7 @@ impl MongoEngine {
             &primary_script(&c),
             Stdio::from(out),
         )?;
-        let text = fs::read_to_string(&out_path).map_err(|e| fail(e.to_string()))?;
+        let text = fs::read_to_string(&out_path).map_err(DbError::io(ENGINE, "read", &out_path))?;
         parse_primary(&text).ok_or_else(|| fail("the replica set reports no primary".into()))
     }
 
@@ -306,7 +312,7 @@ impl MongoEngine {
             .mode(0o600)
             .open(&path)
             .and_then(|mut f| f.write_all(script.as_bytes()))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(DbError::io(ENGINE, "write", &path))?;
         let argv = vec![
             shell,
             "--quiet".into(),
@@ -317,7 +323,8 @@ impl MongoEngine {
             "admin".into(),
         ];
         let mut spec = ChildSpec::new("mongo shell", &argv, self.timeout);
-        spec.stdin = Stdio::from(fs::File::open(&path).map_err(|e| fail(e.to_string()))?);
+        spec.stdin =
+            Stdio::from(fs::File::open(&path).map_err(DbError::io(ENGINE, "open", &path))?);
         spec.stdout = stdout;
         process::run(spec)?;
         Ok(())
@@ -380,8 +387,7 @@ impl Engine for MongoEngine {
         for db in DROPPED {
             let p = out_dir.join(db);
             if p.exists() {
-                fs::remove_dir_all(&p)
-                    .map_err(|e| fail(format!("dropping {db} from the dump: {e}")))?;
+                fs::remove_dir_all(&p).map_err(DbError::io(ENGINE, "drop from the dump", &p))?;
             }
         }
         Ok(())

@@ -67,17 +67,18 @@ impl Engine for SqliteEngine {
         )
         .map_err(|e| fail(format!("cannot open {shown}: {e}")))?;
         src.busy_timeout(self.timeout.min(Duration::from_secs(60)))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(format!("{shown}: {e}")))?;
         let file_name = self
             .path
             .file_name()
             .map_or("state.db".into(), |n| n.to_string_lossy().into_owned());
         let out = out_dir.join(&file_name);
-        let mut dst =
-            Connection::open(&out).map_err(|e| fail(format!("cannot create dump: {e}")))?;
+        let mut dst = Connection::open(&out)
+            .map_err(|e| fail(format!("cannot create the dump {}: {e}", out.display())))?;
         let deadline = Instant::now() + self.timeout;
         {
-            let backup = Backup::new(&src, &mut dst).map_err(|e| fail(e.to_string()))?;
+            let backup = Backup::new(&src, &mut dst)
+                .map_err(|e| fail(format!("cannot start the backup of {shown}: {e}")))?;
             loop {
                 match backup.step(-1) {
                     Ok(StepResult::Done) => break,
@@ -96,7 +97,7 @@ impl Engine for SqliteEngine {
         }
         // The copy is a single file: no WAL left beside it.
         dst.pragma_update(None, "journal_mode", "DELETE")
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(format!("{}: {e}", out.display())))?;
         drop(dst);
         integrity_check(&out).map_err(|e| fail(format!("the copy of {shown} is damaged: {e}")))?;
         Ok(())

@@ -56,6 +56,11 @@ pub enum RemoteError {
         path: PathBuf,
         err: std::io::Error,
     },
+    #[error("remote `{remote}`: {err}")]
+    Retention {
+        remote: String,
+        err: crate::retention::RetentionError,
+    },
 }
 
 /// An archive as a remote holds it.

@@ -160,7 +160,7 @@ async fn prune(
     cfg: &Site,
     remote: &Remote,
     policy: &crate::retention::RetentionConfig,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>, RemoteError> {
     let listed = remote.list().await?;
     let candidates: Vec<crate::retention::Candidate> = listed
         .iter()
@@ -173,7 +173,12 @@ async fn prune(
         })
         .collect();
     let tz = cfg.timezone;
-    let decisions = crate::retention::plan(policy, &candidates, tz, u64::MAX)?;
+    let decisions = crate::retention::plan(policy, &candidates, tz, u64::MAX).map_err(|err| {
+        RemoteError::Retention {
+            remote: remote.name.clone(),
+            err,
+        }
+    })?;
     let mut deleted = Vec::new();
     for d in decisions.into_iter().filter(|d| !d.keep) {
         remote.delete_archive(&d.name).await?;

@@ -38,12 +38,56 @@ pub enum RestoreError {
     Refused(String),
     #[error("a recorded state-server still answers ({}); {HA_WARNING}. Use --force only if you are sure it is gone.", .0.join(", "))]
     OldServerAlive(Vec<String>),
-    #[error("restore failed while {step}: {message}; {rollback}")]
+    #[error("restore failed while {step}: {source}; {rollback}")]
     Failed {
         step: &'static str,
-        message: String,
+        source: StepError,
         rollback: String,
     },
+}
+
+/// What went wrong inside one step of `execute`; the step itself is named by [`RestoreError::Failed`].
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("{what} {}: {err}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{0}")]
+    Archive(String),
+    #[error(transparent)]
+    Database(Box<crate::db::DbError>),
+    #[error(transparent)]
+    Process(Box<process::ProcessError>),
+    #[error("not healthy after {}s: {last}", limit.as_secs())]
+    Unhealthy {
+        limit: Duration,
+        last: Box<process::ProcessError>,
+    },
+}
+
+impl From<crate::db::DbError> for StepError {
+    fn from(e: crate::db::DbError) -> Self {
+        StepError::Database(Box::new(e))
+    }
+}
+
+impl From<process::ProcessError> for StepError {
+    fn from(e: process::ProcessError) -> Self {
+        StepError::Process(Box::new(e))
+    }
+}
+
+impl StepError {
+    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StepError + 'a {
+        move |err| StepError::Io {
+            what,
+            path: path.to_path_buf(),
+            err,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -292,9 +336,13 @@ pub struct Summary {
     pub repointed: usize,
 }
 
-fn run_commands(what: &'static str, cmds: &[Vec<String>], timeout: Duration) -> Result<(), String> {
+fn run_commands(
+    what: &'static str,
+    cmds: &[Vec<String>],
+    timeout: Duration,
+) -> Result<(), process::ProcessError> {
     for argv in cmds.iter().filter(|c| !c.is_empty()) {
-        process::run(ChildSpec::new(what, argv, timeout)).map_err(|e| e.to_string())?;
+        process::run(ChildSpec::new(what, argv, timeout))?;
     }
     Ok(())
 }
@@ -310,7 +358,7 @@ pub fn execute(
         let restarted = run_commands("starting the state-server", &plan.start, timeout);
         return Err(RestoreError::Failed {
             step: "stopping the services",
-            message: e,
+            source: e.into(),
             rollback: match restarted {
                 Ok(()) => "nothing was changed; the services were started again".into(),
                 Err(e2) => {
@@ -322,7 +370,7 @@ pub fn execute(
     let mut journal =
         extract::Journal::new(&plan.target_root).map_err(|e| RestoreError::Failed {
             step: "preparing the rollback directory",
-            message: e.to_string(),
+            source: StepError::io("create a rollback directory under", &plan.target_root)(e),
             rollback: "nothing was changed".into(),
         })?;
     let result = apply(cfg, plan, &mut journal, progress);
@@ -331,7 +379,7 @@ pub fn execute(
             summary.rollback_dir = journal.rollback_dir.clone();
             Ok(summary)
         }
-        Err((step, message)) => {
+        Err((step, source)) => {
             let undone = journal.rollback();
             let restarted = run_commands("starting the state-server", &plan.start, timeout);
             let rollback = match (undone, restarted) {
@@ -341,42 +389,43 @@ pub fn execute(
             };
             Err(RestoreError::Failed {
                 step,
-                message,
+                source,
                 rollback,
             })
         }
     }
 }
 
-type StepError = (&'static str, String);
+/// A failed step of `apply`: which step, and why.
+type Failure = (&'static str, StepError);
 
 fn apply(
     cfg: &RestoreConfig,
     plan: &RestorePlan,
     journal: &mut extract::Journal,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Summary, StepError> {
+) -> Result<Summary, Failure> {
     let incoming = journal.rollback_dir.join(".incoming-dump");
-    std::fs::create_dir_all(&incoming).map_err(|e| ("staging the dump", e.to_string()))?;
+    let staging = "staging the dump";
+    std::fs::create_dir_all(&incoming)
+        .map_err(|e| (staging, StepError::io("create", &incoming)(e)))?;
     // One pass over the archive: manifest, root.tar (extracted), dump files (staged).
     let extracted = {
         let step = "extracting the files";
+        let archive = &plan.archive;
+        let read = |e| (step, StepError::io("read", archive)(e));
         let opened = reader::open(
-            &plan.archive,
+            archive,
             reader::DEFAULT_MAX_RATIO,
             plan.identities.as_deref(),
         )
-        .map_err(|e| (step, e.to_string()))?;
+        .map_err(|e| (step, StepError::Archive(e.to_string())))?;
         let mut outer = tar::Archive::new(opened.reader);
         let mut manifest: Option<Manifest> = None;
         let mut extracted = None;
-        for entry in outer.entries().map_err(|e| (step, e.to_string()))? {
-            let mut entry = entry.map_err(|e| (step, e.to_string()))?;
-            let name = entry
-                .path()
-                .map_err(|e| (step, e.to_string()))?
-                .display()
-                .to_string();
+        for entry in outer.entries().map_err(read)? {
+            let mut entry = entry.map_err(read)?;
+            let name = entry.path().map_err(read)?.display().to_string();
             let inner = name
                 .trim_start_matches("./")
                 .strip_prefix(&format!("{TOP}/"))
@@ -384,8 +433,12 @@ fn apply(
                 .to_string();
             if inner == MANIFEST {
                 manifest = Some(
-                    serde_json::from_reader(std::io::BufReader::new(&mut entry))
-                        .map_err(|e| (step, format!("manifest.json is not valid: {e}")))?,
+                    serde_json::from_reader(std::io::BufReader::new(&mut entry)).map_err(|e| {
+                        (
+                            step,
+                            StepError::Archive(format!("manifest.json is not valid: {e}")),
+                        )
+                    })?,
                 );
             } else if inner == ROOT_TAR {
                 extracted = Some(
@@ -395,27 +448,28 @@ fn apply(
                         manifest.as_ref().map(|m| &m.root),
                         progress,
                     )
-                    .map_err(|e| (step, e.to_string()))?,
+                    .map_err(|e| (step, StepError::io("extract into", &plan.target_root)(e)))?,
                 );
             } else if let Some(rel) = inner.strip_prefix(&format!("{DUMP_DIR}/")) {
                 if rel.is_empty() || entry.header().entry_type().is_dir() {
                     continue;
                 }
                 let rel = crate::archive::paths::safe_relative(rel.as_bytes())
-                    .map_err(|e| ("staging the dump", e))?;
+                    .map_err(|e| (staging, StepError::Archive(e)))?;
                 let dest = incoming.join(&rel);
+                let stage = |what| {
+                    let dest = dest.clone();
+                    move |e| (staging, StepError::io(what, &dest)(e))
+                };
                 if let Some(p) = dest.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| ("staging the dump", e.to_string()))?;
+                    std::fs::create_dir_all(p).map_err(stage("create the directory of"))?;
                 }
-                let mut f = std::fs::File::create(&dest)
-                    .map_err(|e| ("staging the dump", e.to_string()))?;
-                std::io::copy(&mut entry, &mut f)
-                    .map_err(|e| ("staging the dump", e.to_string()))?;
-                f.sync_all()
-                    .map_err(|e| ("staging the dump", e.to_string()))?;
+                let mut f = std::fs::File::create(&dest).map_err(stage("create"))?;
+                std::io::copy(&mut entry, &mut f).map_err(stage("write"))?;
+                f.sync_all().map_err(stage("fsync"))?;
             }
         }
-        extracted.ok_or((step, "root.tar is missing".to_string()))?
+        extracted.ok_or((step, StepError::Archive("root.tar is missing".into())))?
     };
 
     if let DbStep::Load { engine, .. } = &plan.db {
@@ -438,7 +492,7 @@ fn apply(
         };
         engine
             .restore(&mut ctx)
-            .map_err(|e| ("restoring the database", e.to_string()))?;
+            .map_err(|e| ("restoring the database", e.into()))?;
     }
     let _ = std::fs::remove_dir_all(&incoming);
 
@@ -450,7 +504,7 @@ fn apply(
         &plan.start,
         Duration::from_secs(300),
     )
-    .map_err(|e| ("starting the services", e))?;
+    .map_err(|e| ("starting the services", e.into()))?;
     if !cfg.health_command.is_empty() {
         wait_healthy(&cfg.health_command, cfg.health_timeout)
             .map_err(|e| ("waiting for the state-server to come up", e))?;
@@ -467,37 +521,37 @@ fn repoint_agent_confs(
     journal: &mut extract::Journal,
     root: &Path,
     address: &str,
-) -> Result<usize, String> {
+) -> Result<usize, StepError> {
     let pattern = format!(
         "{}/var/lib/juju/agents/machine-*/agent.conf",
         glob::Pattern::escape(&root.to_string_lossy()).trim_end_matches('/')
     );
     let mut total = 0;
-    for path in glob::glob(&pattern).map_err(|e| e.to_string())?.flatten() {
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let paths = glob::glob(&pattern).map_err(|e| StepError::Archive(e.to_string()))?;
+    for path in paths.flatten() {
+        let text = std::fs::read_to_string(&path).map_err(StepError::io("read", &path))?;
         let (new, n) = repoint::rewrite(&text, address);
         if n == 0 {
             continue;
         }
-        let meta = std::fs::metadata(&path).map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(&path).map_err(StepError::io("stat", &path))?;
         let tmp = journal.rollback_dir.join(".agent.conf.new");
         crate::archive::writer::write_atomic(&tmp, new.as_bytes(), 0o600)
-            .map_err(|e| e.to_string())?;
+            .map_err(StepError::io("write", &tmp))?;
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
-            .map_err(|e| e.to_string())?;
+            .map_err(StepError::io("chmod", &tmp))?;
         if nix::unistd::geteuid().is_root() {
             nix::unistd::chown(&tmp, Some(meta.uid().into()), Some(meta.gid().into()))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| StepError::io("chown", &tmp)(e.into()))?;
         }
-        extract::replace_file(journal, &tmp, &path).map_err(|e| e.to_string())?;
+        extract::replace_file(journal, &tmp, &path).map_err(StepError::io("replace", &path))?;
         total += n;
     }
     Ok(total)
 }
 
-fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), String> {
+fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), StepError> {
     let end = Instant::now() + limit;
     loop {
         let left = end.saturating_duration_since(Instant::now());
@@ -507,8 +561,11 @@ fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), String> {
             left.max(Duration::from_secs(1)),
         )) {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= end => {
-                return Err(format!("not healthy after {}s: {e}", limit.as_secs()))
+            Err(last) if Instant::now() >= end => {
+                return Err(StepError::Unhealthy {
+                    limit,
+                    last: Box::new(last),
+                })
             }
             Err(_) => std::thread::sleep(Duration::from_secs(2).min(left)),
         }

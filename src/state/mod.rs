@@ -28,7 +28,7 @@ pub const LOCK_FILE: &str = "daemon.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("another juju-brd process holds {} (the daemon, or a backup or prune run by hand)", .0.join(LOCK_FILE).display())]
+    #[error("another juju-brd daemon is running with state directory {} (lock {} is held), or a backup or prune run by hand", .0.display(), .0.join(LOCK_FILE).display())]
     Locked(PathBuf),
     #[error("{what} {}: {err}", path.display())]
     Io {
