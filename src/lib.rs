@@ -1,23 +1,29 @@
 //! juju-brd: the backup-and-restore daemon for Juju state-servers.
 //!
 //! # Layout
-//! - [`config`]: the TOML file, strictly parsed; errors name file, key and line.
-//! - [`snapshot`]: taking one backup — file capture, hooks, the database dump.
-//! - [`db`]: the database engines, one [`db::Engine`] trait (dump, check, restore, leader).
-//! - [`archive`]: the archive format — names, metadata, manifest, writer, reader, verify.
-//! - [`catalog`]: the archives in a directory and their verification state.
-//! - [`daemon`]: the service — one worker, the scheduler, signals, systemd notify.
-//! - [`ha`]: which of several state-servers takes a scheduled backup.
-//! - [`api`]: the local HTTP API (`types` shared by server and client).
-//! - [`retention`]: which archives to keep (pure); [`state`]: what the daemon remembers.
-//! - [`metrics`]: Prometheus text.
-//! - [`remote`]: off-host copies on S3-compatible storage, and which archive reached where.
+//! Bottom-up: each module uses only those above it in this list (`tests/module_graph.rs` fails
+//! on a cycle).
+//! - [`process`], [`agent_conf`], [`space`] (free-space rules, `ByteSize`), [`schedule`] (when
+//!   the next backup is due; pure), [`logging`], [`metrics`]: leaves.
+//! - [`api`]: the local HTTP API as both ends see it: protocol `types` and the typed `client`.
+//! - [`db`]: the database engines, one [`db::Engine`] trait (dump, dump check, restore plan and
+//!   load, leader, inventory), one implementation per engine, chosen in `db` alone.
+//! - [`ha`]: which of several state-servers takes a scheduled backup (asks the engine).
+//! - [`archive`]: the archive format: names, metadata, manifest, writer, reader, verify.
+//! - [`state`]: every file in `state_dir` (lock, daemon state, verification cache, ledger).
+//! - [`retention`]: which archives to keep (pure).
+//! - [`catalog`]: the archives in a directory, their verification state, pruning.
+//! - [`remote`]: off-host copies on S3-compatible storage.
+//! - [`snapshot`]: taking one backup: file capture, hooks, the database dump.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
-//! - [`schedule`]: when the next backup is due (pure, time passed in).
-//! - [`process`]: running hook and dump commands with timeouts and without leaking secrets.
-//! - [`agent_conf`]: reading Juju's machine agent config.
-//! - [`space`]: free-space rules.
+//! - [`config`]: the TOML file, composed of the sections the modules above own; strictly
+//!   parsed into typed values; errors name file, key and line.
+//! - [`daemon`]: the service: `http` (the API server), `scheduler`, `worker`, systemd notify.
 //! - [`cli`]: the `juju-brd` command line; `main` only calls [`cli::run`].
+//!
+//! Each module that owns a config section (`[database]` in `db`, `[schedule]` in `schedule`, ...)
+//! takes that section, never the whole [`config::Config`]; only `config`, `daemon` and `cli`
+//! see the whole file.
 
 pub mod agent_conf;
 pub mod api;
