@@ -1,0 +1,264 @@
+//! The `juju-brd` command line. Each subcommand parses its flags, loads the config and calls the
+//! library; this is the only place errors become exit codes and text for a person.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::archive::encryption::Identities;
+use crate::archive::verify::{self, VerifyOptions};
+use crate::catalog;
+use crate::config::Config;
+use crate::snapshot::{self, BackupRequest, Progress};
+
+mod archives;
+mod backup;
+mod restore;
+mod service;
+
+use archives::{list, list_remote, remote_named, show, verify_cmd};
+use backup::{backup_offline, backup_via_daemon, prune};
+use restore::{fetch_remote_archive, restore};
+use service::{check_config, daemon, status};
+
+/// Backup and restore for Juju state-servers (controllers).
+#[derive(Parser, Debug)]
+#[command(name = "juju-brd", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Config file [default: $JUJU_BRD_CONFIG, then /etc/juju-brd/juju-brd.toml].
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// More log output (also: JUJU_BRD_LOG=debug).
+    #[arg(long, short, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Take a backup now and print the archive's path (last line of stdout).
+    Backup {
+        /// Take the backup in this process instead of asking the running daemon (when a daemon
+        /// runs, it holds the state lock and is asked after all, and this says so).
+        #[arg(long)]
+        offline: bool,
+        /// Free text stored in the archive's metadata.
+        #[arg(long, default_value = "")]
+        notes: String,
+    },
+    /// Check an archive completely; exit 0 if sound, 1 naming the first problem otherwise.
+    Verify {
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refuse archives that decompress beyond this ratio (compression bombs).
+        #[arg(long, default_value_t = crate::archive::reader::DEFAULT_MAX_RATIO)]
+        max_ratio: u64,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Print an archive's metadata.
+    Show {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// List archives in the configured directory, newest first.
+    List {
+        #[arg(long)]
+        json: bool,
+        /// Verify archives not verified yet (reads each one completely).
+        #[arg(long)]
+        verify: bool,
+        /// List the archives on this `[[remote]]` instead.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+    },
+    /// Validate a config file and print the effective settings.
+    CheckConfig,
+    /// Apply the retention policy to the archive directory (through the daemon when it runs).
+    Prune {
+        /// Only print what would be deleted and why.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run the service: scheduled backups, the local API, retention (normally started by systemd).
+    Daemon,
+    /// Show what the running daemon is doing: last backup, next run, archives, off-host copies.
+    Status {
+        /// Print the daemon's `/v1/status` document as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild this host's state-server from an archive (run on the replacement host).
+    Restore {
+        /// The archive to restore: a local file, `s3://BUCKET/KEY`, or with `--remote` an
+        /// archive name on that remote. Remote archives are downloaded into `archive_dir` first.
+        file: PathBuf,
+        /// Download FILE (an archive name) from this `[[remote]]` first.
+        #[arg(long, value_name = "NAME")]
+        remote: Option<String>,
+        /// Juju constraints the host must meet, e.g. "mem=4G cores=2 root-disk=20G arch=amd64".
+        #[arg(long)]
+        constraints: Option<String>,
+        /// The environment the archive must belong to [default: $JUJU_ENV, then the config's].
+        #[arg(short = 'e', long = "environment")]
+        environment: Option<String>,
+        /// Run every check, print the plan, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+        /// Restore even though a recorded state-server answers (logged with a warning).
+        #[arg(long)]
+        force: bool,
+        /// Where to restore the files.
+        #[arg(long, default_value = "/")]
+        target_root: PathBuf,
+        /// This host's address for agent.conf [default: detected].
+        #[arg(long)]
+        address: Option<String>,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+}
+
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    crate::logging::init(cli.verbose);
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("juju-brd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(flag: Option<&Path>) -> Result<Config> {
+    let path = Config::resolve_path(flag);
+    Ok(Config::load(&path)?)
+}
+
+fn load_identities(flag: Option<PathBuf>) -> Result<Option<Arc<Identities>>> {
+    flag.map(|p| {
+        Identities::load(&p)
+            .map(Arc::new)
+            .map_err(anyhow::Error::msg)
+    })
+    .transpose()
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let config_flag = cli.config.as_deref();
+    match cli.command {
+        Command::Backup { offline, notes } => {
+            let cfg = load_config(config_flag)?;
+            if offline {
+                backup_offline(&cfg, notes)
+            } else {
+                backup_via_daemon(&cfg, notes)
+            }
+        }
+        Command::Verify {
+            file,
+            json,
+            max_ratio,
+            identity,
+        } => verify_cmd(
+            config_flag,
+            &file,
+            json,
+            max_ratio,
+            load_identities(identity)?,
+        ),
+        Command::Show {
+            file,
+            json,
+            identity,
+        } => show(&file, json, load_identities(identity)?.as_deref()),
+        Command::List {
+            json,
+            verify,
+            remote: None,
+        } => list(&load_config(config_flag)?, json, verify),
+        Command::List {
+            json,
+            remote: Some(name),
+            ..
+        } => list_remote(&load_config(config_flag)?, &name, json),
+        Command::CheckConfig => check_config(config_flag),
+        Command::Prune { dry_run } => prune(&load_config(config_flag)?, dry_run),
+        Command::Daemon => daemon(config_flag),
+        Command::Status { json } => status(&load_config(config_flag)?, json),
+        Command::Restore {
+            file,
+            remote,
+            constraints,
+            environment,
+            dry_run,
+            yes,
+            force,
+            target_root,
+            address,
+            identity,
+        } => {
+            let cfg = load_config(config_flag)?;
+            let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
+            let opts = crate::restore::RestoreOptions {
+                archive: file,
+                constraints,
+                environment: environment.unwrap_or_else(|| cfg.effective_environment()),
+                force,
+                target_root,
+                address,
+                identities: load_identities(identity)?,
+            };
+            restore(&cfg, &opts, dry_run, yes)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn human_age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}

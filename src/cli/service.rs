@@ -1,0 +1,119 @@
+//! The service commands: `daemon`, `status`, `check-config`.
+
+use super::*;
+
+pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
+    let client = crate::api::client::Client::new(&cfg.api.socket);
+    let s = runtime()?.block_on(client.status())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("never".to_string(), |t| {
+            format!(
+                "{} ({} ago)",
+                t.format("%Y-%m-%d %H:%M:%S UTC"),
+                human_age(chrono::Utc::now() - t)
+            )
+        })
+    };
+    println!("environment:   {}", s.environment);
+    println!("daemon:        juju-brd {}, {}", s.version, s.state);
+    if let Some(j) = &s.current_job {
+        println!(
+            "current job:   {} ({:?}, {} of ~{})",
+            j.id,
+            j.state,
+            human_bytes(j.bytes_done),
+            human_bytes(j.bytes_estimated)
+        );
+    }
+    println!("last success:  {}", when(s.last_success));
+    println!("last attempt:  {}", when(s.last_attempt));
+    if let Some(a) = &s.last_archive {
+        println!("last archive:  {a}");
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error:    {e}");
+    }
+    println!(
+        "next run:      {}",
+        s.next_run.map_or("none scheduled".into(), |t| t
+            .format("%Y-%m-%d %H:%M:%S UTC")
+            .to_string())
+    );
+    println!(
+        "archives:      {} ({} free)",
+        s.archive_count,
+        human_bytes(s.free_space_bytes)
+    );
+    for r in &s.remotes {
+        let health = match (&r.last_error, r.last_success) {
+            (Some(e), _) => format!("FAILING: {e}"),
+            (None, Some(_)) => "ok".into(),
+            (None, None) => "no copy yet".into(),
+        };
+        println!(
+            "remote {}:  bucket {}, {} pending, last copy {}, {health}",
+            r.name,
+            r.bucket,
+            r.pending,
+            when(r.last_success)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
+    let path = Config::resolve_path(config_flag);
+    let cfg = Config::load(&path)?;
+    let _lock = crate::state::lock(&cfg.state_dir)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.api.socket_mode.0)?;
+        let tcp = match (&cfg.api.tcp_listen, &cfg.api.token_file) {
+            (Some(addr), Some(token_file)) => {
+                let token = std::fs::read_to_string(token_file)
+                    .with_context(|| format!("reading api.token_file {}", token_file.display()))?
+                    .trim()
+                    .to_string();
+                anyhow::ensure!(
+                    token.len() >= 16,
+                    "the token in {} is shorter than 16 characters",
+                    token_file.display()
+                );
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding api.tcp_listen {addr}"))?;
+                Some((l, token))
+            }
+            _ => None,
+        };
+        let socket = cfg.api.socket.clone();
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
+        let _ = std::fs::remove_file(&socket);
+        Ok(result?)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
+    let path = Config::resolve_path(config_flag);
+    let cfg = Config::load(&path)?;
+    println!("# {} is valid; effective settings:", path.display());
+    print!(
+        "{}",
+        toml::to_string_pretty(&cfg).context("rendering the config")?
+    );
+    Ok(ExitCode::SUCCESS)
+}
