@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::daemon::{archives, config, config_with_api, Daemon};
 use common::{rt, wait_until, Env, BIN};
 use juju_brd::api::client;
-use juju_brd::api::types::{JobInfo, JobState, StatusResponse, TriggerResponse};
+use juju_brd::api::types::{JobInfo, JobState, TriggerResponse};
 
 #[test]
 fn trigger_notify_and_concurrent_triggers() {
@@ -82,7 +82,7 @@ fn trigger_notify_and_concurrent_triggers() {
     assert!(out.status.success(), "{}", common::stderr(&out));
     let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(PathBuf::from(&printed).is_file(), "{printed}");
-    let status: StatusResponse = d.get(&rt, "/v1/status");
+    let status = d.status(&rt);
     assert_eq!(status.archive_count, 2);
     assert_eq!(status.environment, "test-env");
 
@@ -171,11 +171,11 @@ fn off_host_copies_are_reported_in_status_and_metrics() {
         Duration::from_secs(30),
         "the failed upload in /v1/status",
         || {
-            let s: StatusResponse = d.get(&rt, "/v1/status");
+            let s = d.status(&rt);
             s.remotes[0].upload_failures == 1
         },
     );
-    let s: StatusResponse = d.get(&rt, "/v1/status");
+    let s = d.status(&rt);
     let r = &s.remotes[0];
     assert_eq!((r.name.as_str(), r.pending), ("offsite", 1));
     assert!(
@@ -201,7 +201,7 @@ fn off_host_copies_are_reported_in_status_and_metrics() {
     let s3 = common::S3Server::start(&env.path("s3data"), port);
     trigger(&d);
     wait_until(Duration::from_secs(30), "both archives off-host", || {
-        let s: StatusResponse = d.get(&rt, "/v1/status");
+        let s = d.status(&rt);
         s.remotes[0].pending == 0 && s.remotes[0].last_success.is_some()
     });
     assert_eq!(
@@ -269,7 +269,7 @@ fn sigterm_during_a_backup_leaves_a_whole_archive_or_none() {
     // SIGTERM must land during the backup (its pre hook sleeps 2 s): the daemon says it is backing
     // up, and the job is still running when the signal goes.
     d.wait_note("STATUS=backing up", Duration::from_secs(5));
-    let j: JobInfo = d.get(&rt, &format!("/v1/jobs/{}", job.id));
+    let j: JobInfo = rt.block_on(d.client().job(&job.id)).unwrap();
     assert_eq!(j.state, JobState::Running, "{j:?}");
     let status = d.stop();
     assert!(status.success(), "{status:?}");
@@ -320,7 +320,7 @@ fn schedule_fires_and_retention_keeps_what_the_policy_says() {
         })
         .collect();
     wait_until(Duration::from_secs(60), "four scheduled backups", || {
-        let s: StatusResponse = d.get(&rt, "/v1/status");
+        let s = d.status(&rt);
         s.last_success.is_some() && d.log().matches("kind=Scheduled").count() >= 4
     });
     busy.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -436,20 +436,20 @@ fn a_missed_run_is_caught_up_once_and_crash_leftovers_are_cleaned() {
         Duration::from_secs(10),
         "no job and the next run set",
         || {
-            let s: StatusResponse = d.get(&rt, "/v1/status");
+            let s = d.status(&rt);
             s.current_job.is_none() && s.next_run.is_some()
         },
     );
     assert_eq!(archives(&env).len(), 1, "caught up more than once");
     assert_eq!(d.log().matches("kind=CatchUp").count(), 1, "{}", d.log());
-    let first: StatusResponse = d.get(&rt, "/v1/status");
+    let first = d.status(&rt);
     assert!(d.stop().success());
 
     // Started again right away: nothing was missed since, so no second catch-up. Catch-up is
     // decided before READY=1 (checked above), so by now it has been decided, and the log says
     // whether it found a missed run; a job it started would be queued or running.
     let d = Daemon::start(&env);
-    let s: StatusResponse = d.get(&rt, "/v1/status");
+    let s = d.status(&rt);
     assert!(!d.log().contains(MISSED), "{}", d.log());
     assert!(s.current_job.is_none(), "{:?}", s.current_job);
     assert_eq!(s.last_attempt, first.last_attempt);

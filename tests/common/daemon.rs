@@ -155,6 +155,16 @@ impl Daemon {
             .unwrap()
     }
 
+    /// The typed API client the CLI uses, on this daemon's socket.
+    pub fn client(&self) -> client::Client {
+        client::Client::new(&self.socket)
+    }
+
+    /// `/v1/status` through the typed client.
+    pub fn status(&self, rt: &tokio::runtime::Runtime) -> juju_brd::api::types::StatusResponse {
+        rt.block_on(self.client().status()).unwrap()
+    }
+
     /// GET `path`, which must succeed, as JSON.
     pub fn get<T: serde::de::DeserializeOwned>(
         &self,
