@@ -10,6 +10,7 @@
 
 pub mod encryption;
 pub mod manifest;
+pub mod member;
 pub mod metadata;
 pub mod name;
 pub mod paths;

@@ -18,6 +18,7 @@ use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::paths::{safe_relative, symlink_stays_inside};
 use super::reader;
 use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
+use std::collections::BTreeSet;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]
@@ -44,6 +45,22 @@ pub struct VerifyReport {
     pub root_members: u64,
     pub root_bytes: u64,
     pub dump_files: Vec<String>,
+    /// root.tar members with setuid/setgid bits or file capabilities.
+    pub privileged: Vec<String>,
+    /// Every directory root.tar writes into (members' parents, relative), for restore's checks
+    /// of the host's layout.
+    pub root_dirs: BTreeSet<String>,
+    /// The verified manifest, so restore can hold what it extracts to exactly this.
+    pub manifest: Option<Manifest>,
+}
+
+/// What `check_root_tar` learns beyond its verdict.
+#[derive(Debug, Default)]
+pub struct RootTarFacts {
+    pub members: u64,
+    pub bytes: u64,
+    pub privileged: Vec<String>,
+    pub dirs: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -139,19 +156,22 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
 /// Returns (members, bytes of files).
 pub fn check_root_tar<R: Read>(
     inner: R,
-    mut manifest: Option<&mut BTreeMap<String, Entry>>,
-) -> Result<(u64, u64), String> {
+    manifest: Option<&BTreeMap<String, Entry>>,
+) -> Result<RootTarFacts, String> {
     let mut archive = tar::Archive::new(inner);
     let mut seen: HashMap<String, Kind> = HashMap::new();
-    let mut symlinks: HashSet<PathBuf> = HashSet::new();
-    let mut bytes = 0;
+    let mut symlinks: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut facts = RootTarFacts::default();
     for entry in archive
         .entries()
         .map_err(|e| format!("root.tar is not a tar: {e}"))?
     {
         let mut entry = entry.map_err(|e| format!("root.tar is damaged: {e}"))?;
+        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let attrs =
+            super::member::attrs(&mut entry, &shown).map_err(|m| format!("root.tar: {m}"))?;
         let (path, e) = describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
-        if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains(*a)) {
+        if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains_key(*a)) {
             return Err(format!(
                 "root.tar: `{}` would be written through symlink `{}`",
                 path.display(),
@@ -168,26 +188,41 @@ pub fn check_root_tar<R: Read>(
             }
         }
         if e.kind == Kind::Symlink {
-            symlinks.insert(path.clone());
+            symlinks.insert(
+                path.clone(),
+                PathBuf::from(e.link.clone().unwrap_or_default()),
+            );
         }
         if seen.insert(key.clone(), e.kind).is_some() {
             return Err(format!("root.tar: duplicate member `{key}`"));
         }
-        if let Some(m) = manifest.as_deref_mut() {
-            match m.remove(&key) {
+        if let Some(m) = manifest {
+            match m.get(&key) {
                 None => return Err(format!("root.tar member `{key}` is not in the manifest")),
-                Some(want) if want != e => return Err(mismatch("root.tar", &key, &e, &want)),
+                Some(want) if *want != e => return Err(mismatch("root.tar", &key, &e, want)),
                 Some(_) => {}
             }
         }
-        bytes += e.size;
+        if attrs.privileged() {
+            facts.privileged.push(key.clone());
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            facts.dirs.insert(parent.display().to_string());
+        }
+        facts.bytes += e.size;
     }
-    if let Some(missing) = manifest.and_then(|m| m.keys().next().cloned()) {
+    if let Some(missing) = manifest.and_then(|m| m.keys().find(|k| !seen.contains_key(*k))) {
         return Err(format!(
             "root.tar member `{missing}` listed in the manifest is missing"
         ));
     }
-    Ok((seen.len() as u64, bytes))
+    // Every symlink resolved through the others, as the kernel will on the restored tree.
+    for (member, target) in &symlinks {
+        super::paths::resolve_symlink(&symlinks, member, target)
+            .map_err(|m| format!("root.tar: {m}"))?;
+    }
+    facts.members = seen.len() as u64;
+    Ok(facts)
 }
 
 fn mismatch(section: &str, path: &str, got: &Entry, want: &Entry) -> String {
@@ -238,19 +273,33 @@ fn read_small<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, String> 
 }
 
 pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let file = std::fs::File::open(path).map_err(|e| VerifyError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    verify_open(file, path, opts)
+}
+
+/// As [`verify`], reading the already open `file` (from its current offset); `path` names it
+/// and locates its sidecar. Restore holds the file it verified and extracts from it.
+pub fn verify_open(
+    file: std::fs::File,
+    path: &Path,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
     let fail = |message: String| VerifyError {
         path: path.to_path_buf(),
         message,
     };
-    let opened = reader::open(path, opts.max_ratio, opts.identities.as_deref())
+    let opened = reader::open_file(file, opts.max_ratio, opts.identities.as_deref())
         .map_err(|e| fail(e.to_string()))?;
     let mut outer = tar::Archive::new(opened.reader);
     let mut names = HashSet::new();
     let mut metadata: Option<Metadata> = None;
     let mut manifest: Option<Manifest> = None;
     let mut metadata_sha256 = String::new();
-    // (members, bytes of files) once root.tar has been checked.
-    let mut root: Option<(u64, u64)> = None;
+    // What root.tar holds, once it has been checked.
+    let mut root: Option<RootTarFacts> = None;
     let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
     let scratch = tempfile::Builder::new()
         .prefix("juju-brd-verify-")
@@ -304,7 +353,7 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
                 );
             }
             ROOT_TAR => {
-                let m = manifest.as_mut().map(|m| &mut m.root);
+                let m = manifest.as_ref().map(|m| &m.root);
                 root = Some(check_root_tar(&mut entry, m).map_err(fail)?);
             }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
@@ -363,6 +412,19 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     }
 
     let metadata = metadata.ok_or_else(|| fail(format!("{TOP}/{METADATA} is missing")))?;
+    if let Some(p) = metadata
+        .brd
+        .as_ref()
+        .and_then(|b| b.database_path.as_deref())
+    {
+        if !p.starts_with('/') {
+            return Err(fail(format!(
+                "{METADATA}: database path `{p}` is not absolute"
+            )));
+        }
+        safe_relative(p.trim_start_matches('/').as_bytes())
+            .map_err(|e| fail(format!("{METADATA}: database path: {e}")))?;
+    }
     let root = root.ok_or_else(|| fail(format!("{TOP}/{ROOT_TAR} is missing")))?;
     if metadata.brd.is_some() && manifest.is_none() {
         return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
@@ -388,10 +450,13 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     let sha256 = opened.raw.sha256_hex();
     let sidecar = check_sidecar(path, &sha256).map_err(fail)?;
     Ok(VerifyReport {
-        root_members: root.0,
-        root_bytes: root.1,
+        root_members: root.members,
+        root_bytes: root.bytes,
+        privileged: root.privileged,
+        root_dirs: root.dirs,
         dump_files: dump.keys().cloned().collect(),
         has_manifest: manifest.is_some(),
+        manifest,
         compression: opened.compression,
         encrypted: opened.encrypted,
         metadata,

@@ -132,6 +132,10 @@ enum Command {
         /// age identity file, to read an encrypted (`.age`) archive.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Restore setuid/setgid bits and file capabilities (`security.capability`) as archived;
+        /// without it they are stripped, and the plan lists the files.
+        #[arg(long)]
+        keep_privileges: bool,
     },
 }
 
@@ -214,6 +218,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             target_root,
             address,
             identity,
+            keep_privileges,
         } => {
             let cfg = load_config(config_flag)?;
             let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
@@ -225,6 +230,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 target_root,
                 address,
                 identities: load_identities(identity)?,
+                keep_privileges,
             };
             restore(&cfg, &opts, dry_run, yes)
         }
