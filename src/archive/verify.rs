@@ -61,6 +61,8 @@ pub struct RootTarFacts {
     pub bytes: u64,
     pub privileged: Vec<String>,
     pub dirs: BTreeSet<String>,
+    /// Symlink members (relative paths).
+    pub symlinks: BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -222,6 +224,7 @@ pub fn check_root_tar<R: Read>(
             .map_err(|m| format!("root.tar: {m}"))?;
     }
     facts.members = seen.len() as u64;
+    facts.symlinks = symlinks.into_keys().collect();
     Ok(facts)
 }
 
@@ -412,6 +415,7 @@ pub fn verify_open(
     }
 
     let metadata = metadata.ok_or_else(|| fail(format!("{TOP}/{METADATA} is missing")))?;
+    let root = root.ok_or_else(|| fail(format!("{TOP}/{ROOT_TAR} is missing")))?;
     if let Some(p) = metadata
         .brd
         .as_ref()
@@ -422,10 +426,16 @@ pub fn verify_open(
                 "{METADATA}: database path `{p}` is not absolute"
             )));
         }
-        safe_relative(p.trim_start_matches('/').as_bytes())
+        let rel = safe_relative(p.trim_start_matches('/').as_bytes())
             .map_err(|e| fail(format!("{METADATA}: database path: {e}")))?;
+        // Restore writes the database there: never through a link the archive itself plants.
+        if let Some(link) = rel.ancestors().skip(1).find(|a| root.symlinks.contains(*a)) {
+            return Err(fail(format!(
+                "{METADATA}: database path `{p}` goes through symlink `{}` in {ROOT_TAR}",
+                link.display()
+            )));
+        }
     }
-    let root = root.ok_or_else(|| fail(format!("{TOP}/{ROOT_TAR} is missing")))?;
     if metadata.brd.is_some() && manifest.is_none() {
         return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
     }
