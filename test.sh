@@ -9,9 +9,10 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # What the ignored tests run, by Debian package: age (age, age-keygen), prometheus (promtool),
 # go-dqlite (dqlite, dqlite-demo), zstd (tar --zstd), systemd (systemd-analyze), python3
-# (/usr/bin/python3 as user nobody), util-linux (setpriv), mount (a tmpfs); tar and gzip for all.
+# (/usr/bin/python3 as user nobody), util-linux (setpriv), mount (a tmpfs), e2fsprogs (chattr);
+# tar and gzip for all.
 missing=()
-for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount tar gzip; do
+for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
