@@ -52,6 +52,9 @@ pub struct VerifyReport {
     pub root_dirs: BTreeSet<String>,
     /// The verified manifest, so restore can hold what it extracts to exactly this.
     pub manifest: Option<Manifest>,
+    /// State-server addresses in root.tar's machine `agent.conf` files (what restore probes
+    /// when the archive records none of its own, as Juju's archives do not).
+    pub agent_addresses: Vec<String>,
 }
 
 /// What `check_root_tar` learns beyond its verdict.
@@ -63,6 +66,8 @@ pub struct RootTarFacts {
     pub dirs: BTreeSet<String>,
     /// Symlink members (relative paths).
     pub symlinks: BTreeSet<PathBuf>,
+    /// State-server addresses in the machine agents' `agent.conf` files.
+    pub agent_addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -88,7 +93,20 @@ impl Default for VerifyOptions {
 }
 
 /// What an inner root.tar member looked like, for comparison with the manifest.
-fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry), String> {
+/// A machine agent's config in root.tar: small, and read for the state-server addresses.
+fn is_agent_conf(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    s.starts_with("var/lib/juju/agents/machine-")
+        && s.ends_with("/agent.conf")
+        && path.components().count() == 6
+}
+
+/// Largest agent.conf kept in memory to read its addresses.
+const MAX_AGENT_CONF: u64 = 1 << 20;
+
+fn describe_member<R: Read>(
+    entry: &mut tar::Entry<R>,
+) -> Result<(PathBuf, Entry, Option<Vec<u8>>), String> {
     let raw_path = entry.path_bytes().into_owned();
     let path = safe_relative(&raw_path)?;
     let kind = entry.header().entry_type();
@@ -101,10 +119,22 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
             format!("link target of `{shown}` is not UTF-8")
         })?))
     };
+    let mut content = None;
     let e = match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             let mut h = Sha256::new();
-            let size = io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?;
+            let size = if is_agent_conf(&path) && entry.size() <= MAX_AGENT_CONF {
+                let mut buf = Vec::new();
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("reading `{shown}`: {e}"))?;
+                h.update(&buf);
+                let n = buf.len() as u64;
+                content = Some(buf);
+                n
+            } else {
+                io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?
+            };
             Entry {
                 kind: Kind::File,
                 size,
@@ -149,7 +179,7 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
         tar::EntryType::Fifo => return Err(format!("FIFO `{shown}` is not allowed")),
         other => return Err(format!("member `{shown}` has unsupported type {other:?}")),
     };
-    Ok((path, e))
+    Ok((path, e, content))
 }
 
 /// Checks an inner root.tar stream: safe members, no duplicates, links resolve to earlier members,
@@ -172,7 +202,18 @@ pub fn check_root_tar<R: Read>(
         let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let attrs =
             super::member::attrs(&mut entry, &shown).map_err(|m| format!("root.tar: {m}"))?;
-        let (path, e) = describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
+        let (path, e, content) =
+            describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
+        if let Some(text) = content.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
+            // Unreadable YAML is the restored agent's problem, not the archive's soundness.
+            if let Ok(conf) = crate::agent_conf::AgentConf::parse(text) {
+                for a in conf.addresses() {
+                    if !facts.agent_addresses.contains(&a) {
+                        facts.agent_addresses.push(a);
+                    }
+                }
+            }
+        }
         if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains_key(*a)) {
             return Err(format!(
                 "root.tar: `{}` would be written through symlink `{}`",
@@ -464,6 +505,7 @@ pub fn verify_open(
         root_bytes: root.bytes,
         privileged: root.privileged,
         root_dirs: root.dirs,
+        agent_addresses: root.agent_addresses,
         dump_files: dump.keys().cloned().collect(),
         has_manifest: manifest.is_some(),
         manifest,

@@ -136,6 +136,10 @@ enum Command {
         /// without it they are stripped, and the plan lists the files.
         #[arg(long)]
         keep_privileges: bool,
+        /// Restore the files even though this host cannot restore the archive's database (the
+        /// plan and the summary say so); without it such a restore is refused before any change.
+        #[arg(long)]
+        skip_database: bool,
     },
 }
 
@@ -219,6 +223,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             address,
             identity,
             keep_privileges,
+            skip_database,
         } => {
             let cfg = load_config(config_flag)?;
             let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
@@ -231,6 +236,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 address,
                 identities: load_identities(identity)?,
                 keep_privileges,
+                model_uuid: cfg.controller.model_uuid.clone(),
+                skip_database,
             };
             restore(&cfg, &opts, dry_run, yes)
         }

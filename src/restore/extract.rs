@@ -155,14 +155,19 @@ impl Journal {
         Ok(())
     }
 
-    /// Creates missing directories up to and including `dir`, recording each one created.
+    /// Creates missing directories up to and including `dir`, recording each one created. They
+    /// get 0755, as on a Juju host (root.tar need not list parents; those it lists get their
+    /// archived mode at the end of the extraction).
     pub fn create_dirs(&mut self, dir: &Path) -> io::Result<()> {
         for d in self.missing_dirs(dir)? {
             if let Some(parent) = d.parent() {
                 self.remember_dir(parent);
             }
             self.fs.mkdir(&d, 0o700)?;
-            self.created.push(d);
+            self.created.push(d.clone());
+            File::from(self.fs.open_dir(&d)?)
+                .set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(|e| in_path("chmod", &d, e))?;
         }
         Ok(())
     }

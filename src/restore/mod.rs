@@ -32,7 +32,7 @@ restoring while one runs takes them off-line and may cripple the environment";
 pub enum RestoreError {
     #[error("the archive is not sound: {0}")]
     Verify(verify::VerifyError),
-    #[error("the archive belongs to environment `{archive}`, not `{expected}`")]
+    #[error("the archive belongs to environment {archive}, not `{expected}`; pass -e with its name or model UUID if it is the one to restore")]
     WrongEnvironment { archive: String, expected: String },
     #[error("this host does not meet the constraints:\n  {}", .0.join("\n  "))]
     Constraints(Vec<String>),
@@ -102,8 +102,14 @@ impl StepError {
 pub struct RestoreOptions {
     pub archive: PathBuf,
     pub constraints: Option<String>,
-    /// The environment the archive must belong to (`-e`, `JUJU_ENV` or the config's).
+    /// The environment the archive must belong to (`-e`, `JUJU_ENV` or the config's): a name,
+    /// or a model UUID.
     pub environment: String,
+    /// This environment's model UUID when the config knows it (`controller.model_uuid`), so a
+    /// Juju-made archive, which records only the UUID, matches without `-e`.
+    pub model_uuid: Option<String>,
+    /// Restore the files even when this host cannot restore the database.
+    pub skip_database: bool,
     pub force: bool,
     pub target_root: PathBuf,
     pub address: Option<String>,
@@ -279,9 +285,10 @@ pub fn plan(
     )?;
     let metadata = report.metadata.clone();
     let expected = opts.environment.clone();
-    if metadata.environment_name() != expected {
+    let uuid = opts.model_uuid.as_deref().unwrap_or_default();
+    if !metadata.belongs_to(&[&expected, uuid]) {
         return Err(RestoreError::WrongEnvironment {
-            archive: metadata.environment_name().to_string(),
+            archive: metadata.describe_environment(),
             expected,
         });
     }
@@ -313,11 +320,13 @@ pub fn plan(
         return Err(RestoreError::Constraints(unmet));
     }
 
+    // juju-brd records the state-servers; a Juju-made archive has them in its agent.conf.
     let recorded = metadata
         .brd
         .as_ref()
         .map(|b| b.state_server_addresses.clone())
-        .unwrap_or_default();
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| report.agent_addresses.clone());
     let targets = probe::targets(&recorded, &cfg.probe_ports);
     let alive = probe::answering(&targets, cfg.probe_timeout);
     let mut forced_past = Vec::new();
@@ -359,7 +368,15 @@ pub fn plan(
         }
     };
     if let DbStep::NotRestored(why) = &db {
-        warnings.push(format!("the database will not be restored: {why}"));
+        if !opts.skip_database {
+            return Err(RestoreError::Refused(format!(
+                "the database in this archive cannot be restored on this host: {why}. Nothing was \
+                 changed. Fix that, or pass --skip-database to restore the files alone"
+            )));
+        }
+        warnings.push(format!(
+            "THE DATABASE WILL NOT BE RESTORED (--skip-database): {why}"
+        ));
     }
     let address = match &opts.address {
         Some(a) => a.clone(),
