@@ -134,13 +134,15 @@ fn forge(
     let manifest = serde_json::to_vec(&manifest).unwrap();
     let gz = flate2::write::GzEncoder::new(Vec::new(), Default::default());
     let mut t = tar::Builder::new(gz);
+    // Names are written raw: the tar crate would tidy `juju-backup/./root.tar` away.
     let mut put = |name: &str, body: &[u8]| {
         let mut h = tar::Header::new_gnu();
         h.set_size(body.len() as u64);
         h.set_mode(0o600);
         h.set_mtime(1_700_000_000);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.set_cksum();
-        t.append_data(&mut h, name, body).unwrap();
+        t.append(&h, body).unwrap();
     };
     put("juju-backup/metadata.json", &meta);
     put("juju-backup/manifest.json", &manifest);
@@ -412,6 +414,16 @@ fn a_dot_in_the_outer_path_means_the_same_to_verify_and_restore() {
     let good = env.backup();
     let archive = named(&env, "1");
     forge(&good, &archive, |_| {}, |r| r, "juju-backup/./root.tar");
+    let names: Vec<String> = unpack(&archive).into_iter().map(|(n, _)| n).collect();
+    let raw = {
+        let f = std::fs::File::open(&archive).unwrap();
+        let mut t = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+        t.entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert!(raw.iter().any(|n| n == "juju-backup/./root.tar"), "{raw:?} {names:?}");
     let out = env.run(&["verify", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let t = env.path("t");
