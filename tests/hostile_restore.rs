@@ -145,7 +145,7 @@ fn forge(
         t.append(&h, body).unwrap();
     };
     put("juju-backup/metadata.json", &meta);
-    put("juju-backup/manifest.json", &manifest);
+    put("juju-backup/juju-brd-manifest.json", &manifest);
     put(outer_root_name, &root_tar);
     for (name, body) in members.iter().filter(|(n, _)| n.contains("/dump/")) {
         put(name, body);
@@ -423,7 +423,10 @@ fn a_dot_in_the_outer_path_means_the_same_to_verify_and_restore() {
             .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
             .collect::<Vec<_>>()
     };
-    assert!(raw.iter().any(|n| n == "juju-backup/./root.tar"), "{raw:?} {names:?}");
+    assert!(
+        raw.iter().any(|n| n == "juju-backup/./root.tar"),
+        "{raw:?} {names:?}"
+    );
     let out = env.run(&["verify", archive.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let t = env.path("t");

@@ -13,11 +13,11 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::encryption::Identities;
-use super::manifest::{Entry, Kind, Manifest, MAX_MANIFEST_BYTES};
+use super::manifest::{Entry, Kind, Manifest, SharedManifest, MAX_MANIFEST_BYTES};
 use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::paths::{safe_relative, symlink_stays_inside};
 use super::reader;
-use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
+use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, SHARED_MANIFEST, TOP};
 use std::collections::BTreeSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +269,54 @@ pub fn check_root_tar<R: Read>(
     Ok(facts)
 }
 
+/// Holds Juju 4's manifest to the archive as Juju does (juju/juju `internal/recovery/archive.go`
+/// `checkManifest`): every listed path present with its size and SHA-256, each listed once, and
+/// every regular file listed.
+fn check_juju_manifest(
+    m: &super::manifest::JujuManifest,
+    files: &BTreeMap<String, (u64, String)>,
+) -> Result<(), String> {
+    let mut listed = HashSet::new();
+    for f in &m.files {
+        let path = f.path.trim_start_matches("./");
+        if !listed.insert(path.to_string()) {
+            return Err(format!("{SHARED_MANIFEST} lists `{path}` twice"));
+        }
+        match files.get(path) {
+            None => return Err(format!("{SHARED_MANIFEST} lists `{path}`, which is not in the archive")),
+            Some((size, sha)) if *size != f.size || !sha.eq_ignore_ascii_case(&f.sha256) => {
+                return Err(format!(
+                    "`{path}` does not match {SHARED_MANIFEST} (size {size} vs {}, sha256 {} vs {})",
+                    f.size,
+                    short(sha),
+                    short(&f.sha256)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = files.keys().find(|k| !listed.contains(*k)) {
+        return Err(format!("`{extra}` is not listed in {SHARED_MANIFEST}"));
+    }
+    Ok(())
+}
+
+/// Counts and hashes what is read through it.
+struct HashingReader<'a, R> {
+    inner: R,
+    hash: &'a mut Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
 fn mismatch(section: &str, path: &str, got: &Entry, want: &Entry) -> String {
     format!(
         "{section} member `{path}` does not match the manifest (size {} vs {}, sha256 {} vs {})",
@@ -342,6 +390,9 @@ pub fn verify_open(
     let mut metadata: Option<Metadata> = None;
     let mut manifest: Option<Manifest> = None;
     let mut metadata_sha256 = String::new();
+    // Juju 4's own manifest, and every regular file's (size, sha256) to hold it against.
+    let mut juju_manifest: Option<super::manifest::JujuManifest> = None;
+    let mut outer_files: BTreeMap<String, (u64, String)> = BTreeMap::new();
     // What root.tar holds, once it has been checked.
     let mut root: Option<RootTarFacts> = None;
     let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
@@ -378,27 +429,53 @@ pub fn verify_open(
             METADATA => {
                 let bytes = read_small(&mut entry, MAX_METADATA_BYTES, METADATA).map_err(fail)?;
                 metadata_sha256 = hex::encode(Sha256::digest(&bytes));
+                outer_files.insert(name.clone(), (bytes.len() as u64, metadata_sha256.clone()));
                 metadata = Some(Metadata::parse(&bytes).map_err(fail)?);
             }
-            MANIFEST => {
+            MANIFEST | SHARED_MANIFEST => {
                 if root.is_some() {
-                    return Err(fail(format!("{MANIFEST} comes after {ROOT_TAR}")));
+                    return Err(fail(format!("{inner} comes after {ROOT_TAR}")));
+                }
+                if manifest.is_some() {
+                    return Err(fail(format!("a second juju-brd manifest, {inner}")));
                 }
                 let size = entry.header().size().map_err(|e| fail(e.to_string()))?;
                 if size > MAX_MANIFEST_BYTES {
                     return Err(fail(format!(
-                        "{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes"
+                        "{inner} is larger than {MAX_MANIFEST_BYTES} bytes"
                     )));
                 }
-                // Parsed straight from the stream: no second copy of a large manifest in memory.
-                manifest = Some(
-                    serde_json::from_reader(io::BufReader::new(&mut entry))
-                        .map_err(|e| fail(format!("manifest.json is not valid: {e}")))?,
-                );
+                if inner == MANIFEST {
+                    // Parsed straight from the stream: no second copy of a large manifest.
+                    manifest = Some(
+                        serde_json::from_reader(io::BufReader::new(&mut entry))
+                            .map_err(|e| fail(format!("{MANIFEST} is not valid: {e}")))?,
+                    );
+                } else {
+                    let mut bytes = Vec::new();
+                    entry
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| fail(format!("reading {SHARED_MANIFEST}: {e}")))?;
+                    match SharedManifest::parse(&bytes).map_err(fail)? {
+                        SharedManifest::Ours(m) => manifest = Some(m),
+                        SharedManifest::Juju(m) => juju_manifest = Some(m),
+                    }
+                }
             }
             ROOT_TAR => {
                 let m = manifest.as_ref().map(|m| &m.root);
-                root = Some(check_root_tar(&mut entry, m).map_err(fail)?);
+                let mut h = Sha256::new();
+                let mut tee = HashingReader {
+                    inner: &mut entry,
+                    hash: &mut h,
+                    bytes: 0,
+                };
+                root = Some(check_root_tar(&mut tee, m).map_err(fail)?);
+                // The rest of the member (tar padding) counts towards its hash too.
+                io::copy(&mut tee, &mut io::sink())
+                    .map_err(|e| fail(format!("reading {ROOT_TAR}: {e}")))?;
+                let size = tee.bytes;
+                outer_files.insert(name.clone(), (size, hex::encode(h.finalize())));
             }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
                 let rel = d[DUMP_DIR.len() + 1..].to_string();
@@ -427,12 +504,14 @@ pub fn verify_open(
                     io::copy(&mut entry, &mut h)
                         .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?
                 };
+                let sha256 = hex::encode(h.finalize());
+                outer_files.insert(name.clone(), (size, sha256.clone()));
                 dump.insert(
                     rel,
                     Entry {
                         kind: Kind::File,
                         size,
-                        sha256: hex::encode(h.finalize()),
+                        sha256,
                         link: None,
                     },
                 );
@@ -489,6 +568,9 @@ pub fn verify_open(
             )));
         }
         compare("dump", &m.dump, &dump).map_err(fail)?;
+    }
+    if let Some(m) = &juju_manifest {
+        check_juju_manifest(m, &outer_files).map_err(fail)?;
     }
     if let Some(engine) = &checker {
         for (rel, copy) in &checked_dumps {
