@@ -309,6 +309,16 @@ pub fn plan(
             ));
         }
     }
+    // Juju's restore refuses a series mismatch: the archived agent tools are built for one.
+    if let Some((host_series, _)) = crate::snapshot::identity::os_release(&opts.target_root) {
+        let archived = &metadata.series;
+        if !archived.is_empty() && !host_series.is_empty() && *archived != host_series {
+            unmet.push(format!(
+                "series: the archive was taken on {archived}, this host runs {host_series} (the \
+                 archived Juju agents are built for {archived})"
+            ));
+        }
+    }
     if host.free_mib < need_mib {
         unmet.push(format!(
             "room for the restored state: need {need_mib}M, {} has {}M free",

@@ -66,7 +66,7 @@ fn tools_dirs(root: &Path) -> Vec<(String, String)> {
 }
 
 /// `VERSION_CODENAME` and `ID@VERSION_ID` from `etc/os-release` under `root`.
-fn os_release(root: &Path) -> Option<(String, String)> {
+pub fn os_release(root: &Path) -> Option<(String, String)> {
     let text = std::fs::read_to_string(root.join("etc/os-release")).ok()?;
     let get = |key: &str| {
         text.lines().find_map(|l| {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod juju_reader;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -93,7 +94,12 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(stdout.lines().last().expect("archive path printed"))
+        let path = PathBuf::from(stdout.lines().last().expect("archive path printed"));
+        // Every gzip archive the tests make must be one Juju itself reads.
+        if path.to_string_lossy().ends_with(".tar.gz") {
+            juju_reader::assert_juju_readable(&path);
+        }
+        path
     }
 
     /// Names in the archive directory (archives, sidecars, anything else).
