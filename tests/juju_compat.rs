@@ -92,14 +92,14 @@ fn root_tar(j: Juju, api: &str) -> Vec<u8> {
         "tag: machine-0\nmodel: model-{UUID}\nupgradedToVersion: {}\napiaddresses:\n- {api}\nstateaddresses:\n- {api}\nstatepassword: s3cret\n",
         j.version()
     );
-    let mut dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
+    let dir = |b: &mut tar::Builder<Vec<u8>>, name: &str| {
         let mut h = header(tar::EntryType::Directory, 0, 0o755);
         b.append_data(&mut h, name, &[][..]).unwrap();
     };
     dir(&mut b, "var/lib/juju/tools");
     dir(&mut b, &tools);
     dir(&mut b, "var/lib/juju/agents/machine-0");
-    let mut file = |b: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8], mode: u32| {
+    let file = |b: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8], mode: u32| {
         let mut h = header(tar::EntryType::Regular, body.len(), mode);
         b.append_data(&mut h, name, body).unwrap();
     };
@@ -140,7 +140,7 @@ fn juju_archive(env: &Env, j: Juju, api: &str) -> PathBuf {
     let gz =
         flate2::write::GzEncoder::new(std::fs::File::create(&path).unwrap(), Default::default());
     let mut t = tar::Builder::new(gz);
-    let mut dir = |t: &mut tar::Builder<_>, name: &str| {
+    let dir = |t: &mut tar::Builder<_>, name: &str| {
         let mut h = header(tar::EntryType::Directory, 0, 0o755);
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.set_cksum();
@@ -148,7 +148,7 @@ fn juju_archive(env: &Env, j: Juju, api: &str) -> PathBuf {
     };
     dir(&mut t, "juju-backup");
     let meta = serde_json::to_vec(&j.metadata()).unwrap();
-    let mut put = |t: &mut tar::Builder<_>, name: &str, body: &[u8]| {
+    let put = |t: &mut tar::Builder<_>, name: &str, body: &[u8]| {
         let mut h = header(tar::EntryType::Regular, body.len(), 0o644);
         t.append_data(&mut h, name, body).unwrap();
     };
