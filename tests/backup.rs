@@ -654,3 +654,45 @@ fn prune_dry_run_then_prune() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("keeps nothing"), "{}", stderr(&out));
 }
+
+/// JUJU_ENV is a check, not a label: naming another environment than the config's refuses the
+/// backup (naming both) and writes nothing; naming this one, by name or model UUID, is fine.
+#[test]
+fn juju_env_must_name_this_state_server_s_environment() {
+    let env = Env::new(1);
+    env.config("", &env.sqlite_section());
+    let run = |value: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["backup", "--offline"])
+            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+            .env("JUJU_ENV", value)
+            .output()
+            .unwrap()
+    };
+    let out = run("prod");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("JUJU_ENV names environment `prod`, but this host's config is for `test-env` (model 0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.archives().exists(), "nothing may be written");
+    for ok in ["test-env", "0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d"] {
+        let out = run(ok);
+        assert!(out.status.success(), "{ok}: {}", stderr(&out));
+    }
+    // Every archive says test-env.
+    for name in env
+        .archive_dir_listing()
+        .iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+    {
+        let out = env.run(&[
+            "show",
+            "--json",
+            env.archives().join(name).to_str().unwrap(),
+        ]);
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(m["juju-brd"]["environment"], "test-env");
+    }
+}

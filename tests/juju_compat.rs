@@ -216,7 +216,19 @@ fn juju_made_archives_of_every_version_verify_show_and_restore() {
             "{j:?}: {}",
             stderr(&out)
         );
-        // -e with the model UUID, or the UUID in the config, matches.
+        // -e is a check against this host's config, not a relabelling: a UUID the config does
+        // not know is refused, naming both.
+        let out = restore(&env, &archive, &target, &["--dry-run", "-e", UUID]);
+        assert!(!out.status.success(), "{j:?}");
+        assert!(
+            stderr(&out).contains(&format!(
+                "-e names environment `{UUID}`, but this host's config is for `test-env`"
+            )),
+            "{j:?}: {}",
+            stderr(&out)
+        );
+        // With the model UUID in the config, the archive matches, with -e or without.
+        restore_config(&env, Some(UUID));
         let out = restore(
             &env,
             &archive,
@@ -224,7 +236,6 @@ fn juju_made_archives_of_every_version_verify_show_and_restore() {
             &["--dry-run", "-e", UUID, "--skip-database"],
         );
         assert!(out.status.success(), "{j:?}: {}", stderr(&out));
-        restore_config(&env, Some(UUID));
         // This host has no mongorestore: without --skip-database, refused before any change.
         let out = restore(&env, &archive, &target, &[]);
         assert!(!out.status.success(), "{j:?}");

@@ -174,6 +174,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Backup { offline, notes } => {
             let cfg = load_config(config_flag)?;
+            cfg.check_juju_env().map_err(anyhow::Error::msg)?;
             if offline {
                 backup_offline(&cfg, notes)
             } else {
@@ -230,13 +231,18 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let opts = crate::restore::RestoreOptions {
                 archive: file,
                 constraints,
-                environment: environment.unwrap_or_else(|| cfg.effective_environment()),
+                environment: {
+                    cfg.check_juju_env().map_err(anyhow::Error::msg)?;
+                    cfg.check_environment(environment.as_deref(), "-e")
+                        .map_err(anyhow::Error::msg)?;
+                    cfg.effective_environment()
+                },
                 force,
                 target_root,
                 address,
                 identities: load_identities(identity)?,
                 keep_privileges,
-                model_uuid: cfg.controller.model_uuid.clone(),
+                model_uuid: cfg.model_uuid(),
                 skip_database,
             };
             restore(&cfg, &opts, dry_run, yes)
