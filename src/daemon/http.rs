@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -61,6 +61,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
 }
 
 /// The same router behind `Authorization: Bearer TOKEN`, for the optional TCP listener.
+///
+/// A request without the right token is answered 401 at once, before its body is read, and its
+/// connection is closed (`Connection: close`), so an unauthenticated peer holds nothing for long.
 pub fn with_bearer_token(router: Router, token: String) -> Router {
     let token = Arc::new(token);
     router.layer(axum::middleware::from_fn(
@@ -71,20 +74,32 @@ pub fn with_bearer_token(router: Router, token: String) -> Router {
                     .headers()
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(bearer_credentials)
                     .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
                 if ok {
                     next.run(req).await
                 } else {
-                    ApiError(
+                    let mut resp = ApiError(
                         StatusCode::UNAUTHORIZED,
                         "missing or wrong bearer token".into(),
                     )
-                    .into_response()
+                    .into_response();
+                    let h = resp.headers_mut();
+                    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    resp
                 }
             }
         },
     ))
+}
+
+/// The token of an `Authorization` value in the Bearer scheme. The scheme name is
+/// case-insensitive (RFC 7235 2.1, RFC 6750 2.1): `bearer`, `BEARER` and `Bearer` all count.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    let token = rest.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -607,5 +622,21 @@ mod tests {
             .uri("/healthz")
             .header("authorization", "Bearer s3cret");
         assert_eq!(call_with(r, req, "").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, want) in [
+            ("Bearer s3cret", Some("s3cret")),
+            ("bearer s3cret", Some("s3cret")),
+            ("BEARER  s3cret ", Some("s3cret")),
+            ("bEaReR\ts3cret", Some("s3cret")),
+            ("Basic s3cret", None),
+            ("Bearers3cret", None),
+            ("Bearer ", None),
+            ("s3cret", None),
+        ] {
+            assert_eq!(bearer_credentials(value), want, "{value:?}");
+        }
     }
 }
