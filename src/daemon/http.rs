@@ -57,7 +57,49 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/prune", post(prune))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(read_body_in_time))
         .with_state(daemon)
+}
+
+/// How long a client has to send a whole request body (they are small JSON documents).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most a request body is read into memory (axum's default limit, which handlers keep).
+const BODY_LIMIT: usize = 2 << 20;
+
+/// Reads the request body before the handler runs, within [`BODY_TIMEOUT`] in total: hyper bounds
+/// only the headers, and a per-chunk timeout would let a client trickle a byte every few seconds
+/// forever. Too slow: 408, too big: 413, and the connection is closed either way.
+async fn read_body_in_time(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
+    let refuse = |code: StatusCode, message: String| {
+        let mut resp = ApiError(code, message).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            let req = axum::extract::Request::from_parts(parts, Body::from(collected.to_bytes()));
+            next.run(req).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        ),
+        Ok(Err(e)) => refuse(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        ),
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
 }
 
 /// The same router behind `Authorization: Bearer TOKEN`, for the optional TCP listener.

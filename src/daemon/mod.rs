@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 pub mod http;
 mod scheduler;
+pub mod serve;
 mod worker;
 
 use crate::api::types::{JobInfo, JobKind, JobState};
@@ -347,28 +348,21 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = http::router(daemon.clone());
-    let mut servers = Vec::new();
-    {
-        let mut rx = stop_rx.clone();
-        let app = router.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
-    }
+    let mut servers = vec![tokio::spawn(serve::serve(
+        listener,
+        router.clone(),
+        serve::UNIX,
+        daemon.metrics.unix_api.clone(),
+        stop_rx.clone(),
+    ))];
     if let Some((tcp, token)) = tcp {
-        let mut rx = stop_rx.clone();
-        let app = http::with_bearer_token(router, token);
-        servers.push(tokio::spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(serve::serve(
+            tcp,
+            http::with_bearer_token(router, token),
+            serve::TCP,
+            daemon.metrics.tcp_api.clone(),
+            stop_rx.clone(),
+        )));
     }
 
     let mut worker = tokio::spawn(worker::worker_loop(
@@ -417,7 +411,7 @@ pub async fn run(
         }
         let _ = stop_tx.send(true);
         for s in servers {
-            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+            let _ = s.await;
         }
         return Err(err);
     }

@@ -47,6 +47,18 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// SQLite's message for an error. The backup API reports the source's errors on the destination
+/// connection, whose own message is then "not an error": use the code's description instead.
+fn describe(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => match msg.as_deref() {
+            Some(m) if m != "not an error" => m.to_string(),
+            _ => code.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 fn fail(message: String) -> DbError {
     DbError::Failed {
         engine: "sqlite",
@@ -105,7 +117,9 @@ impl Engine for SqliteEngine {
                     Err(e) if is_busy(&e) => {}
                     // Anything else (cannot open, not a database, I/O error, full disk) will not
                     // get better by retrying: fail now with SQLite's message.
-                    Err(e) => return Err(fail(format!("backup of {shown} failed: {e}"))),
+                    Err(e) => {
+                        return Err(fail(format!("backup of {shown} failed: {}", describe(&e))))
+                    }
                     Ok(other) => {
                         return Err(fail(format!("backup of {shown} did not finish: {other:?}")))
                     }
