@@ -35,7 +35,8 @@ pub struct ListenerStats {
     pub name: &'static str,
     /// Open now.
     pub open: AtomicU64,
-    /// Closed on arrival because the listener's connection limit was reached.
+    /// Closed because of the listener's connection limit: the idlest to make room for a new one,
+    /// or a new one when every connection was busy.
     pub rejected: AtomicU64,
 }
 
@@ -211,7 +212,7 @@ impl Metrics {
             (
                 "juju_brd_api_connections_rejected_total",
                 "counter",
-                "API connections closed on arrival because the listener's limit was reached.",
+                "API connections closed by the listener's limit: idle ones closed to make room, or new ones when all were busy.",
                 |l: &ListenerStats| l.rejected.load(Ordering::Relaxed),
             ),
         ] {

@@ -277,6 +277,71 @@ fn an_idle_tcp_flood_starves_neither_the_socket_nor_the_backups() {
     println!("stopped in {took:?}");
 }
 
+/// Item 9 on the Unix socket: 1,100 idle connections there (more than its 256 places) do not lock
+/// out the next client, because the idlest connection makes room for a new one; and a client with
+/// a request in progress (a backup with `?wait=true`) is never the one closed.
+#[test]
+fn an_idle_unix_flood_does_not_lock_out_the_next_client() {
+    raise_own_nofile(4096);
+    let env = Env::new(1);
+    // A slow pre hook keeps the waiting request in progress while the flood runs.
+    api_config(&env, "", "[hooks]\npre = [\"sleep\", \"4\"]\n");
+    let d = Daemon::start(&env, 1024, &[]);
+    let socket = d.socket.clone();
+    let waiting = std::thread::spawn(move || {
+        unix_request(
+            &socket,
+            "POST /v1/backups?wait=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(120),
+        )
+    });
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = unix_request(&d.socket, &get("/v1/status"), Duration::from_secs(5)).unwrap();
+        if s.contains("\"state\":\"backing-up\"") {
+            break;
+        }
+        assert!(Instant::now() < end, "the backup did not start: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let flood_started = Instant::now();
+    let mut flood = Vec::new();
+    for i in 0..1100 {
+        if let Ok(mut s) = UnixStream::connect(&d.socket) {
+            if i % 2 == 0 {
+                let _ = s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n");
+            }
+            flood.push(s);
+        }
+    }
+    let opened = flood_started.elapsed();
+    // Let the flood grow idle enough to be evictable, then ask.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let asked = Instant::now();
+        let health = unix_request(&d.socket, &get("/healthz"), Duration::from_secs(5))
+            .expect("the Unix socket answers during its own flood");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        slowest = slowest.max(asked.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(2), "{slowest:?}");
+    let backup = waiting
+        .join()
+        .unwrap()
+        .expect("the waiting client is answered");
+    assert!(
+        backup.starts_with("HTTP/1.1 200") && backup.contains("\"succeeded\""),
+        "{backup}\n{}",
+        d.log()
+    );
+    println!(
+        "unix flood: {} connections in {opened:?}; /healthz answered in at most {slowest:?}; the \
+         waiting backup request was kept",
+        flood.len()
+    );
+}
+
 /// Items 9 and 23: a request head sent a byte a second and a body trickled a byte every half
 /// second are both cut off within their deadlines although bytes keep coming (the body gets 408
 /// and never reaches the handler); an unauthenticated TCP peer is answered 401 and its
