@@ -73,7 +73,7 @@ pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
     }
     let _lock = crate::state::lock(&cfg.state_dir)?;
     let rt = runtime()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.api.socket_mode.0)?;
         let tcp = match (&cfg.api.tcp_listen, &cfg.api.token_file) {
             (Some(addr), Some(token_file)) => {
@@ -98,7 +98,10 @@ pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
         let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
         let _ = std::fs::remove_file(&socket);
         Ok::<(), anyhow::Error>(result?)
-    })?;
+    });
+    // Blocking work that outlived the daemon (see `daemon::run`) must not hold the exit.
+    rt.shutdown_timeout(crate::daemon::RUNTIME_SHUTDOWN);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -38,6 +38,12 @@ use crate::state::DaemonState;
 
 /// How long SIGTERM waits for a running backup before cancelling it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// How long a cancelled backup gets to stop. With the grace, the API drain and the runtime's own
+/// shutdown this stays well inside the unit's TimeoutStopSec=120s.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+/// How long the runtime waits, after the daemon returns, for blocking work still running (a
+/// backup that ignored cancellation, an HA probe) before the process exits without it.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 const RECENT_JOBS: usize = 100;
 
 pub struct Job {
@@ -427,7 +433,15 @@ pub async fn run(
         {
             tracing::warn!(job = %job.id, "backup did not finish in time; cancelling it");
             job.progress.cancel.store(true, Ordering::Relaxed);
-            job.finished().await;
+            if tokio::time::timeout(CANCEL_GRACE, job.finished())
+                .await
+                .is_err()
+            {
+                // Something in the backup ignores cancellation: exit anyway, inside systemd's
+                // stop timeout; the next start removes the partial files and records the job
+                // as interrupted.
+                tracing::error!(job = %job.id, "backup ignored cancellation; exiting without it");
+            }
         }
     }
     let _ = stop_tx.send(true);

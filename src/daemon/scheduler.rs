@@ -50,7 +50,12 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
                 if next.is_none() {
                     continue;
                 }
-                if takes_slot(&daemon).await {
+                // The HA check may wait on the network (probe_timeout); SIGTERM does not.
+                let mine = tokio::select! {
+                    mine = takes_slot(&daemon) => mine,
+                    _ = stopped(&mut stop) => return,
+                };
+                if mine {
                     match daemon.trigger(JobKind::Scheduled, String::new()) {
                         Some((_, true)) => {}
                         Some((job, false)) => {
