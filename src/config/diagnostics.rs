@@ -28,6 +28,9 @@ pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
 /// inline tables and dotted keys; `None` when the line is not `key = value`.
 pub(super) fn key_at_offset(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
+    if !text.is_char_boundary(offset) {
+        return None;
+    }
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
     let before = &text[line_start..offset];
