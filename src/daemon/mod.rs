@@ -244,7 +244,7 @@ impl Daemon {
         if let Some(j) = self.current_job() {
             let i = j.info();
             if i.state == JobState::Running {
-                let pct = (i.bytes_done * 100)
+                let pct = (i.bytes_done.saturating_mul(100))
                     .checked_div(i.bytes_estimated)
                     .unwrap_or(0);
                 return format!("backing up: {}%", pct.min(99));
