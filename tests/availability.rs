@@ -778,3 +778,77 @@ fn absurd_config_values_are_refused_and_never_reach_the_scheduler() {
     assert_eq!(next_run(), before, "the schedule changed");
     assert!(!d.log().contains("panicked"), "{}", d.log());
 }
+
+/// Item 9, the response side: a client that asks for an archive and stops reading is cut off once
+/// the daemon's writes stall for 30 s, so it cannot hold its place for ever.
+#[test]
+fn a_client_that_stops_reading_is_cut_off() {
+    let env = Env::new(1);
+    // 8 MiB that do not compress, so the archive is far larger than the sockets' buffers.
+    let mut noise = vec![0u8; 8 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    std::fs::write(env.root().join("var/lib/juju/tools/noise.bin"), noise).unwrap();
+    api_config(&env, "", "");
+    let d = Daemon::start(&env, 1024, &[]);
+    let backup = unix_request(
+        &d.socket,
+        "POST /v1/backups?wait=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(120),
+    )
+    .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(backup.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let name = v["job"]["archive"]["name"].as_str().unwrap().to_string();
+    let size = v["job"]["archive"]["size"].as_u64().unwrap();
+    assert!(
+        size > 4 << 20,
+        "the archive ({size} bytes) fits in socket buffers"
+    );
+    let open_connections = || -> f64 {
+        let m = unix_request(&d.socket, &get("/metrics"), Duration::from_secs(5)).unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("juju_brd_api_connections{listener=\"unix\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+
+    let mut stalled = UnixStream::connect(&d.socket).unwrap();
+    write!(
+        stalled,
+        "GET /v1/backups/{name}/archive HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .unwrap();
+    let asked = Instant::now();
+    // Open: the stalled download and the metrics request itself.
+    let end = Instant::now() + Duration::from_secs(10);
+    while open_connections() < 2.0 {
+        assert!(Instant::now() < end, "the download never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let end = Instant::now() + Duration::from_secs(60);
+    while open_connections() > 1.0 {
+        assert!(
+            Instant::now() < end,
+            "a client that stopped reading is still served after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let cut_after = asked.elapsed();
+    assert!(cut_after >= Duration::from_secs(25), "{cut_after:?}");
+    let mut got = Vec::new();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = stalled.read_to_end(&mut got);
+    assert!((got.len() as u64) < size, "the whole archive was sent");
+    println!(
+        "a stalled download of {size} bytes was cut after {cut_after:?} ({} bytes sent)",
+        got.len()
+    );
+}

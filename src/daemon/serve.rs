@@ -3,6 +3,9 @@
 //! bounded drain at shutdown. Bodies get their own deadline in the router
 //! (`http::read_body_in_time`).
 //!
+//! A response that cannot be written for [`WRITE_STALL`] (the client stopped reading) ends its
+//! connection (`tokio-io-timeout`'s write timeout on the socket).
+//!
 //! At the limit, a new connection takes the place of the connection that has been idle longest
 //! (no request in progress, none for [`EVICTABLE_AFTER`]); only when every place is busy is it
 //! closed on arrival. So a flood of idle connections churns through itself instead of locking
@@ -53,6 +56,9 @@ pub const TCP: Limits = Limits {
 
 /// At shutdown, how long open connections get to finish their request before they are dropped.
 const DRAIN: Duration = Duration::from_secs(5);
+/// A response write that makes no progress this long ends the connection: a client that asks for
+/// an archive and never reads would otherwise hold its place for ever.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
 /// Per-connection read buffer cap (hyper's default is ~400 KiB): bounds memory at the limit.
 const MAX_BUF: usize = 64 << 10;
 /// A connection idle this long may be closed to make room for a new one. A real client sends its
@@ -223,7 +229,11 @@ pub async fn serve<L>(
             http.timer(TokioTimer::new())
                 .header_read_timeout(limits.header_timeout)
                 .max_buf_size(MAX_BUF);
-            let conn = http.serve_connection(TokioIo::new(io), service);
+            // Only writes are timed here: reads are hyper's business (the header timeout), and a
+            // request waiting for a backup (`?wait=true`) legitimately reads nothing for minutes.
+            let mut io = tokio_io_timeout::TimeoutStream::new(io);
+            io.set_write_timeout(Some(WRITE_STALL));
+            let conn = http.serve_connection(TokioIo::new(Box::pin(io)), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
