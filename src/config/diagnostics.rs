@@ -35,11 +35,20 @@ pub(super) fn key_at_offset(text: &str, offset: usize) -> Option<String> {
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
     let before = &text[line_start..offset];
     // The span may start at the value (`key = <here>`) or at the key (`<here>key = value`).
+    let line = &text[line_start..line_end];
     let head = if before.contains('=') {
         before
+    } else if let Some(eq) = line.find('=') {
+        &line[..eq + 1]
     } else {
-        let line = &text[line_start..line_end];
-        &line[..line.find('=')? + 1]
+        // Inside a value that spans lines (`ports = [\n 1,\n 99999999999999999999,\n]`): the key
+        // is on the nearest line above with one, unless a table header comes first.
+        let above = text[..line_start].lines().rev().find(|l| {
+            let l = l.trim_start();
+            l.contains('=') || l.starts_with('[') && !l.starts_with("[ ")
+        })?;
+        let eq = above.find('=')?;
+        &above[..eq + 1]
     };
     let mut parts: Vec<String> = Vec::new();
     for segment in head.split('{') {

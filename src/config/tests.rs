@@ -222,6 +222,10 @@ fn out_of_range_numbers_name_their_key_and_line() {
             "environment = \"p\"\n[hooks]\ntimeout = 1e400\n",
             ":3: hooks.timeout:",
         ),
+        (
+            "environment = \"p\"\n[restore]\nprobe_ports = [\n  17070,\n  99999999999999999999,\n]\n",
+            ":5: restore.probe_ports:",
+        ),
     ] {
         let e = err(text);
         assert!(e.contains(want), "want {want}, got {e}");
