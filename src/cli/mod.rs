@@ -132,6 +132,14 @@ enum Command {
         /// age identity file, to read an encrypted (`.age`) archive.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Restore setuid/setgid bits and file capabilities (`security.capability`) as archived;
+        /// without it they are stripped, and the plan lists the files.
+        #[arg(long)]
+        keep_privileges: bool,
+        /// Restore the files even though this host cannot restore the archive's database (the
+        /// plan and the summary say so); without it such a restore is refused before any change.
+        #[arg(long)]
+        skip_database: bool,
     },
 }
 
@@ -214,6 +222,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             target_root,
             address,
             identity,
+            keep_privileges,
+            skip_database,
         } => {
             let cfg = load_config(config_flag)?;
             let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
@@ -225,6 +235,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 target_root,
                 address,
                 identities: load_identities(identity)?,
+                keep_privileges,
+                model_uuid: cfg.controller.model_uuid.clone(),
+                skip_database,
             };
             restore(&cfg, &opts, dry_run, yes)
         }

@@ -50,6 +50,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Loading on the blocking pool panicked (a bug, reported rather than lost).
+    #[error("loading the config panicked: {0}")]
+    Panicked(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
