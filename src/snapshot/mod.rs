@@ -187,7 +187,8 @@ fn snapshot_and_write(
         .create(dir)
         .map_err(io_err("create archive directory", dir))?;
 
-    let plan = files::plan(cfg.files)?;
+    // An archive must never contain the archives before it (or the state beside them).
+    let plan = files::plan(cfg.files, &[cfg.archive_dir, cfg.state_dir])?;
     let engine = db::from_config(cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
     let staged = plan.bytes + db_estimate;
