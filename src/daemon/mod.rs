@@ -94,6 +94,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("another juju-brd daemon answers on {}", .0.display())]
     SocketInUse(PathBuf),
+    #[error("api.socket {} exists and is {what}, not a stale socket; refusing to remove it (choose another api.socket, or move it away)", path.display())]
+    NotASocket { path: PathBuf, what: &'static str },
     #[error("{what} {}: {err}", path.display())]
     Io {
         what: &'static str,
@@ -257,10 +259,11 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Binds the API socket: refuses if a daemon answers there, removes a stale socket file, applies
-/// the configured mode.
+/// Binds the API socket: refuses if a daemon answers there, removes a stale socket (a socket
+/// file nobody listens on), applies the configured mode. Anything else at that path (a regular
+/// file, a directory, a symlink, a FIFO) is not ours to delete: refused, naming what it is.
 pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |err| DaemonError::Io { what, path, err }
@@ -268,15 +271,59 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create socket directory"))?;
     }
-    if path.symlink_metadata().is_ok() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+    match path.symlink_metadata() {
+        Ok(md) if md.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(DaemonError::SocketInUse(path.to_path_buf())),
+                // Nobody listens: what a daemon that died leaves behind.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // Still that very socket (not swapped for a file meanwhile)?
+                    let same = path.symlink_metadata().is_ok_and(|now| {
+                        use std::os::unix::fs::MetadataExt;
+                        now.file_type().is_socket()
+                            && (now.dev(), now.ino()) == (md.dev(), md.ino())
+                    });
+                    if !same {
+                        return Err(DaemonError::NotASocket {
+                            path: path.to_path_buf(),
+                            what: "changing under us",
+                        });
+                    }
+                    tracing::info!(path = %path.display(), "removing the stale socket of an earlier daemon");
+                    std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+                }
+                Err(e) => return Err(io("probe existing socket")(e)),
+            }
         }
-        std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+        Ok(md) => {
+            return Err(DaemonError::NotASocket {
+                path: path.to_path_buf(),
+                what: describe(md.file_type()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat")(e)),
     }
     let listener = UnixListener::bind(path).map_err(io("bind"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
     Ok(listener)
+}
+
+fn describe(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
 }
 
 /// Runs until `shutdown` resolves. The caller has taken the state-dir lock and bound `listener`.
