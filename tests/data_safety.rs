@@ -553,3 +553,272 @@ fn archive_and_state_dirs_inside_the_backed_up_tree_are_never_archived() {
         stderr(&out)
     );
 }
+
+// ---- item 18: api.socket naming something that is not a stale socket ----
+
+/// Writes a daemon config for `env` with `api.socket = socket` (no schedule).
+fn daemon_config(env: &Env, socket: &Path, extra: &str) {
+    env.config(
+        "",
+        &format!(
+            "{}\n[api]\nsocket = \"{}\"\nsocket_mode = \"0600\"\n[schedule]\ncron = \"\"\n{extra}",
+            env.sqlite_section(),
+            socket.display()
+        ),
+    );
+}
+
+/// `juju-brd daemon` started for `env`; killed when dropped.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits (bounded) until its socket answers `/healthz`.
+    fn start(env: &Env, socket: &Path) -> Daemon {
+        let log = env.path("daemon.log");
+        let child = Command::new(BIN)
+            .arg("daemon")
+            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+            .env_remove("JUJU_ENV")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon {
+            child,
+            socket: socket.to_path_buf(),
+            log,
+        };
+        let rt = common::rt();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = rt
+                .block_on(juju_brd::api::client::request(
+                    &d.socket,
+                    hyper::Method::GET,
+                    "/healthz",
+                    None,
+                ))
+                .is_ok_and(|(s, _)| s.is_success());
+            if ok {
+                return d;
+            }
+            if let Some(st) = d.child.try_wait().unwrap() {
+                panic!("daemon exited ({st}):\n{}", d.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "daemon did not answer within 30 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn request(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> (hyper::StatusCode, String) {
+        let rt = common::rt();
+        let (s, b) = rt
+            .block_on(juju_brd::api::client::request(
+                &self.socket,
+                method,
+                path,
+                body,
+            ))
+            .unwrap();
+        (s, String::from_utf8_lossy(&b).into_owned())
+    }
+
+    fn get_json(&self, path: &str) -> serde_json::Value {
+        let (s, b) = self.request(hyper::Method::GET, path, None);
+        assert!(
+            s.is_success(),
+            "{path}: {s} {}",
+            b.chars().take(500).collect::<String>()
+        );
+        serde_json::from_str(&b).unwrap()
+    }
+
+    /// SIGTERM, then a bounded wait for the exit.
+    fn stop(mut self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let end = Instant::now() + Duration::from_secs(90);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < end, "daemon did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The daemon, which must refuse to start: its stderr.
+fn daemon_refuses(env: &Env) -> String {
+    let out = run_bounded(env, &["daemon"], Duration::from_secs(30))
+        .expect("the daemon should have refused to start, not run");
+    assert!(!out.status.success(), "the daemon started");
+    stderr(&out)
+}
+
+#[test]
+fn api_socket_naming_anything_but_a_stale_socket_is_refused_and_left_alone() {
+    let env = Env::new(1);
+    let run = env.path("run");
+    std::fs::create_dir_all(&run).unwrap();
+
+    // Someone's regular file.
+    let file = run.join("precious.txt");
+    std::fs::write(&file, b"do not delete me\n").unwrap();
+    daemon_config(&env, &file, "");
+    let err = daemon_refuses(&env);
+    assert!(
+        err.contains("precious.txt") && err.contains("is a regular file, not a stale socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"do not delete me\n");
+
+    // A symlink to it: neither the link nor its target goes.
+    let link = run.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    daemon_config(&env, &link, "");
+    let err = daemon_refuses(&env);
+    assert!(err.contains("is a symlink, not a stale socket"), "{err}");
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&file).unwrap(), b"do not delete me\n");
+
+    // A directory, a FIFO.
+    let dir = run.join("dir.sock");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("inside"), b"x").unwrap();
+    daemon_config(&env, &dir, "");
+    assert!(daemon_refuses(&env).contains("is a directory"));
+    assert!(dir.join("inside").exists());
+    let fifo = run.join("fifo.sock");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    daemon_config(&env, &fifo, "");
+    assert!(daemon_refuses(&env).contains("is a FIFO"));
+    assert!(fifo.exists());
+
+    // A socket someone listens on: refused, and it keeps working.
+    let live = run.join("live.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    daemon_config(&env, &live, "");
+    assert!(daemon_refuses(&env).contains("another juju-brd daemon answers"));
+    assert!(std::os::unix::net::UnixStream::connect(&live).is_ok());
+    drop(listener);
+
+    // Now stale (nobody listens): removed, and the daemon serves there.
+    daemon_config(&env, &live, "");
+    let d = Daemon::start(&env, &live);
+    assert_eq!(
+        d.request(hyper::Method::GET, "/healthz", None).0,
+        hyper::StatusCode::OK
+    );
+    d.stop();
+}
+
+// ---- item 17: notes that would break the metadata size cap ----
+
+fn archives_in(env: &Env) -> Vec<String> {
+    env.archive_dir_listing()
+        .into_iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+        .collect()
+}
+
+/// Waits (bounded) for job `id` to finish; returns its record.
+fn wait_job(d: &Daemon, id: &str) -> serde_json::Value {
+    let end = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = d.get_json(&format!("/v1/jobs/{id}"));
+        if j["state"] == "succeeded" || j["state"] == "failed" {
+            return j;
+        }
+        assert!(
+            Instant::now() < end,
+            "job {id} did not finish: {}",
+            j["state"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
+    let env = Env::new(1);
+    let socket = env.path("run/juju-brd.sock");
+    // Without verify_after the old daemon wrote such an archive and called it a success.
+    daemon_config(&env, &socket, "[backup]\nverify_after = false\n");
+    let d = Daemon::start(&env, &socket);
+    let limit = juju_brd::archive::metadata::MAX_NOTES_BYTES as usize;
+    let post = |notes: &str| {
+        let body = serde_json::to_vec(&serde_json::json!({ "notes": notes })).unwrap();
+        d.request(hyper::Method::POST, "/v1/backups", Some(body))
+    };
+
+    // 1.5 MB of text: under the 2 MB body limit, four times over the notes limit.
+    let short = |b: &str| b.chars().take(300).collect::<String>();
+    let (code, body) = post(&"n".repeat(1_500_000));
+    assert_eq!(code, hyper::StatusCode::BAD_REQUEST, "{}", short(&body));
+    assert!(body.contains("notes are too long"), "{body}");
+    // Control characters count as stored: 200,000 of them are 1.2 MB of metadata.json.
+    let (code, body) = post(&"\u{1}".repeat(200_000));
+    assert_eq!(code, hyper::StatusCode::BAD_REQUEST, "{}", short(&body));
+    assert!(archives_in(&env).is_empty(), "an archive was written");
+    assert!(d.get_json("/v1/status")["current_job"].is_null());
+
+    // At the limit: taken, and the archive verifies and shows its notes.
+    let (code, body) = post(&"n".repeat(limit));
+    assert_eq!(code, hyper::StatusCode::ACCEPTED, "{}", short(&body));
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = wait_job(&d, &id);
+    assert_eq!(job["state"], "succeeded", "{}", job["error"]);
+    let path = job["archive"]["path"].as_str().unwrap().to_string();
+    let v = env.run(&["verify", &path]);
+    assert!(v.status.success(), "{}", stderr(&v));
+
+    // The CLI through the daemon: refused before anything is sent.
+    let out = env.run(&["backup", "--notes", &"\u{1}".repeat(100_000)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("notes are too long"),
+        "{}",
+        stderr(&out)
+    );
+    d.stop();
+
+    // And offline: refused, nothing written.
+    let before = env.archive_dir_listing();
+    let out = env.run(&["backup", "--offline", "--notes", &"\u{1}".repeat(100_000)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("notes are too long"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.archive_dir_listing(), before);
+}

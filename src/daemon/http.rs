@@ -108,6 +108,8 @@ async fn trigger(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?
     };
+    crate::archive::metadata::check_notes(&req.notes)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let (job, created) = d.trigger(JobKind::Api, req.notes).ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
