@@ -822,3 +822,101 @@ fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
     );
     assert_eq!(env.archive_dir_listing(), before);
 }
+
+// ---- item 14: archives named in the future ----
+
+/// Triggers a backup through the daemon and waits for it; returns the job record.
+fn backup_through(d: &Daemon) -> serde_json::Value {
+    let (code, body) = d.request(hyper::Method::POST, "/v1/backups?wait=true", None);
+    assert_eq!(code, hyper::StatusCode::OK, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"].clone()
+}
+
+#[test]
+fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
+    let env = Env::new(1);
+    let socket = env.path("run/juju-brd.sock");
+    daemon_config(&env, &socket, "[retention]\nkeep_last = 1\n");
+    let d = Daemon::start(&env, &socket);
+    let first = backup_through(&d);
+    let first_path = PathBuf::from(first["archive"]["path"].as_str().unwrap());
+
+    // The clock was years ahead when this one was taken: a good archive with a lying name,
+    // verified, so that it would also pass for the newest verified one.
+    let future = "juju-backup-20991231-235959.tar.gz";
+    let future_path = env.archives().join(future);
+    std::fs::copy(&first_path, &future_path).unwrap();
+    let sidecar = std::fs::read_to_string(format!("{}.sha256", first_path.display())).unwrap();
+    std::fs::write(
+        format!("{}.sha256", future_path.display()),
+        sidecar.replace(first_path.file_name().unwrap().to_str().unwrap(), future),
+    )
+    .unwrap();
+    let v = env.run(&["verify", future_path.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", stderr(&v));
+
+    // Two more real backups, each pruned after it is taken with keep_last = 1.
+    for round in 0..2 {
+        let job = backup_through(&d);
+        let name = job["archive"]["name"].as_str().unwrap().to_string();
+        let now = archives_in(&env);
+        assert!(
+            now.contains(&name),
+            "round {round}: the backup just taken ({name}) was deleted; left: {now:?}"
+        );
+        assert!(now.contains(&future.to_string()), "{now:?}");
+        assert_eq!(now.len(), 2, "round {round}: {now:?}");
+    }
+    assert!(
+        !first_path.exists(),
+        "keep_last = 1 kept the oldest real archive"
+    );
+
+    // Said in status, in prune's output (API and CLI) and in the log.
+    let status = d.get_json("/v1/status");
+    assert_eq!(
+        status["future_dated_archives"],
+        serde_json::json!([future]),
+        "{status}"
+    );
+    let (code, body) = d.request(hyper::Method::POST, "/v1/prune?dry_run=true", None);
+    assert_eq!(code, hyper::StatusCode::OK);
+    let decisions: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let fd = decisions["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == future)
+        .unwrap();
+    assert_eq!(fd["keep"], true);
+    assert!(
+        fd["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("future-dated: named 2099-12-31 23:59:59 UTC"),
+        "{fd}"
+    );
+    let out = env.run(&["prune", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("(future-dated: named 2099-12-31"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = env.run(&["status"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("FUTURE-DATED:  {future}")),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(d.log().contains("future-dated archive"), "{}", d.log());
+    // Deleting the real newest verified archive still needs ?force=true.
+    let newest = archives_in(&env).into_iter().find(|n| n != future).unwrap();
+    let (code, _) = d.request(
+        hyper::Method::DELETE,
+        &format!("/v1/backups/{newest}"),
+        None,
+    );
+    assert_eq!(code, hyper::StatusCode::CONFLICT);
+    d.stop();
+}

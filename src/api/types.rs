@@ -74,6 +74,10 @@ pub struct StatusResponse {
     /// One entry per `[[remote]]`.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,
+    /// Archives named with a date after now (the clock was ahead when they were taken):
+    /// retention keeps them and does not count them as newest; an operator should look.
+    #[serde(default)]
+    pub future_dated_archives: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -152,6 +152,7 @@ pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&archives)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let now = chrono::Utc::now();
     let rows: Vec<_> = archives
         .iter()
         .map(|a| {
@@ -160,7 +161,12 @@ pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCod
                 catalog::VerifyState::Failed => "FAILED",
                 catalog::VerifyState::Unverified => "unverified",
             };
-            (a.name.as_str(), a.size, a.started, state.to_string())
+            let state = if crate::retention::is_future_dated(a.started, now) {
+                format!("{state}, FUTURE-DATED (clock was ahead?)")
+            } else {
+                state.to_string()
+            };
+            (a.name.as_str(), a.size, a.started, state)
         })
         .collect();
     print_archive_table(

@@ -77,7 +77,7 @@ pub(super) fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode>
 
 pub(super) fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
     let decisions: Vec<(String, bool, String)> = match lock_or_daemon(cfg, "prune")? {
-        Some(_lock) => catalog::prune(&cfg.site(), dry_run)?
+        Some(_lock) => catalog::prune(&cfg.site(), dry_run, None)?
             .into_iter()
             .map(|d| (d.name, d.keep, d.reason))
             .collect(),

@@ -48,6 +48,9 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         s.archive_count,
         human_bytes(s.free_space_bytes)
     );
+    for a in &s.future_dated_archives {
+        println!("FUTURE-DATED:  {a} (named after now: was the clock ahead? kept, not counted as newest)");
+    }
     for r in &s.remotes {
         let health = match (&r.last_error, r.last_success) {
             (Some(e), _) => format!("FAILING: {e}"),

@@ -188,15 +188,19 @@ impl Daemon {
     }
 
     /// Applies retention on the blocking pool (it lists and deletes files), one run at a time.
+    /// `just_taken`, the archive a backup has just written, is never deleted.
     pub async fn prune(
         &self,
         dry_run: bool,
+        just_taken: Option<String>,
     ) -> Result<Vec<crate::retention::Decision>, catalog::PruneError> {
         let _one_at_a_time = self.prune_lock.lock().await;
         let cfg = self.config();
-        tokio::task::spawn_blocking(move || catalog::prune(&cfg.site(), dry_run))
-            .await
-            .unwrap_or_else(|e| Err(catalog::PruneError::Panicked(e.to_string())))
+        tokio::task::spawn_blocking(move || {
+            catalog::prune(&cfg.site(), dry_run, just_taken.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(catalog::PruneError::Panicked(e.to_string())))
     }
 
     /// Re-reads the config file; a config that does not load is rejected and the old one kept.

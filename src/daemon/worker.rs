@@ -100,12 +100,12 @@ async fn run_job(
             daemon
                 .save_state(|s| {
                     s.last_success = Some(now);
-                    s.last_archive = Some(name);
+                    s.last_archive = Some(name.clone());
                     s.last_error = None;
                     s.running_job = None;
                 })
                 .await;
-            prune(daemon).await;
+            prune(daemon, Some(name)).await;
         }
         Ok(Err(e)) => fail_job(daemon, &job, seconds, e.to_string()).await,
         Err(e) => fail_job(daemon, &job, seconds, format!("backup task panicked: {e}")).await,
@@ -119,8 +119,10 @@ async fn run_job(
     }
     let _ = job.done.send(true);
     notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
-    if job.info().state == JobState::Succeeded && !cfg.remotes.is_empty() {
-        replicate(daemon, &cfg, tick, pinging, stop).await;
+    let info = job.info();
+    if info.state == JobState::Succeeded && !cfg.remotes.is_empty() {
+        let just_taken = info.archive.map(|a| a.name);
+        replicate(daemon, &cfg, just_taken, tick, pinging, stop).await;
     }
 }
 
@@ -130,6 +132,7 @@ async fn run_job(
 async fn replicate(
     daemon: &Arc<Daemon>,
     cfg: &Arc<Config>,
+    just_taken: Option<String>,
     tick: &mut tokio::time::Interval,
     pinging: bool,
     stop: &mut watch::Receiver<bool>,
@@ -164,13 +167,14 @@ async fn replicate(
     }
     // Archives that were pinned only because they were not off-host yet may go now.
     if uploaded {
-        prune(daemon).await;
+        prune(daemon, just_taken).await;
     }
 }
 
-/// Retention after a backup or a copy; a failure is logged, never fails the job.
-async fn prune(daemon: &Daemon) {
-    if let Err(e) = daemon.prune(false).await {
+/// Retention after a backup or a copy (never deleting the archive just taken); a failure is
+/// logged, never fails the job.
+async fn prune(daemon: &Daemon, just_taken: Option<String>) {
+    if let Err(e) = daemon.prune(false, just_taken).await {
         tracing::warn!(error = %e, "retention not applied");
     }
 }
