@@ -22,6 +22,10 @@ pub struct ArchiveInfo {
     pub started: DateTime<Utc>,
     pub modified: DateTime<Utc>,
     pub verification: VerifyState,
+    /// When the archive was last read completely (verify, `list --verify`, the scrub, the
+    /// backup's own read-back). The result holds while the file is not replaced; it cannot see
+    /// bit rot since then, which only another read finds.
+    pub checked_at: Option<DateTime<Utc>>,
     /// Sealed with age; reading it needs an identity.
     pub encrypted: bool,
     /// From the sidecar's listing line, when it has one.
@@ -56,9 +60,10 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             _ => continue,
         };
         let name = parsed.to_string();
-        let verification = match cache.result(&name, &md) {
-            Some(true) => VerifyState::Verified,
-            Some(false) => VerifyState::Failed,
+        let checked = cache.checked(&name, &md);
+        let verification = match checked {
+            Some((true, _)) => VerifyState::Verified,
+            Some((false, _)) => VerifyState::Failed,
             None => VerifyState::Unverified,
         };
         let environment = crate::archive::sidecar::read(&entry.path())
@@ -74,6 +79,7 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             name,
             parsed,
             verification,
+            checked_at: checked.and_then(|(_, at)| at),
         });
     }
     out.sort_by(|a, b| b.parsed.cmp(&a.parsed));
@@ -189,9 +195,15 @@ pub fn prune(
     {
         tracing::warn!(archive = %d.name, reason = %d.reason, "future-dated archive");
     }
-    // An archive that has not reached every remote is the only copy there is: keep it.
+    // An archive that has not reached every remote is the only copy there is: keep it. (Not one
+    // that failed verification: it is never copied, so it would be kept forever.)
     let ledger = Ledger::load(&cfg.state_dir);
-    for d in decisions.iter_mut().filter(|d| !d.keep) {
+    let failed = |name: &str| {
+        archives
+            .iter()
+            .any(|a| a.name == name && a.verification == VerifyState::Failed)
+    };
+    for d in decisions.iter_mut().filter(|d| !d.keep && !failed(&d.name)) {
         let missing = ledger.missing(&d.name, cfg.remote_names.iter().map(String::as_str));
         if !missing.is_empty() {
             d.keep = true;

@@ -920,3 +920,228 @@ fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
     assert_eq!(code, hyper::StatusCode::CONFLICT);
     d.stop();
 }
+
+// ---- item 15: bit rot, and the scrub that finds it ----
+
+/// Flips one byte in the middle of `path`, keeping its size and mtime: what rot looks like.
+fn rot(path: &Path) {
+    use std::io::{Read, Seek, SeekFrom};
+    let md = std::fs::metadata(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let at = md.len() / 2;
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    f.seek(SeekFrom::Start(at)).unwrap();
+    f.write_all(&[b[0] ^ 0x10]).unwrap();
+    f.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(md.modified().unwrap())
+            .set_accessed(md.accessed().unwrap()),
+    )
+    .unwrap();
+    drop(f);
+    let after = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (md.len(), md.modified().unwrap())
+    );
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn bit_rot_is_seen_by_list_verify_and_then_retention_stops_trusting_the_archive() {
+    let env = Env::new(1);
+    env.config("", "[retention]\nkeep_last = 1\n");
+    let older = env.backup();
+    let newest = env.backup();
+    let newest_name = newest.file_name().unwrap().to_str().unwrap().to_string();
+    let older_name = older.file_name().unwrap().to_str().unwrap().to_string();
+    rot(&newest);
+    // verify (of a copy, so that nothing is recorded for the original) sees it.
+    let copy = env.path("copy.tar.gz");
+    std::fs::copy(&newest, &copy).unwrap();
+    let v = env.run(&["verify", copy.to_str().unwrap()]);
+    assert!(!v.status.success(), "verify missed the flipped byte");
+
+    // A plain list shows what was found when it was last read: it cannot know more.
+    let out = env.run(&["list"]);
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with(&newest_name) && l.contains("verified")),
+        "{}",
+        stdout(&out)
+    );
+    // list --verify reads every archive, cached result or not.
+    let out = env.run(&["list", "--verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = stdout(&out);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not listed:\n{table}"))
+            .to_string()
+    };
+    assert!(row(&newest_name).contains("FAILED"), "{table}");
+    assert!(row(&older_name).contains("verified"), "{table}");
+    let out = env.run(&["list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["verification"], "failed", "{listed}");
+    assert!(listed[0]["checked_at"].is_string(), "{listed}");
+
+    // Retention now keeps the older, sound archive as the newest verified one.
+    let out = env.run(&["prune", "--dry-run"]);
+    let plan = stdout(&out);
+    let older_line = plan.lines().find(|l| l.contains(&older_name)).unwrap();
+    assert!(
+        older_line.starts_with("keep") && older_line.contains("newest verified archive"),
+        "{plan}"
+    );
+}
+
+fn s3_credentials(env: &Env) {
+    std::fs::write(
+        env.path("s3.credentials"),
+        format!(
+            "[default]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            common::ACCESS_KEY,
+            common::SECRET_KEY
+        ),
+    )
+    .unwrap();
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
+    let env = Env::new(1);
+    let s3 = common::S3Server::start(&env.path("s3data"), common::free_port());
+    s3_credentials(&env);
+    let socket = env.path("run/juju-brd.sock");
+    let remote = format!(
+        "[retention]\nkeep_last = 2\n[scrub]\ninterval = \"2s\"\n\
+         [[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"{}\"\n\
+         prefix = \"ctl\"\npath_style = true\ncredentials_file = \"s3.credentials\"\n\
+         retries = 1\nretry_delay = \"50ms\"\n",
+        s3.port,
+        common::BUCKET
+    );
+    daemon_config(&env, &socket, &remote);
+    let d = Daemon::start(&env, &socket);
+    let older = backup_through(&d)["archive"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let newest = backup_through(&d)["archive"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(archives_in(&env), {
+        let mut v = vec![older.clone(), newest.clone()];
+        v.sort();
+        v
+    });
+    let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = d.get_json("/v1/status");
+            if f(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "no {what} within 60 s: {}\n{}",
+                s["scrub"],
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The first scrubs find everything sound.
+    let s = wait_for("sound scrub", &|s| s["scrub"]["state"] == "ok");
+    assert!(s["scrub"]["next_run"].is_string(), "{}", s["scrub"]);
+    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    assert!(metric(&m, "juju_brd_scrub_last_success_timestamp_seconds") > 0.0);
+    assert_eq!(metric(&m, "juju_brd_scrub_failures_total"), 0.0);
+
+    // Rot: a byte of the newest archive here, a byte of the older one's copy there.
+    rot(&env.archives().join(&newest));
+    rot(&s3.object(&format!("ctl/{older}")));
+    let s = wait_for("failed scrub", &|s| s["scrub"]["state"] == "failed");
+    let damaged: Vec<String> = serde_json::from_value(s["scrub"]["damaged"].clone()).unwrap();
+    assert!(damaged.contains(&newest), "{damaged:?}");
+    assert!(
+        damaged.contains(&format!("{older} on remote offsite")),
+        "{damaged:?}"
+    );
+    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    assert!(metric(&m, "juju_brd_scrub_failures_total") >= 2.0, "{m}");
+    assert!(
+        d.log().contains("scrub: the archive is damaged"),
+        "{}",
+        d.log()
+    );
+
+    // The rotten archive is failed, so the older one is now the newest verified: the API
+    // refuses to delete it without ?force, as retention keeps it.
+    let listed = d.get_json("/v1/backups");
+    let rotten = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == newest.as_str())
+        .unwrap();
+    assert_eq!(rotten["verification"], "failed");
+    let (code, body) = d.request(hyper::Method::DELETE, &format!("/v1/backups/{older}"), None);
+    assert_eq!(code, hyper::StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("newest verified"), "{body}");
+    // ...and its damaged remote copy is copied again after the next backup.
+    let ledger = std::fs::read_to_string(env.path("state/replicated.json")).unwrap();
+    let ledger: serde_json::Value = serde_json::from_str(&ledger).unwrap();
+    assert!(
+        ledger["copies"][&older]["offsite"].is_null(),
+        "still counted as copied: {ledger}"
+    );
+    backup_through(&d);
+    // Replication runs after the job is reported done.
+    let sound_copy = || {
+        use sha2::Digest;
+        let copy = std::fs::read(s3.object(&format!("ctl/{older}"))).unwrap_or_default();
+        let side =
+            std::fs::read_to_string(s3.object(&format!("ctl/{older}.sha256"))).unwrap_or_default();
+        side.split_whitespace().next() == Some(&hex::encode(sha2::Sha256::digest(&copy)))
+    };
+    let end = Instant::now() + Duration::from_secs(60);
+    while !sound_copy() {
+        assert!(
+            Instant::now() < end,
+            "the damaged remote copy was not replaced:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = env.run(&["status"]);
+    assert!(
+        stdout(&out).contains("scrub:         FAILED"),
+        "{}",
+        stdout(&out)
+    );
+    d.stop();
+}

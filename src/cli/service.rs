@@ -48,6 +48,31 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         s.archive_count,
         human_bytes(s.free_space_bytes)
     );
+    let sc = &s.scrub;
+    if !sc.enabled {
+        println!("scrub:         off");
+    } else {
+        let next = sc.next_run.map_or("-".into(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        });
+        match sc.state.as_str() {
+            "never" => println!("scrub:         none yet, next {next}"),
+            "ok" => println!("scrub:         ok {}, next {next}", when(sc.last_run)),
+            _ => {
+                println!(
+                    "scrub:         FAILED {}, next {next}; last sound {}",
+                    when(sc.last_run),
+                    when(sc.last_success)
+                );
+                for d in &sc.damaged {
+                    println!("  DAMAGED:     {d}");
+                }
+                if let Some(e) = &sc.error {
+                    println!("  error:       {e}");
+                }
+            }
+        }
+    }
     for a in &s.future_dated_archives {
         println!("FUTURE-DATED:  {a} (named after now: was the clock ahead? kept, not counted as newest)");
     }
@@ -105,8 +130,11 @@ pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
         };
         let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
         let _ = std::fs::remove_file(&socket);
-        Ok(result?)
+        Ok::<_, anyhow::Error>(result?)
     })?;
+    // A scrub's read of a large archive may still be running on the blocking pool: it only
+    // reads, so it is not waited for beyond a moment.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(ExitCode::SUCCESS)
 }
 

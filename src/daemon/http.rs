@@ -311,6 +311,23 @@ async fn status(State(d): Shared) -> Result<Response, ApiError> {
         current_job: current,
         remotes: remote_status(&d, &cfg, &view),
         future_dated_archives: catalog::future_dated(&view.archives, chrono::Utc::now()),
+        scrub: crate::api::types::ScrubStatus {
+            enabled: cfg.scrub.enabled(),
+            state: match (
+                &s.last_scrub,
+                s.scrub_damaged.is_empty() && s.scrub_error.is_none(),
+            ) {
+                (None, _) => "never",
+                (Some(_), true) => "ok",
+                (Some(_), false) => "failed",
+            }
+            .into(),
+            last_run: s.last_scrub,
+            last_success: s.last_scrub_success,
+            next_run: d.next_scrub(),
+            damaged: s.scrub_damaged.clone(),
+            error: s.scrub_error.clone(),
+        },
     })
     .into_response())
 }

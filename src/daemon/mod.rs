@@ -79,6 +79,8 @@ pub struct Daemon {
     work: mpsc::UnboundedSender<Arc<Job>>,
     state: Mutex<DaemonState>,
     next_run: Mutex<Option<DateTime<Utc>>>,
+    /// When the worker will scrub next (`None`: scrubbing is off).
+    next_scrub: Mutex<Option<DateTime<Utc>>>,
     pub metrics: Metrics,
     reloaded: Notify,
     stopping: AtomicBool,
@@ -120,6 +122,7 @@ impl Daemon {
             work,
             state: Mutex::new(state),
             next_run: Mutex::new(None),
+            next_scrub: Mutex::new(None),
             metrics: Metrics::default(),
             reloaded: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -138,6 +141,10 @@ impl Daemon {
 
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
         *self.next_run.lock().expect("next_run lock")
+    }
+
+    pub fn next_scrub(&self) -> Option<DateTime<Utc>> {
+        *self.next_scrub.lock().expect("next_scrub lock")
     }
 
     pub fn current_job(&self) -> Option<Arc<Job>> {
@@ -253,7 +260,11 @@ impl Daemon {
         let next = self.next_run().map_or("no schedule".into(), |n| {
             format!("next {}", n.format("%Y-%m-%d %H:%M UTC"))
         });
-        format!("idle, {last}, {next}")
+        let scrub = match s.scrub_damaged.len() {
+            0 => String::new(),
+            n => format!(", SCRUB FOUND {n} DAMAGED"),
+        };
+        format!("idle, {last}, {next}{scrub}")
     }
 }
 

@@ -83,6 +83,15 @@ async fn run_one(
     let pending: Vec<&ArchiveInfo> = local
         .iter()
         .filter(|a| !ledger.has(&a.name, &rc.name))
+        .filter(|a| {
+            // Its bytes no longer match its sidecar: the read-back would refuse it every time
+            // and hold up the archives behind it.
+            let failed = a.verification == crate::catalog::VerifyState::Failed;
+            if failed {
+                tracing::warn!(remote = %rc.name, archive = %a.name, "not copied: it failed verification");
+            }
+            !failed
+        })
         .collect();
     for a in pending {
         let mut attempt = 0;
