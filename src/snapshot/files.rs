@@ -15,10 +15,12 @@
 //!   in the same directory) is skipped with a warning, unless a `files.include` glob matched it
 //!   itself: a required path that vanishes fails the backup.
 //! - A regular file is opened with `O_NONBLOCK | O_NOFOLLOW | O_NOCTTY` and kept only if `fstat`
-//!   of the open file shows the regular file `lstat` saw (same device and inode). A FIFO, socket,
-//!   device or symlink swapped in between `lstat` and `open` therefore never blocks the backup and
-//!   is never read: the path is looked at again and archived as what it now is (a symlink), or
-//!   skipped with a warning (FIFO, socket, device), or, for a required path, refused.
+//!   of the open file shows a regular file (described by that `fstat`, not by the `lstat` before:
+//!   a file renamed into place in between is simply the newer version). A FIFO, socket, device or
+//!   symlink swapped in between `lstat` and `open` therefore never blocks the backup and is never
+//!   read: the path is looked at again and archived as what it now is (a symlink), or skipped
+//!   with a warning (FIFO, socket, device), or, for a required path, refused. (Under the unit,
+//!   `DevicePolicy=closed` keeps even the non-blocking open of a device from happening.)
 //! - An open file is read through that descriptor only, so a file replaced by `rename` while we
 //!   wait for it to settle or read it is archived as the whole version we opened.
 //! - juju-brd's own directories (`archive_dir`, `state_dir`) are never archived, wherever they sit
@@ -433,8 +435,8 @@ struct Member<'a> {
 
 /// What opening a path that `lstat` showed as a regular file gave.
 enum Opened {
-    /// The regular file `lstat` saw.
-    File(File),
+    /// A regular file, with its `fstat`.
+    File(File, std::fs::Metadata),
     /// The path is gone.
     Gone,
     /// Something else is there now (another file, a FIFO, a socket, a device, a symlink).
@@ -442,7 +444,9 @@ enum Opened {
 }
 
 /// Opens `real` for reading without following a symlink, without blocking on a FIFO or a device
-/// and without acquiring a terminal, and keeps it only if it is the regular file `seen` described.
+/// and without acquiring a terminal, and keeps it only if `fstat` shows a regular file. That may
+/// be another regular file than the one `seen` described (replaced by `rename` in between, as
+/// Juju writes its files): it is what the path holds now, and its own metadata describes it.
 fn open_regular(real: &Path, seen: &std::fs::Metadata) -> Result<Opened, SnapshotError> {
     let opened = std::fs::OpenOptions::new()
         .read(true)
@@ -463,8 +467,8 @@ fn open_regular(real: &Path, seen: &std::fs::Metadata) -> Result<Opened, Snapsho
         }
     };
     let md = file.metadata().map_err(io_err("stat", real))?;
-    if md.is_file() && same_inode(&md, seen) {
-        Ok(Opened::File(file))
+    if md.is_file() {
+        Ok(Opened::File(file, md))
     } else {
         Ok(Opened::Changed)
     }
@@ -564,14 +568,15 @@ impl Member<'_> {
                 tracing::warn!(path = %self.host.display(), "{what}, not a regular file, directory or symlink; skipped");
                 return Ok(None);
             }
-            let file = match open_regular(&real, &md)? {
-                Opened::File(f) => f,
+            let (file, md) = match open_regular(&real, &md)? {
+                Opened::File(f, md) => (f, md),
                 Opened::Gone => return self.vanished(),
                 Opened::Changed => {
                     tracing::info!(path = %self.host.display(), attempt, "replaced between stat and open; looking at it again");
                     continue;
                 }
             };
+            let mut header = header_for(&md, names);
             let id = (md.dev(), md.ino());
             if md.nlink() > 1 {
                 if let Some(first) = hardlinks.get(&id) {
