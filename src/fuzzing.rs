@@ -30,3 +30,31 @@ pub fn archive(data: &[u8]) {
 pub fn root_tar(data: &[u8]) {
     let _ = crate::archive::verify::check_root_tar(data, None);
 }
+
+/// An inner root.tar stream, extracted as restore would: into a scratch target root inside a
+/// private directory, then rolled back. Besides never panicking, nothing may appear outside the
+/// target, and the rollback must leave it empty again.
+pub fn restore_extract(data: &[u8]) {
+    use crate::restore::extract::{extract, ExtractOptions, Journal};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("target");
+    std::fs::create_dir(&target).expect("target dir");
+    let mut journal = Journal::new(&target).expect("journal");
+    let _ = extract(
+        data,
+        &mut journal,
+        None,
+        ExtractOptions::default(),
+        &mut |_, _| {},
+    );
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(outside, ["target"], "extraction wrote outside its target");
+    journal.rollback().expect("rollback");
+    assert!(
+        std::fs::read_dir(&target).expect("list").next().is_none(),
+        "rollback left files behind"
+    );
+}

@@ -13,10 +13,6 @@ use std::time::Duration;
 
 use common::{stderr, system_untar, Env};
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 /// Every member extracted from root.tar matches the original tree: bytes, mode, owner, mtime,
 /// symlink target.
 fn assert_tree_matches(original_root: &Path, extracted: &Path) -> usize {
@@ -60,10 +56,24 @@ fn assert_tree_matches(original_root: &Path, extracted: &Path) -> usize {
 
 #[test]
 fn round_trip_through_system_tar() {
+    round_trip(false);
+}
+
+/// As `round_trip_through_system_tar`, with a file owned by `nobody`: its owner survives the trip.
+#[test]
+#[ignore = "needs root: chowns a file to nobody and extracts with --same-owner"]
+fn round_trip_through_system_tar_keeps_a_foreign_owner() {
+    common::require_root("chowns a file to nobody and extracts with --same-owner");
+    round_trip(true);
+}
+
+/// Backup, then the system tar extracts the archive and its root.tar; everything matches the
+/// original tree. With `foreign_owner` (root only) one file belongs to `nobody` and tar extracts
+/// with the recorded owners.
+fn round_trip(foreign_owner: bool) {
     let env = Env::new(4);
     let root = env.root();
-    if is_root() {
-        // An owner other than ours must survive the trip.
+    if foreign_owner {
         let p = root.join("var/lib/juju/nonce.txt");
         nix::unistd::chown(&p, Some(65534.into()), Some(65534.into())).unwrap();
     }
@@ -96,10 +106,18 @@ fn round_trip_through_system_tar() {
     system_untar(&archive, &out, &[]);
     let inner = env.path("restored");
     let mut flags = vec!["--xattrs", "--xattrs-include=user.*"];
-    if is_root() {
+    if foreign_owner {
         flags.extend(["--same-owner", "--numeric-owner", "-p"]);
     }
     system_untar(&out.join("juju-backup/root.tar"), &inner, &flags);
+    if foreign_owner {
+        let m = inner.join("var/lib/juju/nonce.txt").metadata().unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (65534, 65534),
+            "nobody's file lost its owner"
+        );
+    }
     let n = assert_tree_matches(&root, &inner);
     assert!(n > 15, "only {n} members");
     for must in [
@@ -154,7 +172,9 @@ fn round_trip_through_system_tar() {
 }
 
 #[test]
+#[ignore = "needs zstd: Debian package zstd (tar --zstd reads the archive)"]
 fn zstd_archives_round_trip() {
+    common::require_debian("zstd", "zstd");
     let env = Env::new(2);
     env.config(
         "[backup]\ncompression = \"zstd\"\nlevel = 3\n",
@@ -358,11 +378,9 @@ fn failures_are_clear_and_leave_nothing_behind() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn full_disk_fails_cleanly() {
-    if !is_root() {
-        eprintln!("SKIPPED full_disk_fails_cleanly: mounting a tmpfs needs root");
-        return;
-    }
+    common::require_root("mounts a tmpfs");
     let env = Env::new(3);
     let small = env.archives();
     std::fs::create_dir_all(&small).unwrap();
@@ -635,4 +653,46 @@ fn prune_dry_run_then_prune() {
     let out = env.run(&["prune"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("keeps nothing"), "{}", stderr(&out));
+}
+
+/// JUJU_ENV is a check, not a label: naming another environment than the config's refuses the
+/// backup (naming both) and writes nothing; naming this one, by name or model UUID, is fine.
+#[test]
+fn juju_env_must_name_this_state_server_s_environment() {
+    let env = Env::new(1);
+    env.config("", &env.sqlite_section());
+    let run = |value: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["backup", "--offline"])
+            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
+            .env("JUJU_ENV", value)
+            .output()
+            .unwrap()
+    };
+    let out = run("prod");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("JUJU_ENV names environment `prod`, but this host's config is for `test-env` (model 0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!env.archives().exists(), "nothing may be written");
+    for ok in ["test-env", "0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d"] {
+        let out = run(ok);
+        assert!(out.status.success(), "{ok}: {}", stderr(&out));
+    }
+    // Every archive says test-env.
+    for name in env
+        .archive_dir_listing()
+        .iter()
+        .filter(|n| n.ends_with(".tar.gz"))
+    {
+        let out = env.run(&[
+            "show",
+            "--json",
+            env.archives().join(name).to_str().unwrap(),
+        ]);
+        let m: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(m["juju-brd"]["environment"], "test-env");
+    }
 }

@@ -9,15 +9,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{stderr, Env};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::daemon::Daemon;
+use common::{free_port, stderr, wait_until, Env};
 
 /// A dqlite cluster of `n` dqlite-demo nodes; stopped by PID when dropped.
 struct Cluster {
@@ -28,41 +21,40 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
-        assert!(
-            Command::new("dqlite-demo").arg("--help").output().is_ok(),
-            "dqlite-demo is required (Debian package go-dqlite; .ci/run installs it)"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let mut nodes = Vec::new();
-        let mut servers: Vec<String> = Vec::new();
+        common::require_debian("dqlite-demo", "go-dqlite");
+        common::require_debian("dqlite", "go-dqlite");
+        // The nodes go into the cluster as they start, so they are stopped if a wait panics.
+        let mut c = Cluster {
+            nodes: Vec::new(),
+            servers: Vec::new(),
+            _dir: tempfile::tempdir().unwrap(),
+        };
         for i in 0..n {
             let db = format!("127.0.0.1:{}", free_port());
             let api = format!("127.0.0.1:{}", free_port());
-            let data = dir.path().join(format!("n{i}"));
+            let data = c._dir.path().join(format!("n{i}"));
             std::fs::create_dir_all(&data).unwrap();
             let mut cmd = Command::new("dqlite-demo");
             cmd.args(["--api", &api, "--db", &db, "--dir"]).arg(&data);
-            if let Some(first) = servers.first() {
+            if let Some(first) = c.servers.first() {
                 cmd.args(["--join", first.as_str()]);
             }
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log"))).unwrap();
-            nodes.push(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
-            servers.push(db);
+            let log = std::fs::File::create(c._dir.path().join(format!("n{i}.log"))).unwrap();
+            c.nodes
+                .push(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+            c.servers.push(db);
             if i == 0 {
                 // The first node must be up before others join it.
-                wait_for(Duration::from_secs(20), || {
-                    std::net::TcpStream::connect(servers[0].as_str()).is_ok()
+                wait_until(Duration::from_secs(20), "the first dqlite node", || {
+                    std::net::TcpStream::connect(c.servers[0].as_str()).is_ok()
                 });
             }
         }
-        let c = Cluster {
-            nodes,
-            servers,
-            _dir: dir,
-        };
-        wait_for(Duration::from_secs(30), || {
-            c.sql("demo", ".cluster").matches("voter").count() == n
-        });
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{n} voters in the cluster"),
+            || c.sql("demo", ".cluster").matches("voter").count() == n,
+        );
         c
     }
 
@@ -107,17 +99,6 @@ impl Drop for Cluster {
     }
 }
 
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {limit:?}");
-}
-
 fn dqlite_config(env: &Env, servers: &[String], databases: &[&str], extra: &str) {
     env.config(
         "",
@@ -140,6 +121,7 @@ fn dumped_demo(env: &Env, archive: &Path, tag: &str) -> rusqlite::Connection {
 }
 
 #[test]
+#[ignore = "needs dqlite, dqlite-demo: Debian package go-dqlite"]
 fn backup_is_consistent_while_the_cluster_is_written_to() {
     let cluster = Cluster::start(3);
     let mut setup =
@@ -252,6 +234,7 @@ fn backup_is_consistent_while_the_cluster_is_written_to() {
 }
 
 #[test]
+#[ignore = "needs dqlite, dqlite-demo: Debian package go-dqlite"]
 fn restore_loads_the_dump_into_a_fresh_cluster() {
     let old = Cluster::start(3);
     let mut setup = String::from(
@@ -315,10 +298,11 @@ fn restore_loads_the_dump_into_a_fresh_cluster() {
 /// a schedule every 2 s: each slot is backed up exactly once, by the leader's daemon; when the
 /// leader's node stops, the following slots are still backed up.
 #[test]
+#[ignore = "needs dqlite, dqlite-demo: Debian package go-dqlite"]
 fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
     let mut cluster = Cluster::start(3);
     let env = Env::new(1);
-    let mut daemons: Vec<Option<Child>> = Vec::new();
+    let mut daemons: Vec<Option<Daemon>> = Vec::new();
     for (i, me) in cluster.servers.clone().iter().enumerate() {
         let cfg = env.path(&format!("node{i}.toml"));
         std::fs::write(
@@ -335,16 +319,11 @@ fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(env.path(&format!("node{i}.log"))).unwrap();
-        daemons.push(Some(
-            Command::new(common::BIN)
-                .arg("daemon")
-                .env("JUJU_BRD_CONFIG", &cfg)
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        ));
+        daemons.push(Some(Daemon::launch(
+            &cfg,
+            &env.path(&format!("run/node{i}.sock")),
+            &env.path(&format!("node{i}.log")),
+        )));
     }
     // Archive names per node, by slot (the name's timestamp).
     let slots = |node: usize| -> Vec<String> {
@@ -366,7 +345,9 @@ fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
         v.sort();
         v
     };
-    wait_for(Duration::from_secs(60), || all_slots().len() >= 4);
+    wait_until(Duration::from_secs(60), "four backed-up slots", || {
+        all_slots().len() >= 4
+    });
     let leader = cluster.rows("demo", ".leader")[0].clone();
     let li = cluster.servers.iter().position(|s| *s == leader).unwrap();
     let before = all_slots();
@@ -386,9 +367,8 @@ fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
     let killed_at = std::time::SystemTime::now();
     cluster.nodes[li].kill().unwrap();
     let _ = cluster.nodes[li].wait();
-    if let Some(mut d) = daemons[li].take() {
-        let _ = d.kill();
-        let _ = d.wait();
+    if let Some(d) = daemons[li].take() {
+        d.kill9();
     }
     let stamp = |t: std::time::SystemTime| {
         chrono::DateTime::<chrono::Utc>::from(t)
@@ -396,16 +376,16 @@ fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
             .to_string()
     };
     let cutoff = stamp(killed_at + Duration::from_secs(6));
-    wait_for(Duration::from_secs(90), || {
-        all_slots().iter().filter(|(s, _)| *s > cutoff).count() >= 3
-    });
+    wait_until(
+        Duration::from_secs(90),
+        "three slots after the leader stopped",
+        || all_slots().iter().filter(|(s, _)| *s > cutoff).count() >= 3,
+    );
     let after: Vec<(String, usize)> = all_slots()
         .into_iter()
         .filter(|(s, _)| *s > cutoff)
         .collect();
     assert!(after.iter().all(|(_, n)| *n != li), "{after:?}");
-    for mut d in daemons.into_iter().flatten() {
-        let _ = d.kill();
-        let _ = d.wait();
-    }
+    // The other daemons are killed when `daemons` drops.
+    drop(daemons);
 }

@@ -22,6 +22,7 @@ fn replay(target: &str, f: fn(&[u8])) -> usize {
 fn fuzz_regressions_do_not_panic() {
     let n = replay("config_parse", juju_brd::fuzzing::config)
         + replay("archive_verify", juju_brd::fuzzing::archive)
-        + replay("root_tar", juju_brd::fuzzing::root_tar);
-    assert!(n >= 3, "the seed inputs are missing");
+        + replay("root_tar", juju_brd::fuzzing::root_tar)
+        + replay("restore_extract", juju_brd::fuzzing::restore_extract);
+    assert!(n >= 4, "the seed inputs are missing");
 }

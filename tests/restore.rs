@@ -179,7 +179,7 @@ fn refusals_leave_the_target_unchanged() {
     check(
         &archive,
         &["-e", "other-env"],
-        "belongs to environment `test-env`, not `other-env`",
+        "-e names environment `other-env`, but this host's config is for `test-env` (model 0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d)",
     );
     let bad = env.path("corrupt.tar.gz");
     let mut bytes = std::fs::read(&archive).unwrap();

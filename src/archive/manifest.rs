@@ -42,6 +42,43 @@ pub struct Manifest {
     pub metadata_sha256: String,
 }
 
+/// Juju 4's own manifest (juju/juju `core/backups/manifest.go`): every regular file of the
+/// archive with its size and hex SHA-256; unknown fields are ignored, as Juju does.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JujuManifest {
+    #[serde(rename = "format-version", default)]
+    pub format_version: i64,
+    pub files: Vec<JujuManifestEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JujuManifestEntry {
+    pub path: String,
+    #[serde(default)]
+    pub kind: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// What a `manifest.json` turns out to be.
+#[derive(Debug, Clone)]
+pub enum SharedManifest {
+    /// juju-brd's, as written before it moved to `juju-brd-manifest.json`.
+    Ours(Manifest),
+    Juju(JujuManifest),
+}
+
+impl SharedManifest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if let Ok(m) = serde_json::from_slice::<Manifest>(bytes) {
+            return Ok(SharedManifest::Ours(m));
+        }
+        serde_json::from_slice::<JujuManifest>(bytes)
+            .map(SharedManifest::Juju)
+            .map_err(|e| format!("manifest.json is neither juju-brd's nor Juju's: {e}"))
+    }
+}
+
 impl Manifest {
     pub fn new() -> Self {
         Manifest {

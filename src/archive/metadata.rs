@@ -6,7 +6,11 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The FormatVersion juju-brd writes.
 pub const FORMAT_VERSION: i64 = 1;
+/// The newest FormatVersion read: Juju 2.8 writes 0, 2.9 writes 1, 3.6.22+ writes 2 (without
+/// Checksum, ChecksumFormat and Size).
+pub const MAX_READ_FORMAT_VERSION: i64 = 2;
 /// Upper bound for metadata.json: anything larger is not metadata.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
 /// Upper bound for the notes as metadata.json stores them (JSON-escaped, so a control character
@@ -102,9 +106,9 @@ impl Metadata {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let m: Metadata = serde_json::from_slice(bytes)
             .map_err(|e| format!("metadata.json is not valid: {e}"))?;
-        if m.format_version > FORMAT_VERSION {
+        if !(0..=MAX_READ_FORMAT_VERSION).contains(&m.format_version) {
             return Err(format!(
-                "metadata.json FormatVersion {} is newer than this juju-brd understands ({FORMAT_VERSION})",
+                "metadata.json FormatVersion {} is not one this juju-brd understands (0 to {MAX_READ_FORMAT_VERSION})",
                 m.format_version
             ));
         }
@@ -116,6 +120,35 @@ impl Metadata {
         match &self.brd {
             Some(b) => &b.environment,
             None => &self.environment,
+        }
+    }
+
+    /// The model's UUID: `ModelUUID`, or `Environment` in FormatVersion 0 (where Juju 1.x and
+    /// 2.8 keep it).
+    pub fn model(&self) -> &str {
+        if self.model_uuid.is_empty() {
+            &self.environment
+        } else {
+            &self.model_uuid
+        }
+    }
+
+    /// Whether the archive belongs to the environment named or identified by any of `wanted`
+    /// (a name, as juju-brd records it, or a model UUID, which Juju's own archives carry).
+    pub fn belongs_to(&self, wanted: &[&str]) -> bool {
+        wanted
+            .iter()
+            .filter(|w| !w.is_empty())
+            .any(|w| self.brd.as_ref().is_some_and(|b| b.environment == *w) || self.model() == *w)
+    }
+
+    /// How the archive's environment reads in a message: its name and model UUID as known.
+    pub fn describe_environment(&self) -> String {
+        match (&self.brd, self.model()) {
+            (Some(b), "") => format!("`{}`", b.environment),
+            (Some(b), uuid) => format!("`{}` (model {uuid})", b.environment),
+            (None, "") => "an unnamed environment (no name or model UUID recorded)".into(),
+            (None, uuid) => format!("model {uuid} (a Juju-made archive records no name)"),
         }
     }
 
@@ -166,6 +199,8 @@ mod tests {
         assert!(Metadata::parse(br#"{"HANodes": "three"}"#).is_err());
         assert!(Metadata::parse(br#"{"Started": "yesterday"}"#).is_err());
         assert!(Metadata::parse(br#"{"FormatVersion": 99}"#).is_err());
+        assert!(Metadata::parse(br#"{"FormatVersion": -1}"#).is_err());
+        assert!(Metadata::parse(br#"{"FormatVersion": 2}"#).is_ok());
         assert!(Metadata::parse(br#"[1,2]"#).is_err());
     }
 }

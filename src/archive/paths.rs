@@ -58,6 +58,71 @@ pub fn symlink_stays_inside(member: &Path, target: &Path) -> bool {
     true
 }
 
+/// Resolves where the symlink `member` -> `target` leads as the kernel would on the restored
+/// tree, following the archive's own symlinks (`links`: member path -> target) inside the
+/// target, with absolute targets read from the restored root. Errors when the resolution climbs
+/// above the root at any step (`up -> ../..` plus `esc -> up/..`), or loops.
+pub fn resolve_symlink(
+    links: &std::collections::HashMap<PathBuf, PathBuf>,
+    member: &Path,
+    target: &Path,
+) -> Result<PathBuf, String> {
+    // Components still to walk, innermost last; the resolved prefix so far.
+    let mut todo: Vec<std::ffi::OsString> = Vec::new();
+    let mut done: Vec<std::ffi::OsString> = Vec::new();
+    let push_target = |t: &Path, todo: &mut Vec<std::ffi::OsString>, done: &mut Vec<_>| {
+        if t.is_absolute() {
+            done.clear();
+        }
+        for c in t.components().rev() {
+            match c {
+                Component::Normal(p) => todo.push(p.to_os_string()),
+                Component::ParentDir => todo.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    done.extend(
+        member
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .filter_map(|c| match c {
+                Component::Normal(p) => Some(p.to_os_string()),
+                _ => None,
+            }),
+    );
+    push_target(target, &mut todo, &mut done);
+    let mut expansions = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            if done.pop().is_none() {
+                return Err(format!(
+                    "symlink `{}` -> `{}` escapes the root",
+                    member.display(),
+                    target.display()
+                ));
+            }
+            continue;
+        }
+        done.push(c);
+        let here: PathBuf = done.iter().collect();
+        if let Some(next) = links.get(&here) {
+            expansions += 1;
+            if expansions > 40 {
+                return Err(format!(
+                    "symlink `{}` -> `{}` loops",
+                    member.display(),
+                    target.display()
+                ));
+            }
+            done.pop();
+            push_target(next, &mut todo, &mut done);
+        }
+    }
+    Ok(done.iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +164,46 @@ mod tests {
             Path::new("a"),
             Path::new("/../../etc")
         ));
+    }
+
+    #[test]
+    fn symlinks_resolve_as_the_kernel_would() {
+        use std::collections::HashMap;
+        let mut links = HashMap::new();
+        let mut add = |m: &str, t: &str| {
+            links.insert(PathBuf::from(m), PathBuf::from(t));
+        };
+        add("var/lib/up", "../..");
+        add("var/lib/esc", "up/..");
+        add("var/lib/loop", "loop2");
+        add("var/lib/loop2", "loop");
+        add("var/lib/tools/machine-0", "2.9.42-focal-amd64");
+        // Each link alone stays inside; `esc` through `up` climbs out.
+        assert_eq!(
+            resolve_symlink(&links, Path::new("var/lib/up"), Path::new("../..")).unwrap(),
+            PathBuf::new()
+        );
+        let e = resolve_symlink(&links, Path::new("var/lib/esc"), Path::new("up/..")).unwrap_err();
+        assert!(e.contains("escapes the root"), "{e}");
+        assert!(
+            resolve_symlink(&links, Path::new("var/lib/loop"), Path::new("loop2"))
+                .unwrap_err()
+                .contains("loops")
+        );
+        assert_eq!(
+            resolve_symlink(
+                &links,
+                Path::new("var/lib/tools/machine-0"),
+                Path::new("2.9.42-focal-amd64")
+            )
+            .unwrap(),
+            PathBuf::from("var/lib/tools/2.9.42-focal-amd64")
+        );
+        // Absolute targets are read from the restored root.
+        assert_eq!(
+            resolve_symlink(&links, Path::new("a/b"), Path::new("/var/lib/up/etc")).unwrap(),
+            PathBuf::from("etc")
+        );
+        assert!(resolve_symlink(&links, Path::new("a/b"), Path::new("/var/lib/up/../x")).is_err());
     }
 }

@@ -87,7 +87,15 @@ pub fn open(
     max_ratio: u64,
     identities: Option<&Identities>,
 ) -> io::Result<OpenedArchive> {
-    let mut file = File::open(path)?;
+    open_file(File::open(path)?, max_ratio, identities)
+}
+
+/// As [`open`], on a file already open (read from its current offset).
+pub fn open_file(
+    mut file: File,
+    max_ratio: u64,
+    identities: Option<&Identities>,
+) -> io::Result<OpenedArchive> {
     let mut magic = [0u8; AGE_MAGIC.len()];
     let got = read_up_to(&mut file, &mut magic)?;
     let raw = RawStats::default();

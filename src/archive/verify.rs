@@ -13,11 +13,12 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::encryption::Identities;
-use super::manifest::{Entry, Kind, Manifest, MAX_MANIFEST_BYTES};
+use super::manifest::{Entry, Kind, Manifest, SharedManifest, MAX_MANIFEST_BYTES};
 use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::paths::{safe_relative, symlink_stays_inside};
 use super::reader;
-use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
+use super::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, SHARED_MANIFEST, TOP};
+use std::collections::BTreeSet;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {message}", path.display())]
@@ -44,6 +45,29 @@ pub struct VerifyReport {
     pub root_members: u64,
     pub root_bytes: u64,
     pub dump_files: Vec<String>,
+    /// root.tar members with setuid/setgid bits or file capabilities.
+    pub privileged: Vec<String>,
+    /// Every directory root.tar writes into (members' parents, relative), for restore's checks
+    /// of the host's layout.
+    pub root_dirs: BTreeSet<String>,
+    /// The verified manifest, so restore can hold what it extracts to exactly this.
+    pub manifest: Option<Manifest>,
+    /// State-server addresses in root.tar's machine `agent.conf` files (what restore probes
+    /// when the archive records none of its own, as Juju's archives do not).
+    pub agent_addresses: Vec<String>,
+}
+
+/// What `check_root_tar` learns beyond its verdict.
+#[derive(Debug, Default)]
+pub struct RootTarFacts {
+    pub members: u64,
+    pub bytes: u64,
+    pub privileged: Vec<String>,
+    pub dirs: BTreeSet<String>,
+    /// Symlink members (relative paths).
+    pub symlinks: BTreeSet<PathBuf>,
+    /// State-server addresses in the machine agents' `agent.conf` files.
+    pub agent_addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -69,7 +93,20 @@ impl Default for VerifyOptions {
 }
 
 /// What an inner root.tar member looked like, for comparison with the manifest.
-fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry), String> {
+/// A machine agent's config in root.tar: small, and read for the state-server addresses.
+fn is_agent_conf(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    s.starts_with("var/lib/juju/agents/machine-")
+        && s.ends_with("/agent.conf")
+        && path.components().count() == 6
+}
+
+/// Largest agent.conf kept in memory to read its addresses.
+const MAX_AGENT_CONF: u64 = 1 << 20;
+
+fn describe_member<R: Read>(
+    entry: &mut tar::Entry<R>,
+) -> Result<(PathBuf, Entry, Option<Vec<u8>>), String> {
     let raw_path = entry.path_bytes().into_owned();
     let path = safe_relative(&raw_path)?;
     let kind = entry.header().entry_type();
@@ -82,10 +119,22 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
             format!("link target of `{shown}` is not UTF-8")
         })?))
     };
+    let mut content = None;
     let e = match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             let mut h = Sha256::new();
-            let size = io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?;
+            let size = if is_agent_conf(&path) && entry.size() <= MAX_AGENT_CONF {
+                let mut buf = Vec::new();
+                entry
+                    .read_to_end(&mut buf)
+                    .map_err(|e| format!("reading `{shown}`: {e}"))?;
+                h.update(&buf);
+                let n = buf.len() as u64;
+                content = Some(buf);
+                n
+            } else {
+                io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?
+            };
             Entry {
                 kind: Kind::File,
                 size,
@@ -130,7 +179,7 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
         tar::EntryType::Fifo => return Err(format!("FIFO `{shown}` is not allowed")),
         other => return Err(format!("member `{shown}` has unsupported type {other:?}")),
     };
-    Ok((path, e))
+    Ok((path, e, content))
 }
 
 /// Checks an inner root.tar stream: safe members, no duplicates, links resolve to earlier members,
@@ -139,19 +188,33 @@ fn describe_member<R: Read>(entry: &mut tar::Entry<R>) -> Result<(PathBuf, Entry
 /// Returns (members, bytes of files).
 pub fn check_root_tar<R: Read>(
     inner: R,
-    mut manifest: Option<&mut BTreeMap<String, Entry>>,
-) -> Result<(u64, u64), String> {
+    manifest: Option<&BTreeMap<String, Entry>>,
+) -> Result<RootTarFacts, String> {
     let mut archive = tar::Archive::new(inner);
     let mut seen: HashMap<String, Kind> = HashMap::new();
-    let mut symlinks: HashSet<PathBuf> = HashSet::new();
-    let mut bytes = 0;
+    let mut symlinks: HashMap<PathBuf, PathBuf> = HashMap::new();
+    let mut facts = RootTarFacts::default();
     for entry in archive
         .entries()
         .map_err(|e| format!("root.tar is not a tar: {e}"))?
     {
         let mut entry = entry.map_err(|e| format!("root.tar is damaged: {e}"))?;
-        let (path, e) = describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
-        if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains(*a)) {
+        let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let attrs =
+            super::member::attrs(&mut entry, &shown).map_err(|m| format!("root.tar: {m}"))?;
+        let (path, e, content) =
+            describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
+        if let Some(text) = content.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
+            // Unreadable YAML is the restored agent's problem, not the archive's soundness.
+            if let Ok(conf) = crate::agent_conf::AgentConf::parse(text) {
+                for a in conf.addresses() {
+                    if !facts.agent_addresses.contains(&a) {
+                        facts.agent_addresses.push(a);
+                    }
+                }
+            }
+        }
+        if let Some(parent) = path.ancestors().skip(1).find(|a| symlinks.contains_key(*a)) {
             return Err(format!(
                 "root.tar: `{}` would be written through symlink `{}`",
                 path.display(),
@@ -168,26 +231,90 @@ pub fn check_root_tar<R: Read>(
             }
         }
         if e.kind == Kind::Symlink {
-            symlinks.insert(path.clone());
+            symlinks.insert(
+                path.clone(),
+                PathBuf::from(e.link.clone().unwrap_or_default()),
+            );
         }
         if seen.insert(key.clone(), e.kind).is_some() {
             return Err(format!("root.tar: duplicate member `{key}`"));
         }
-        if let Some(m) = manifest.as_deref_mut() {
-            match m.remove(&key) {
+        if let Some(m) = manifest {
+            match m.get(&key) {
                 None => return Err(format!("root.tar member `{key}` is not in the manifest")),
-                Some(want) if want != e => return Err(mismatch("root.tar", &key, &e, &want)),
+                Some(want) if *want != e => return Err(mismatch("root.tar", &key, &e, want)),
                 Some(_) => {}
             }
         }
-        bytes += e.size;
+        if attrs.privileged() {
+            facts.privileged.push(key.clone());
+        }
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            facts.dirs.insert(parent.display().to_string());
+        }
+        facts.bytes += e.size;
     }
-    if let Some(missing) = manifest.and_then(|m| m.keys().next().cloned()) {
+    if let Some(missing) = manifest.and_then(|m| m.keys().find(|k| !seen.contains_key(*k))) {
         return Err(format!(
             "root.tar member `{missing}` listed in the manifest is missing"
         ));
     }
-    Ok((seen.len() as u64, bytes))
+    // Every symlink resolved through the others, as the kernel will on the restored tree.
+    for (member, target) in &symlinks {
+        super::paths::resolve_symlink(&symlinks, member, target)
+            .map_err(|m| format!("root.tar: {m}"))?;
+    }
+    facts.members = seen.len() as u64;
+    facts.symlinks = symlinks.into_keys().collect();
+    Ok(facts)
+}
+
+/// Holds Juju 4's manifest to the archive as Juju does (juju/juju `internal/recovery/archive.go`
+/// `checkManifest`): every listed path present with its size and SHA-256, each listed once, and
+/// every regular file listed.
+fn check_juju_manifest(
+    m: &super::manifest::JujuManifest,
+    files: &BTreeMap<String, (u64, String)>,
+) -> Result<(), String> {
+    let mut listed = HashSet::new();
+    for f in &m.files {
+        let path = f.path.trim_start_matches("./");
+        if !listed.insert(path.to_string()) {
+            return Err(format!("{SHARED_MANIFEST} lists `{path}` twice"));
+        }
+        match files.get(path) {
+            None => return Err(format!("{SHARED_MANIFEST} lists `{path}`, which is not in the archive")),
+            Some((size, sha)) if *size != f.size || !sha.eq_ignore_ascii_case(&f.sha256) => {
+                return Err(format!(
+                    "`{path}` does not match {SHARED_MANIFEST} (size {size} vs {}, sha256 {} vs {})",
+                    f.size,
+                    short(sha),
+                    short(&f.sha256)
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(extra) = files.keys().find(|k| !listed.contains(*k)) {
+        return Err(format!("`{extra}` is not listed in {SHARED_MANIFEST}"));
+    }
+    Ok(())
+}
+
+/// Counts and hashes what is read through it.
+struct HashingReader<'a, R> {
+    inner: R,
+    hash: &'a mut Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 fn mismatch(section: &str, path: &str, got: &Entry, want: &Entry) -> String {
@@ -238,19 +365,36 @@ fn read_small<R: Read>(r: R, limit: u64, what: &str) -> Result<Vec<u8>, String> 
 }
 
 pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
+    let file = std::fs::File::open(path).map_err(|e| VerifyError {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    verify_open(file, path, opts)
+}
+
+/// As [`verify`], reading the already open `file` (from its current offset); `path` names it
+/// and locates its sidecar. Restore holds the file it verified and extracts from it.
+pub fn verify_open(
+    file: std::fs::File,
+    path: &Path,
+    opts: &VerifyOptions,
+) -> Result<VerifyReport, VerifyError> {
     let fail = |message: String| VerifyError {
         path: path.to_path_buf(),
         message,
     };
-    let opened = reader::open(path, opts.max_ratio, opts.identities.as_deref())
+    let opened = reader::open_file(file, opts.max_ratio, opts.identities.as_deref())
         .map_err(|e| fail(e.to_string()))?;
     let mut outer = tar::Archive::new(opened.reader);
     let mut names = HashSet::new();
     let mut metadata: Option<Metadata> = None;
     let mut manifest: Option<Manifest> = None;
     let mut metadata_sha256 = String::new();
-    // (members, bytes of files) once root.tar has been checked.
-    let mut root: Option<(u64, u64)> = None;
+    // Juju 4's own manifest, and every regular file's (size, sha256) to hold it against.
+    let mut juju_manifest: Option<super::manifest::JujuManifest> = None;
+    let mut outer_files: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    // What root.tar holds, once it has been checked.
+    let mut root: Option<RootTarFacts> = None;
     let mut dump: BTreeMap<String, Entry> = BTreeMap::new();
     let scratch = tempfile::Builder::new()
         .prefix("juju-brd-verify-")
@@ -285,27 +429,53 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
             METADATA => {
                 let bytes = read_small(&mut entry, MAX_METADATA_BYTES, METADATA).map_err(fail)?;
                 metadata_sha256 = hex::encode(Sha256::digest(&bytes));
+                outer_files.insert(name.clone(), (bytes.len() as u64, metadata_sha256.clone()));
                 metadata = Some(Metadata::parse(&bytes).map_err(fail)?);
             }
-            MANIFEST => {
+            MANIFEST | SHARED_MANIFEST => {
                 if root.is_some() {
-                    return Err(fail(format!("{MANIFEST} comes after {ROOT_TAR}")));
+                    return Err(fail(format!("{inner} comes after {ROOT_TAR}")));
+                }
+                if manifest.is_some() {
+                    return Err(fail(format!("a second juju-brd manifest, {inner}")));
                 }
                 let size = entry.header().size().map_err(|e| fail(e.to_string()))?;
                 if size > MAX_MANIFEST_BYTES {
                     return Err(fail(format!(
-                        "{MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes"
+                        "{inner} is larger than {MAX_MANIFEST_BYTES} bytes"
                     )));
                 }
-                // Parsed straight from the stream: no second copy of a large manifest in memory.
-                manifest = Some(
-                    serde_json::from_reader(io::BufReader::new(&mut entry))
-                        .map_err(|e| fail(format!("manifest.json is not valid: {e}")))?,
-                );
+                if inner == MANIFEST {
+                    // Parsed straight from the stream: no second copy of a large manifest.
+                    manifest = Some(
+                        serde_json::from_reader(io::BufReader::new(&mut entry))
+                            .map_err(|e| fail(format!("{MANIFEST} is not valid: {e}")))?,
+                    );
+                } else {
+                    let mut bytes = Vec::new();
+                    entry
+                        .read_to_end(&mut bytes)
+                        .map_err(|e| fail(format!("reading {SHARED_MANIFEST}: {e}")))?;
+                    match SharedManifest::parse(&bytes).map_err(fail)? {
+                        SharedManifest::Ours(m) => manifest = Some(m),
+                        SharedManifest::Juju(m) => juju_manifest = Some(m),
+                    }
+                }
             }
             ROOT_TAR => {
-                let m = manifest.as_mut().map(|m| &mut m.root);
-                root = Some(check_root_tar(&mut entry, m).map_err(fail)?);
+                let m = manifest.as_ref().map(|m| &m.root);
+                let mut h = Sha256::new();
+                let mut tee = HashingReader {
+                    inner: &mut entry,
+                    hash: &mut h,
+                    bytes: 0,
+                };
+                root = Some(check_root_tar(&mut tee, m).map_err(fail)?);
+                // The rest of the member (tar padding) counts towards its hash too.
+                io::copy(&mut tee, &mut io::sink())
+                    .map_err(|e| fail(format!("reading {ROOT_TAR}: {e}")))?;
+                let size = tee.bytes;
+                outer_files.insert(name.clone(), (size, hex::encode(h.finalize())));
             }
             d if d.starts_with(&format!("{DUMP_DIR}/")) => {
                 let rel = d[DUMP_DIR.len() + 1..].to_string();
@@ -334,12 +504,14 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
                     io::copy(&mut entry, &mut h)
                         .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?
                 };
+                let sha256 = hex::encode(h.finalize());
+                outer_files.insert(name.clone(), (size, sha256.clone()));
                 dump.insert(
                     rel,
                     Entry {
                         kind: Kind::File,
                         size,
-                        sha256: hex::encode(h.finalize()),
+                        sha256,
                         link: None,
                     },
                 );
@@ -364,6 +536,26 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
 
     let metadata = metadata.ok_or_else(|| fail(format!("{TOP}/{METADATA} is missing")))?;
     let root = root.ok_or_else(|| fail(format!("{TOP}/{ROOT_TAR} is missing")))?;
+    if let Some(p) = metadata
+        .brd
+        .as_ref()
+        .and_then(|b| b.database_path.as_deref())
+    {
+        if !p.starts_with('/') {
+            return Err(fail(format!(
+                "{METADATA}: database path `{p}` is not absolute"
+            )));
+        }
+        let rel = safe_relative(p.trim_start_matches('/').as_bytes())
+            .map_err(|e| fail(format!("{METADATA}: database path: {e}")))?;
+        // Restore writes the database there: never through a link the archive itself plants.
+        if let Some(link) = rel.ancestors().skip(1).find(|a| root.symlinks.contains(*a)) {
+            return Err(fail(format!(
+                "{METADATA}: database path `{p}` goes through symlink `{}` in {ROOT_TAR}",
+                link.display()
+            )));
+        }
+    }
     if metadata.brd.is_some() && manifest.is_none() {
         return Err(fail(format!("{TOP}/{MANIFEST} is missing")));
     }
@@ -377,6 +569,9 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
         }
         compare("dump", &m.dump, &dump).map_err(fail)?;
     }
+    if let Some(m) = &juju_manifest {
+        check_juju_manifest(m, &outer_files).map_err(fail)?;
+    }
     if let Some(engine) = &checker {
         for (rel, copy) in &checked_dumps {
             engine
@@ -388,10 +583,14 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyE
     let sha256 = opened.raw.sha256_hex();
     let sidecar = check_sidecar(path, &sha256).map_err(fail)?;
     Ok(VerifyReport {
-        root_members: root.0,
-        root_bytes: root.1,
+        root_members: root.members,
+        root_bytes: root.bytes,
+        privileged: root.privileged,
+        root_dirs: root.dirs,
+        agent_addresses: root.agent_addresses,
         dump_files: dump.keys().cloned().collect(),
         has_manifest: manifest.is_some(),
+        manifest,
         compression: opened.compression,
         encrypted: opened.encrypted,
         metadata,

@@ -133,6 +133,14 @@ enum Command {
         /// age identity file, to read an encrypted (`.age`) archive.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Restore setuid/setgid bits and file capabilities (`security.capability`) as archived;
+        /// without it they are stripped, and the plan lists the files.
+        #[arg(long)]
+        keep_privileges: bool,
+        /// Restore the files even though this host cannot restore the archive's database (the
+        /// plan and the summary say so); without it such a restore is refused before any change.
+        #[arg(long)]
+        skip_database: bool,
     },
 }
 
@@ -167,6 +175,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Backup { offline, notes } => {
             let cfg = load_config(config_flag)?;
+            cfg.check_juju_env().map_err(anyhow::Error::msg)?;
             if offline {
                 backup_offline(&cfg, notes)
             } else {
@@ -215,17 +224,27 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             target_root,
             address,
             identity,
+            keep_privileges,
+            skip_database,
         } => {
             let cfg = load_config(config_flag)?;
             let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
             let opts = crate::restore::RestoreOptions {
                 archive: file,
                 constraints,
-                environment: environment.unwrap_or_else(|| cfg.effective_environment()),
+                environment: {
+                    cfg.check_juju_env().map_err(anyhow::Error::msg)?;
+                    cfg.check_environment(environment.as_deref(), "-e")
+                        .map_err(anyhow::Error::msg)?;
+                    cfg.effective_environment()
+                },
                 force,
                 target_root,
                 address,
                 identities: load_identities(identity)?,
+                keep_privileges,
+                model_uuid: cfg.model_uuid(),
+                skip_database,
             };
             restore(&cfg, &opts, dry_run, yes)
         }

@@ -110,6 +110,9 @@ pub(super) fn restore(
         "The files that were replaced are in {}.",
         summary.rollback_dir.display()
     );
+    if let crate::restore::DbStep::NotRestored(why) = &plan.db {
+        println!("THE DATABASE WAS NOT RESTORED (--skip-database): {why}");
+    }
     println!("Next: check `juju status`; for HA, run `juju enable-ha` (or `juju ensure-availability`) again.");
     Ok(ExitCode::SUCCESS)
 }

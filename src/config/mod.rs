@@ -50,6 +50,9 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// Loading on the blocking pool panicked (a bug, reported rather than lost).
+    #[error("loading the config panicked: {0}")]
+    Panicked(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -372,12 +375,52 @@ impl Config {
         self.remotes.iter().find(|r| r.name == name)
     }
 
-    /// The environment name: `JUJU_ENV` if set, else the config's.
+    /// The environment name archives record: the config's. `JUJU_ENV` and `-e` are checks
+    /// against it ([`Config::check_environment`]), never a relabelling.
     pub fn effective_environment(&self) -> String {
-        match std::env::var("JUJU_ENV") {
-            Ok(e) if !e.trim().is_empty() => e,
-            _ => self.environment.clone(),
+        self.environment.clone()
+    }
+
+    /// This environment's model UUID, when known: `controller.model_uuid`, else the machine
+    /// agent's `agent.conf` under `files.root`.
+    pub fn model_uuid(&self) -> Option<String> {
+        self.controller
+            .model_uuid
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| {
+                crate::agent_conf::AgentConf::find(&self.files.root)
+                    .map(|(_, c)| c.model_uuid().to_string())
+                    .filter(|u| !u.is_empty())
+            })
+    }
+
+    /// Checks an environment the operator named (`JUJU_ENV`, `-e`; `source` says which) against
+    /// this state-server's, by name or model UUID; the error names both.
+    pub fn check_environment(&self, requested: Option<&str>, source: &str) -> Result<(), String> {
+        let Some(wanted) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+            return Ok(());
+        };
+        let uuid = self.model_uuid();
+        if wanted == self.environment || uuid.as_deref() == Some(wanted) {
+            return Ok(());
         }
+        let ours = match &uuid {
+            Some(u) => format!("`{}` (model {u})", self.environment),
+            None => format!(
+                "`{}` (model UUID unknown: set controller.model_uuid)",
+                self.environment
+            ),
+        };
+        Err(format!(
+            "{source} names environment `{wanted}`, but this host's config is for {ours}; \
+             nothing was done. Unset {source} or use the config of `{wanted}`"
+        ))
+    }
+
+    /// `JUJU_ENV` from the environment, checked against this config.
+    pub fn check_juju_env(&self) -> Result<(), String> {
+        self.check_environment(std::env::var("JUJU_ENV").ok().as_deref(), "JUJU_ENV")
     }
 
     /// A digest of the effective config, recorded in archives so an operator can tell which

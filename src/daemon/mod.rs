@@ -92,6 +92,8 @@ pub struct Daemon {
 pub enum DaemonError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error("daemon start-up panicked: {0}")]
+    Panicked(String),
     #[error("cannot handle SIGHUP: {0}")]
     Signal(std::io::Error),
     #[error("another juju-brd daemon answers on {}", .0.display())]
@@ -274,6 +276,28 @@ fn notify(states: &[sd_notify::NotifyState]) {
     }
 }
 
+/// Start-up on the blocking pool: removes what an interrupted backup left and marks a job the
+/// previous daemon died in as failed; returns the remembered state.
+fn recover(archive_dir: &Path, state_dir: &Path) -> Result<DaemonState, DaemonError> {
+    let partials = catalog::remove_partials(archive_dir).map_err(|err| DaemonError::Io {
+        what: "remove leftovers in",
+        path: archive_dir.to_path_buf(),
+        err,
+    })?;
+    for p in partials {
+        tracing::warn!(path = %p.display(), "removed the leftover of an interrupted backup");
+    }
+    let mut state = DaemonState::load(state_dir);
+    if let Some(job) = state.running_job.take() {
+        tracing::error!(job = %job, "the previous daemon died during a backup; marked failed");
+        state.last_error = Some(format!(
+            "backup job {job} was interrupted by a daemon crash"
+        ));
+        state.save(state_dir)?;
+    }
+    Ok(state)
+}
+
 /// Binds the API socket: refuses if a daemon answers there, removes a stale socket (a socket
 /// file nobody listens on), applies the configured mode. Anything else at that path (a regular
 /// file, a directory, a symlink, a FIFO) is not ours to delete: refused, naming what it is.
@@ -350,22 +374,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     // Leftovers of a crash: a half-written archive, a staging dir, a job marked running.
-    let partials = catalog::remove_partials(&cfg.archive_dir).map_err(|err| DaemonError::Io {
-        what: "remove leftovers in",
-        path: cfg.archive_dir.clone(),
-        err,
-    })?;
-    for p in partials {
-        tracing::warn!(path = %p.display(), "removed the leftover of an interrupted backup");
-    }
-    let mut state = DaemonState::load(&cfg.state_dir);
-    if let Some(job) = state.running_job.take() {
-        tracing::error!(job = %job, "the previous daemon died during a backup; marked failed");
-        state.last_error = Some(format!(
-            "backup job {job} was interrupted by a daemon crash"
-        ));
-        state.save(&cfg.state_dir)?;
-    }
+    let (archive_dir, state_dir) = (cfg.archive_dir.clone(), cfg.state_dir.clone());
+    let state = tokio::task::spawn_blocking(move || recover(&archive_dir, &state_dir))
+        .await
+        .map_err(|e| DaemonError::Panicked(e.to_string()))??;
     let (daemon, work_rx) = Daemon::new(config_path, cfg, state);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -413,7 +425,9 @@ pub async fn run(
         tokio::select! {
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
-                match daemon.reload() {
+                let d = daemon.clone();
+                let reloaded = tokio::task::spawn_blocking(move || d.reload()).await;
+                match reloaded.unwrap_or_else(|e| Err(crate::config::ConfigError::Panicked(e.to_string()))) {
                     Ok(()) => tracing::info!("configuration reloaded"),
                     Err(e) => tracing::error!(error = %e, "new configuration rejected; keeping the old one"),
                 }

@@ -67,6 +67,8 @@ pub trait TargetFiles {
     fn move_aside(&mut self, path: &Path) -> std::io::Result<()>;
     /// Puts the fully written `staged` file at `dest`, keeping what was there for rollback.
     fn replace_file(&mut self, staged: &Path, dest: &Path) -> std::io::Result<()>;
+    /// Mode bits (`& 0o777`), uid and gid of the regular file at `path`, if there is one.
+    fn existing_file(&mut self, path: &Path) -> std::io::Result<Option<(u32, u32, u32)>>;
 }
 
 /// What restore knows when it plans and runs the database step.

@@ -132,12 +132,74 @@ pub fn restore_argv(
 ) -> Vec<String> {
     let mut a = vec![bin.to_string()];
     a.extend(connection_args(c, config, ca));
+    // As Juju 2.x's restore (state/backups/db.go): small batches keep a big oplog replay within
+    // mongod's limits.
     a.extend([
         "--drop".into(),
         "--oplogReplay".into(),
+        "--batchSize".into(),
+        "10".into(),
         dump.display().to_string(),
     ]);
     a
+}
+
+/// The shell script (fed on stdin) Juju runs before `mongorestore --oplogReplay` (juju/juju
+/// `state/backups/db.go` `ensureOplogPermissions`, 2.x): an `oploger` role allowed any action on
+/// any resource, granted to the machine agent's user and to `admin` (replaying an oplog applies
+/// arbitrary operations), and the agent's user upserted with the password from the restored
+/// agent.conf, so the agents can log in to the restored database.
+pub fn prepare_script(c: &Credentials) -> String {
+    let js = |s: &str| serde_json::to_string(s).expect("string serialises");
+    format!(
+        "var admin = db.getSiblingDB(\"admin\");\n\
+         admin.auth({user}, {pw});\n\
+         if (!admin.getRole(\"oploger\")) {{\n\
+         \x20 admin.createRole({{role: \"oploger\", privileges: [{{resource: {{anyResource: true}}, actions: [\"anyAction\"]}}], roles: []}});\n\
+         }}\n\
+         if (admin.getUser({user})) {{\n\
+         \x20 admin.updateUser({user}, {{pwd: {pw}}});\n\
+         }} else {{\n\
+         \x20 admin.createUser({{user: {user}, pwd: {pw}, roles: [\"root\"]}});\n\
+         }}\n\
+         admin.grantRolesToUser({user}, [{{role: \"oploger\", db: \"admin\"}}]);\n\
+         if (admin.getUser(\"admin\")) {{\n\
+         \x20 admin.grantRolesToUser(\"admin\", [{{role: \"oploger\", db: \"admin\"}}]);\n\
+         }}\n",
+        user = js(&c.user),
+        pw = js(&c.password),
+    )
+}
+
+/// One step of a MongoDB restore: a command (no secret on its argv), or a shell script fed on
+/// stdin from a private file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreStep {
+    Run(Vec<String>),
+    Script { name: &'static str, body: String },
+}
+
+/// The whole restore, in order, as Juju does it: prepare the users and the oplog role, restore
+/// with oplog replay, force the replica set to this host alone.
+pub fn restore_steps(
+    mongorestore: &str,
+    c: &Credentials,
+    config: &Path,
+    ca: Option<&Path>,
+    dump: &Path,
+    address: &str,
+) -> Vec<RestoreStep> {
+    vec![
+        RestoreStep::Script {
+            name: "prepare.js",
+            body: prepare_script(c),
+        },
+        RestoreStep::Run(restore_argv(mongorestore, c, config, ca, dump)),
+        RestoreStep::Script {
+            name: "reinitiate.js",
+            body: reinitiate_script(c, address),
+        },
+    ]
 }
 
 /// The shell script (fed on stdin) that forces juju-db's replica set down to this host alone.
@@ -262,17 +324,20 @@ impl MongoEngine {
         let secrets = Secrets::new(&c)?;
         let bin = tool(&["juju-db.mongorestore", "mongorestore"])
             .ok_or_else(|| fail("mongorestore is not installed".into()))?;
-        let argv = restore_argv(&bin, &c, &secrets.config(), secrets.ca().as_deref(), dump);
-        let mut spec = ChildSpec::new("mongorestore", &argv, self.timeout);
-        spec.cancel = Some(cancel);
-        process::run(spec)?;
-        self.shell(
-            &c,
-            &secrets,
-            "reinitiate.js",
-            &reinitiate_script(&c, address),
-            Stdio::null(),
-        )
+        let ca = secrets.ca();
+        for step in restore_steps(&bin, &c, &secrets.config(), ca.as_deref(), dump, address) {
+            match step {
+                RestoreStep::Run(argv) => {
+                    let mut spec = ChildSpec::new("mongorestore", &argv, self.timeout);
+                    spec.cancel = Some(cancel);
+                    process::run(spec)?;
+                }
+                RestoreStep::Script { name, body } => {
+                    self.shell(&c, &secrets, name, &body, Stdio::null())?
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The replica set's primary (`host:port`), asked of the local juju-db: every member knows
@@ -446,6 +511,60 @@ mod tests {
         assert!(r.windows(2).any(|w| w == ["--sslCAFile", "/ca.pem"]));
         assert!(!r.join(" ").contains("w0rd"));
         assert!(!format!("{c:?}").contains("w0rd"));
+    }
+
+    /// The exact sequence of a restore, recorded: a change to it is a change to what is run
+    /// against a production juju-db, and shows up here.
+    #[test]
+    fn the_restore_sequence_is_juju_s() {
+        let c = creds();
+        let steps = restore_steps(
+            "mongorestore",
+            &c,
+            Path::new("/run/s/tool.yaml"),
+            None,
+            Path::new("/t/dump"),
+            "10.0.0.9",
+        );
+        let shown: Vec<String> = steps
+            .iter()
+            .map(|s| match s {
+                RestoreStep::Run(argv) => format!("run: {}", argv.join(" ")),
+                RestoreStep::Script { name, body } => format!("{name}:\n{body}"),
+            })
+            .collect();
+        let want = [
+            "prepare.js:\n\
+             var admin = db.getSiblingDB(\"admin\");\n\
+             admin.auth(\"machine-0\", \"p\\\"a$s w0rd\");\n\
+             if (!admin.getRole(\"oploger\")) {\n\
+             \x20 admin.createRole({role: \"oploger\", privileges: [{resource: {anyResource: true}, actions: [\"anyAction\"]}], roles: []});\n\
+             }\n\
+             if (admin.getUser(\"machine-0\")) {\n\
+             \x20 admin.updateUser(\"machine-0\", {pwd: \"p\\\"a$s w0rd\"});\n\
+             } else {\n\
+             \x20 admin.createUser({user: \"machine-0\", pwd: \"p\\\"a$s w0rd\", roles: [\"root\"]});\n\
+             }\n\
+             admin.grantRolesToUser(\"machine-0\", [{role: \"oploger\", db: \"admin\"}]);\n\
+             if (admin.getUser(\"admin\")) {\n\
+             \x20 admin.grantRolesToUser(\"admin\", [{role: \"oploger\", db: \"admin\"}]);\n\
+             }\n",
+            "run: mongorestore --config /run/s/tool.yaml --host 127.0.0.1 --port 37018 --ssl \
+             --sslAllowInvalidHostnames --authenticationDatabase admin --username machine-0 \
+             --sslAllowInvalidCertificates --drop --oplogReplay --batchSize 10 /t/dump",
+            "reinitiate.js:\n\
+             db.getSiblingDB(\"admin\").auth(\"machine-0\", \"p\\\"a$s w0rd\");\n\
+             var cfg = rs.conf();\n\
+             cfg.members = [{_id: 1, host: \"10.0.0.9:37018\"}];\n\
+             rs.reconfig(cfg, {force: true});\n",
+        ];
+        assert_eq!(shown, want);
+        // Only scripts (fed on stdin from private files) hold the password.
+        for s in &steps {
+            if let RestoreStep::Run(argv) = s {
+                assert!(!argv.join(" ").contains("w0rd"));
+            }
+        }
     }
 
     #[test]

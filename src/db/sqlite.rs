@@ -132,6 +132,18 @@ impl Engine for SqliteEngine {
         let dest = restore_destination(&ctx.input).map_err(fail)?;
         let src = ctx.staged_dump.join(dump);
         self.check_dump_file(&src)?;
+        // The database keeps the mode and owner of the file it replaces; a new one is private.
+        let existing =
+            ctx.files
+                .existing_file(&dest)
+                .map_err(DbError::io("sqlite", "inspecting", &dest))?;
+        let (mode, owner) = existing.map_or((0o600, None), |(m, u, g)| (m, Some((u, g))));
+        std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(DbError::io("sqlite", "chmod", &src))?;
+        if let Some((uid, gid)) = owner.filter(|_| nix::unistd::geteuid().is_root()) {
+            std::os::unix::fs::chown(&src, Some(uid), Some(gid))
+                .map_err(DbError::io("sqlite", "chown", &src))?;
+        }
         for suffix in ["-wal", "-shm"] {
             let mut side = dest.as_os_str().to_owned();
             side.push(suffix);

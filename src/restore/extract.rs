@@ -1,20 +1,24 @@
 //! Extracting `root.tar` under the target root, with a journal that can undo it.
 //!
-//! Nothing on the host is deleted: a path the archive replaces is first renamed into the rollback
-//! directory (same filesystem, same relative layout); every path created is recorded; existing
-//! directories' mode, owner and mtime are recorded before they are touched. `rollback` undoes all of
-//! it in reverse and removes the rollback directory, leaving the tree as it was.
+//! Every change goes through [`Beneath`]: nothing is written, renamed or removed outside the
+//! target root, whatever symlinks the archive planted or the host has. Nothing on the host is
+//! deleted: a path the archive replaces is first renamed into the rollback directory (same
+//! filesystem, same relative layout); every path created is recorded; existing directories' mode,
+//! owner and mtime are recorded before they are touched. `rollback` undoes all of it in reverse
+//! and removes the rollback directory, leaving the tree as it was.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, FileTimes, OpenOptions};
+use std::fs::{self, File, FileTimes};
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use super::beneath::Beneath;
 use crate::archive::manifest::Entry as ManifestEntry;
+use crate::archive::member::{self, Attrs};
 use crate::archive::paths::safe_relative;
 
 #[derive(Debug, Clone)]
@@ -35,16 +39,25 @@ impl DirMeta {
         }
     }
 
-    fn apply(&self, path: &Path) -> io::Result<()> {
+    fn apply(&self, fs: &Beneath, path: &Path) -> io::Result<()> {
+        let dir = File::from(fs.open_dir(path)?);
         if nix::unistd::geteuid().is_root() {
-            let _ = nix::unistd::chown(path, Some(self.uid.into()), Some(self.gid.into()));
+            let _ = std::os::unix::fs::fchown(&dir, Some(self.uid), Some(self.gid));
         }
-        fs::set_permissions(path, fs::Permissions::from_mode(self.mode))?;
-        File::open(path)?.set_times(FileTimes::new().set_modified(self.mtime))
+        dir.set_permissions(fs::Permissions::from_mode(self.mode))
+            .map_err(|e| in_path("chmod", path, e))?;
+        dir.set_times(FileTimes::new().set_modified(self.mtime))
+            .map_err(|e| in_path("set the mtime of", path, e))
     }
 }
 
+/// An I/O error that says what was being done to which path.
+fn in_path(what: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
 pub struct Journal {
+    pub fs: Beneath,
     root: PathBuf,
     pub rollback_dir: PathBuf,
     /// (original location, where it was moved)
@@ -58,6 +71,7 @@ impl Journal {
         let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S%.3f");
         let rollback_dir = root.join(format!(".juju-brd-rollback-{stamp}"));
         let mut j = Journal {
+            fs: Beneath::open(root)?,
             root: root.to_path_buf(),
             rollback_dir,
             moved: Vec::new(),
@@ -66,7 +80,7 @@ impl Journal {
         };
         // Creating the rollback directory changes the root's mtime; remember it first.
         j.remember_dir(root);
-        fs::DirBuilder::new().mode_0700().create(&j.rollback_dir)?;
+        j.fs.mkdir(&j.rollback_dir, 0o700)?;
         Ok(j)
     }
 
@@ -75,19 +89,22 @@ impl Journal {
         if self.dirs_before.contains_key(dir) {
             return;
         }
-        if let Ok(m) = fs::symlink_metadata(dir) {
-            if m.is_dir() {
-                self.dirs_before.insert(dir.to_path_buf(), DirMeta::of(&m));
-            }
+        let meta = if dir == self.root {
+            fs::metadata(dir).ok()
+        } else {
+            self.fs.metadata(dir).ok().flatten()
+        };
+        if let Some(m) = meta.filter(|m| m.is_dir()) {
+            self.dirs_before.insert(dir.to_path_buf(), DirMeta::of(&m));
         }
     }
 
     /// Moves whatever is at `path` (not a directory) into the rollback directory.
     pub fn move_aside(&mut self, path: &Path) -> io::Result<()> {
-        let Ok(m) = fs::symlink_metadata(path) else {
+        let Some(kind) = self.fs.kind(path)? else {
             return Ok(());
         };
-        if m.is_dir() {
+        if kind == rustix::fs::FileType::Directory {
             return Err(io::Error::other(format!(
                 "{} is a directory on this host but not in the archive; refusing to replace it",
                 path.display()
@@ -96,42 +113,61 @@ impl Journal {
         if self.created.iter().any(|c| c == path) {
             // Written by this run, not the host's: replace it, and keep the host's original
             // (already in the rollback directory under this name) safe.
-            return fs::remove_file(path);
+            return self.fs.remove_file(path);
         }
         let rel = path.strip_prefix(&self.root).unwrap_or(path);
         let saved = self.rollback_dir.join(rel);
-        if fs::symlink_metadata(&saved).is_ok() {
+        if self.fs.kind(&saved)?.is_some() {
             return Err(io::Error::other(format!(
                 "{} was already moved aside once in this restore",
                 path.display()
             )));
         }
         if let Some(p) = saved.parent() {
-            fs::create_dir_all(p)?;
+            self.create_dirs_untracked(p)?;
         }
         if let Some(parent) = path.parent() {
             self.remember_dir(parent);
         }
-        fs::rename(path, &saved)?;
+        self.fs.rename(path, &saved)?;
         self.moved.push((path.to_path_buf(), saved));
         Ok(())
     }
 
-    /// Creates missing directories up to and including `dir`, recording each one created.
-    pub fn create_dirs(&mut self, dir: &Path) -> io::Result<()> {
+    /// The directories under `dir` that do not exist yet, outermost first.
+    fn missing_dirs(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut missing = Vec::new();
         for a in dir.ancestors() {
-            if a == self.root || fs::symlink_metadata(a).is_ok() {
+            if a == self.root || self.fs.kind(a)?.is_some() {
                 break;
             }
             missing.push(a.to_path_buf());
         }
-        for d in missing.into_iter().rev() {
+        missing.reverse();
+        Ok(missing)
+    }
+
+    /// Directories inside the rollback directory: removed with it, so not journaled.
+    fn create_dirs_untracked(&mut self, dir: &Path) -> io::Result<()> {
+        for d in self.missing_dirs(dir)? {
+            self.fs.mkdir(&d, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// Creates missing directories up to and including `dir`, recording each one created. They
+    /// get 0755, as on a Juju host (root.tar need not list parents; those it lists get their
+    /// archived mode at the end of the extraction).
+    pub fn create_dirs(&mut self, dir: &Path) -> io::Result<()> {
+        for d in self.missing_dirs(dir)? {
             if let Some(parent) = d.parent() {
                 self.remember_dir(parent);
             }
-            fs::DirBuilder::new().mode_0700().create(&d)?;
-            self.created.push(d);
+            self.fs.mkdir(&d, 0o700)?;
+            self.created.push(d.clone());
+            File::from(self.fs.open_dir(&d)?)
+                .set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(|e| in_path("chmod", &d, e))?;
         }
         Ok(())
     }
@@ -152,37 +188,36 @@ impl Journal {
             }
         };
         for p in self.created.iter().rev() {
-            let r = match fs::symlink_metadata(p) {
-                Ok(m) if m.is_dir() => fs::remove_dir(p),
-                Ok(_) => fs::remove_file(p),
-                Err(_) => Ok(()),
+            let r = match self.fs.kind(p) {
+                Ok(Some(rustix::fs::FileType::Directory)) => self.fs.remove_dir(p),
+                Ok(Some(_)) => self.fs.remove_file(p),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
             };
             note(r);
         }
         for (orig, saved) in self.moved.iter().rev() {
-            note(fs::rename(saved, orig));
+            note(self.fs.rename(saved, orig));
         }
         // Deepest first, so a parent's mtime is set after its children stop changing it.
         for (dir, meta) in self.dirs_before.iter().rev() {
-            if fs::symlink_metadata(dir).is_ok() {
-                note(meta.apply(dir));
+            if *dir != self.root && matches!(self.fs.kind(dir), Ok(Some(_))) {
+                note(meta.apply(&self.fs, dir));
             }
         }
-        note(fs::remove_dir_all(&self.rollback_dir));
+        note(self.fs.remove_tree(&self.rollback_dir));
         if let Some(meta) = self.dirs_before.get(&self.root) {
-            note(meta.apply(&self.root));
+            note(apply_root(meta, &self.root));
         }
         first_err.map_or(Ok(()), Err)
     }
 }
 
-trait DirBuilderExt0700 {
-    fn mode_0700(&mut self) -> &mut Self;
-}
-impl DirBuilderExt0700 for fs::DirBuilder {
-    fn mode_0700(&mut self) -> &mut Self {
-        std::os::unix::fs::DirBuilderExt::mode(self, 0o700)
-    }
+/// The target root itself is the operator's directory: opened by its path.
+fn apply_root(meta: &DirMeta, root: &Path) -> io::Result<()> {
+    let dir = File::open(root)?;
+    dir.set_permissions(fs::Permissions::from_mode(meta.mode))?;
+    dir.set_times(FileTimes::new().set_modified(meta.mtime))
 }
 
 #[derive(Debug, Default)]
@@ -194,33 +229,37 @@ pub struct Extracted {
 /// Progress callback: (files done, bytes done).
 pub type OnProgress<'a> = &'a mut dyn FnMut(u64, u64);
 
-fn owner_ids<R: Read>(entry: &tar::Entry<R>) -> (u32, u32) {
-    let h = entry.header();
-    let uid = h
-        .username()
-        .ok()
-        .flatten()
+/// The owner to restore: the archived user and group by name where this host has them (uids
+/// differ between hosts), else the archived numbers.
+fn owner(a: &Attrs) -> (u32, u32) {
+    let uid = a
+        .user
+        .as_deref()
         .and_then(|n| nix::unistd::User::from_name(n).ok().flatten())
-        .map(|u| u.uid.as_raw())
-        .or_else(|| h.uid().ok().map(|u| u as u32))
-        .unwrap_or(0);
-    let gid = h
-        .groupname()
-        .ok()
-        .flatten()
+        .map_or(a.uid, |u| u.uid.as_raw());
+    let gid = a
+        .group
+        .as_deref()
         .and_then(|n| nix::unistd::Group::from_name(n).ok().flatten())
-        .map(|g| g.gid.as_raw())
-        .or_else(|| h.gid().ok().map(|g| g as u32))
-        .unwrap_or(0);
+        .map_or(a.gid, |g| g.gid.as_raw());
     (uid, gid)
 }
 
-/// Extracts every member of `root_tar` under the journal's root. With a manifest, each file's
-/// SHA-256 is checked as it is written (the archive could have changed since it was verified).
+/// What extraction may restore beyond plain files.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtractOptions {
+    /// Keep setuid/setgid bits and `security.capability` (otherwise stripped, as the plan says).
+    pub keep_privileges: bool,
+}
+
+/// Extracts every member of `root_tar` under the journal's root. Each member passes the same
+/// checks as in `verify` (path, type, mode, owner, time); with a manifest, each file's SHA-256 and
+/// size are checked as it is written, and every member must be listed.
 pub fn extract<R: Read>(
     root_tar: R,
     journal: &mut Journal,
     manifest: Option<&BTreeMap<String, ManifestEntry>>,
+    opts: ExtractOptions,
     progress: OnProgress<'_>,
 ) -> io::Result<Extracted> {
     let root = journal.root.clone();
@@ -233,50 +272,45 @@ pub fn extract<R: Read>(
         let rel = safe_relative(&entry.path_bytes()).map_err(io::Error::other)?;
         let key = rel.display().to_string();
         let dest = root.join(&rel);
-        let (uid, gid) = owner_ids(&entry);
-        let mode = entry.header().mode()? & 0o7777;
-        let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(entry.header().mtime()?);
-        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions()? {
-            Some(exts) => exts
-                .filter_map(Result::ok)
-                .filter_map(|e| {
-                    let k = e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string();
-                    Some((k, e.value_bytes().to_vec()))
-                })
-                .collect(),
-            None => Vec::new(),
+        let mut attrs = member::attrs(&mut entry, &key).map_err(io::Error::other)?;
+        if !opts.keep_privileges {
+            attrs = attrs.without_privileges();
+        }
+        let (uid, gid) = owner(&attrs);
+        let want = match manifest {
+            Some(m) => Some(m.get(&key).ok_or_else(|| {
+                io::Error::other(format!(
+                    "{key} is not in the verified manifest; the archive changed after it was verified"
+                ))
+            })?),
+            None => None,
         };
         if let Some(parent) = dest.parent() {
             journal.create_dirs(parent)?;
         }
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                match fs::symlink_metadata(&dest) {
-                    Ok(m) if m.is_dir() => journal.remember_dir(&dest),
-                    Ok(_) => {
+                match journal.fs.kind(&dest)? {
+                    Some(rustix::fs::FileType::Directory) => journal.remember_dir(&dest),
+                    Some(_) => {
                         journal.move_aside(&dest)?;
                         journal.create_dirs(&dest)?;
                     }
-                    Err(_) => journal.create_dirs(&dest)?,
+                    None => journal.create_dirs(&dest)?,
                 }
                 dirs.push((
                     dest,
                     DirMeta {
-                        mode,
+                        mode: attrs.mode,
                         uid,
                         gid,
-                        mtime,
+                        mtime: attrs.mtime,
                     },
                 ));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 journal.move_aside(&dest)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&dest)?;
+                let mut f = journal.fs.create_file(&dest, 0o600)?;
                 journal.created_file(&dest);
                 let mut h = Sha256::new();
                 let n = io::copy(
@@ -285,8 +319,9 @@ pub fn extract<R: Read>(
                         hash: &mut h,
                     },
                     &mut f,
-                )?;
-                if let Some(want) = manifest.and_then(|m| m.get(&key)) {
+                )
+                .map_err(|e| in_path("write", &dest, e))?;
+                if let Some(want) = want {
                     let got = hex::encode(h.finalize());
                     if want.sha256 != got || want.size != n {
                         return Err(io::Error::other(format!(
@@ -295,15 +330,18 @@ pub fn extract<R: Read>(
                     }
                 }
                 if is_root {
-                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+                    std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                        .map_err(|e| in_path("chown", &dest, e))?;
                 }
-                f.set_permissions(fs::Permissions::from_mode(mode))?;
-                for (k, v) in &xattrs {
-                    if let Err(e) = xattr::set(&dest, k, v) {
+                f.set_permissions(fs::Permissions::from_mode(attrs.mode))
+                    .map_err(|e| in_path("chmod", &dest, e))?;
+                for (k, v) in &attrs.xattrs {
+                    if let Err(e) = xattr::FileExt::set_xattr(&f, k, v) {
                         tracing::warn!(path = %dest.display(), xattr = %k, error = %e, "extended attribute not restored");
                     }
                 }
-                f.set_times(FileTimes::new().set_modified(mtime))?;
+                f.set_times(FileTimes::new().set_modified(attrs.mtime))
+                    .map_err(|e| in_path("set the mtime of", &dest, e))?;
                 done.files += 1;
                 done.bytes += n;
                 progress(done.files, done.bytes);
@@ -313,10 +351,10 @@ pub fn extract<R: Read>(
                     .link_name()?
                     .ok_or_else(|| io::Error::other(format!("symlink {key} has no target")))?;
                 journal.move_aside(&dest)?;
-                std::os::unix::fs::symlink(&target, &dest)?;
+                journal.fs.symlink(&target, &dest)?;
                 journal.created_file(&dest);
                 if is_root {
-                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))?;
+                    journal.fs.lchown(&dest, uid, gid)?;
                 }
             }
             tar::EntryType::Link => {
@@ -328,7 +366,7 @@ pub fn extract<R: Read>(
                         .map_err(io::Error::other)?,
                 );
                 journal.move_aside(&dest)?;
-                fs::hard_link(&target, &dest)?;
+                journal.fs.hard_link(&target, &dest)?;
                 journal.created_file(&dest);
             }
             other => {
@@ -340,12 +378,11 @@ pub fn extract<R: Read>(
     }
     // Directory metadata last: creating children changes a directory's mtime.
     for (dir, meta) in dirs.iter().rev() {
-        meta.apply(dir)?;
+        meta.apply(&journal.fs, dir)?;
     }
     // Every restored file and directory durable at once: one syncfs on the target filesystem does
     // what an fsync per file would, without 100k round trips to the disk.
-    let target = File::open(&root)?;
-    nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&target)).map_err(io::Error::from)?;
+    journal.fs.sync()?;
     Ok(done)
 }
 
@@ -362,28 +399,44 @@ impl<R: Read> Read for Tee<'_, R> {
     }
 }
 
-/// Replaces `dest` with `src` atomically (same filesystem), moving the old file aside first.
-/// The directory keeps its mtime: it was set from the archive, and swapping one file's content
-/// in place is not a change to the directory the operator should see.
+/// Replaces `dest` with `src` (staged beneath the root, same filesystem) atomically, moving the
+/// old file aside first. The directory keeps its mtime: it was set from the archive, and swapping
+/// one file's content in place is not a change to the directory the operator should see.
 pub fn replace_file(journal: &mut Journal, src: &Path, dest: &Path) -> io::Result<()> {
-    let parent = dest.parent().unwrap_or(Path::new("/"));
+    let parent = dest.parent().unwrap_or(Path::new("/")).to_path_buf();
     // Creating missing directories changes the nearest existing one; keep its mtime too.
-    let existing = parent
-        .ancestors()
-        .find(|a| fs::symlink_metadata(a).is_ok())
-        .unwrap_or(Path::new("/"));
-    let existing_mtime = fs::metadata(existing)?.modified()?;
-    journal.create_dirs(parent)?;
+    let missing = journal.missing_dirs(&parent)?;
+    let existing = missing
+        .first()
+        .and_then(|d| d.parent())
+        .map_or(parent.clone(), Path::to_path_buf);
+    let mtime_of = |j: &Journal, d: &Path| -> io::Result<SystemTime> {
+        let m = if d == j.root {
+            fs::metadata(d)?
+        } else {
+            File::from(j.fs.open_dir(d)?).metadata()?
+        };
+        m.modified()
+    };
+    let existing_mtime = mtime_of(journal, &existing)?;
+    journal.create_dirs(&parent)?;
+    let set_mtime = |j: &Journal, d: &Path, t: SystemTime| -> io::Result<()> {
+        let dir = if d == j.root {
+            File::open(d)?
+        } else {
+            File::from(j.fs.open_dir(d)?)
+        };
+        dir.set_times(FileTimes::new().set_modified(t))?;
+        dir.sync_all()
+    };
     if existing != parent {
-        File::open(existing)?.set_times(FileTimes::new().set_modified(existing_mtime))?;
+        set_mtime(journal, &existing, existing_mtime)?;
     }
-    let mtime = fs::metadata(parent)?.modified()?;
+    let mtime = mtime_of(journal, &parent)?;
     journal.move_aside(dest)?;
-    fs::rename(src, dest)?;
+    journal.fs.rename(src, dest)?;
     journal.created_file(dest);
-    let dir = File::open(parent)?;
-    dir.set_times(FileTimes::new().set_modified(mtime))?;
-    dir.sync_all()
+    set_mtime(journal, &parent, mtime)
 }
 
 /// Database engines change target files through the journal, so rollback covers them too.
@@ -394,5 +447,13 @@ impl crate::db::TargetFiles for Journal {
 
     fn replace_file(&mut self, staged: &Path, dest: &Path) -> io::Result<()> {
         replace_file(self, staged, dest)
+    }
+
+    fn existing_file(&mut self, path: &Path) -> io::Result<Option<(u32, u32, u32)>> {
+        Ok(self
+            .fs
+            .metadata(path)?
+            .filter(|m| m.is_file())
+            .map(|m| (m.mode() & 0o777, m.uid(), m.gid())))
     }
 }

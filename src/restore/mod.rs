@@ -6,6 +6,7 @@
 //! restores the database, re-points `agent.conf` at this host and starts the services again; any
 //! failure in those steps rolls back to the previous tree and restarts what was stopped.
 
+pub mod beneath;
 pub mod constraints;
 pub mod extract;
 pub mod probe;
@@ -13,12 +14,13 @@ pub mod repoint;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::archive::manifest::Manifest;
 use crate::archive::metadata::Metadata;
 use crate::archive::verify::{self, VerifyOptions};
-use crate::archive::{reader, DUMP_DIR, MANIFEST, ROOT_TAR, TOP};
+use crate::archive::{reader, DUMP_DIR, ROOT_TAR, TOP};
 use crate::process::{self, ChildSpec};
 
 /// The seed's warning, printed whenever an old state-server may still be alive.
@@ -29,8 +31,8 @@ restoring while one runs takes them off-line and may cripple the environment";
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     #[error("the archive is not sound: {0}")]
-    Verify(#[from] verify::VerifyError),
-    #[error("the archive belongs to environment `{archive}`, not `{expected}`")]
+    Verify(verify::VerifyError),
+    #[error("the archive belongs to environment {archive}, not `{expected}`; pass -e with its name or model UUID if it is the one to restore")]
     WrongEnvironment { archive: String, expected: String },
     #[error("this host does not meet the constraints:\n  {}", .0.join("\n  "))]
     Constraints(Vec<String>),
@@ -38,12 +40,18 @@ pub enum RestoreError {
     Refused(String),
     #[error("a recorded state-server still answers ({}); {HA_WARNING}. Use --force only if you are sure it is gone.", .0.join(", "))]
     OldServerAlive(Vec<String>),
-    #[error("restore failed while {step}: {source}; {rollback}")]
+    #[error("restore failed while {step}: {error}; {rollback}")]
     Failed {
         step: &'static str,
-        source: StepError,
+        error: StepError,
         rollback: String,
     },
+}
+
+impl From<verify::VerifyError> for RestoreError {
+    fn from(e: verify::VerifyError) -> Self {
+        RestoreError::Verify(e)
+    }
 }
 
 /// What went wrong inside one step of `execute`; the step itself is named by [`RestoreError::Failed`].
@@ -94,13 +102,21 @@ impl StepError {
 pub struct RestoreOptions {
     pub archive: PathBuf,
     pub constraints: Option<String>,
-    /// The environment the archive must belong to (`-e`, `JUJU_ENV` or the config's).
+    /// The environment the archive must belong to (`-e`, `JUJU_ENV` or the config's): a name,
+    /// or a model UUID.
     pub environment: String,
+    /// This environment's model UUID when the config knows it (`controller.model_uuid`), so a
+    /// Juju-made archive, which records only the UUID, matches without `-e`.
+    pub model_uuid: Option<String>,
+    /// Restore the files even when this host cannot restore the database.
+    pub skip_database: bool,
     pub force: bool,
     pub target_root: PathBuf,
     pub address: Option<String>,
     /// To read an encrypted archive.
     pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
+    /// Restore setuid/setgid bits and file capabilities as archived (stripped otherwise).
+    pub keep_privileges: bool,
 }
 
 /// The database step of a restore, decided in the plan.
@@ -134,6 +150,43 @@ pub struct RestorePlan {
     pub forced_past: Vec<String>,
     pub warnings: Vec<String>,
     pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
+    /// The archive as verified: held open, and read again only from this descriptor.
+    pub archive_file: Arc<std::fs::File>,
+    /// SHA-256 of the archive's bytes as verified; execute checks it read the same bytes.
+    pub sha256: String,
+    /// The verified manifest: every root.tar member extracted must match it.
+    pub manifest: Option<Arc<Manifest>>,
+    /// root.tar members with setuid/setgid or file capabilities, and whether to keep those.
+    pub privileged: Vec<String>,
+    pub keep_privileges: bool,
+    /// Held from planning to the end of execute: one restore per target at a time.
+    pub target_lock: Arc<TargetLock>,
+}
+
+/// An exclusive `flock` on the target root directory.
+pub struct TargetLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+impl fmt::Debug for TargetLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TargetLock")
+    }
+}
+
+impl TargetLock {
+    /// Takes the lock without waiting; another restore on the same target is refused.
+    fn take(target: &Path) -> Result<TargetLock, RestoreError> {
+        let dir = std::fs::File::open(target).map_err(|e| {
+            RestoreError::Refused(format!("cannot open target root {}: {e}", target.display()))
+        })?;
+        nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map(TargetLock)
+            .map_err(|_| {
+                RestoreError::Refused(format!(
+                    "another restore is running on {}; wait for it to finish",
+                    target.display()
+                ))
+            })
+    }
 }
 
 impl fmt::Display for RestorePlan {
@@ -173,6 +226,24 @@ impl fmt::Display for RestorePlan {
         for c in &self.start {
             writeln!(f, "  start:        {}", c.join(" "))?;
         }
+        if !self.privileged.is_empty() {
+            let what = if self.keep_privileges {
+                "KEPT (--keep-privileges)"
+            } else {
+                "stripped (--keep-privileges keeps them)"
+            };
+            writeln!(
+                f,
+                "  privileges:   setuid/setgid/capabilities on {} file(s) {what}: {}",
+                self.privileged.len(),
+                self.privileged
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+        }
         for w in &self.warnings {
             writeln!(f, "  warning:      {w}")?;
         }
@@ -186,8 +257,22 @@ pub fn plan(
     database: &crate::db::DatabaseConfig,
     opts: &RestoreOptions,
 ) -> Result<RestorePlan, RestoreError> {
+    if !opts.target_root.is_dir() {
+        return Err(RestoreError::Refused(format!(
+            "target root {} is not a directory",
+            opts.target_root.display()
+        )));
+    }
+    let target_lock = Arc::new(TargetLock::take(&opts.target_root)?);
     let scratch = opts.target_root.clone();
-    let report = verify::verify(
+    let archive_file = std::fs::File::open(&opts.archive).map_err(|e| {
+        RestoreError::Refused(format!("cannot open {}: {e}", opts.archive.display()))
+    })?;
+    let reading = archive_file.try_clone().map_err(|e| {
+        RestoreError::Refused(format!("cannot read {}: {e}", opts.archive.display()))
+    })?;
+    let report = verify::verify_open(
+        reading,
         &opts.archive,
         &VerifyOptions {
             scratch_dir: std::env::temp_dir()
@@ -200,18 +285,14 @@ pub fn plan(
     )?;
     let metadata = report.metadata.clone();
     let expected = opts.environment.clone();
-    if metadata.environment_name() != expected {
+    let uuid = opts.model_uuid.as_deref().unwrap_or_default();
+    if !metadata.belongs_to(&[&expected, uuid]) {
         return Err(RestoreError::WrongEnvironment {
-            archive: metadata.environment_name().to_string(),
+            archive: metadata.describe_environment(),
             expected,
         });
     }
-    if !opts.target_root.is_dir() {
-        return Err(RestoreError::Refused(format!(
-            "target root {} is not a directory",
-            opts.target_root.display()
-        )));
-    }
+    check_host_layout(&opts.target_root, &report)?;
     let host = constraints::HostFacts::detect(&opts.target_root)
         .map_err(|e| RestoreError::Refused(format!("cannot inspect this host: {e}")))?;
     let dump_bytes = metadata.brd.as_ref().map_or(0, |b| b.dump_bytes);
@@ -228,6 +309,16 @@ pub fn plan(
             ));
         }
     }
+    // Juju's restore refuses a series mismatch: the archived agent tools are built for one.
+    if let Some((host_series, _)) = crate::snapshot::identity::os_release(&opts.target_root) {
+        let archived = &metadata.series;
+        if !archived.is_empty() && !host_series.is_empty() && *archived != host_series {
+            unmet.push(format!(
+                "series: the archive was taken on {archived}, this host runs {host_series} (the \
+                 archived Juju agents are built for {archived})"
+            ));
+        }
+    }
     if host.free_mib < need_mib {
         unmet.push(format!(
             "room for the restored state: need {need_mib}M, {} has {}M free",
@@ -239,11 +330,13 @@ pub fn plan(
         return Err(RestoreError::Constraints(unmet));
     }
 
+    // juju-brd records the state-servers; a Juju-made archive has them in its agent.conf.
     let recorded = metadata
         .brd
         .as_ref()
         .map(|b| b.state_server_addresses.clone())
-        .unwrap_or_default();
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| report.agent_addresses.clone());
     let targets = probe::targets(&recorded, &cfg.probe_ports);
     let alive = probe::answering(&targets, cfg.probe_timeout);
     let mut forced_past = Vec::new();
@@ -285,7 +378,15 @@ pub fn plan(
         }
     };
     if let DbStep::NotRestored(why) = &db {
-        warnings.push(format!("the database will not be restored: {why}"));
+        if !opts.skip_database {
+            return Err(RestoreError::Refused(format!(
+                "the database in this archive cannot be restored on this host: {why}. Nothing was \
+                 changed. Fix that, or pass --skip-database to restore the files alone"
+            )));
+        }
+        warnings.push(format!(
+            "THE DATABASE WILL NOT BE RESTORED (--skip-database): {why}"
+        ));
     }
     let address = match &opts.address {
         Some(a) => a.clone(),
@@ -307,7 +408,62 @@ pub fn plan(
         forced_past,
         warnings,
         identities: opts.identities.clone(),
+        archive_file: Arc::new(archive_file),
+        sha256: report.sha256.clone(),
+        manifest: report.manifest.map(Arc::new),
+        privileged: report.privileged,
+        keep_privileges: opts.keep_privileges,
+        target_lock,
     })
+}
+
+/// Refuses, before anything changes, a host whose layout leads writes out of the target: a
+/// directory the archive writes into (or the database's) that is a symlink pointing outside it.
+/// Under `/` nothing can lead out (absolute links are the host's own layout); under another
+/// target root, such a link would be followed to a place the operator did not name.
+fn check_host_layout(
+    target: &Path,
+    report: &crate::archive::verify::VerifyReport,
+) -> Result<(), RestoreError> {
+    let fs = beneath::Beneath::open(target)
+        .map_err(|e| RestoreError::Refused(format!("cannot open {}: {e}", target.display())))?;
+    let db_dir = report
+        .metadata
+        .brd
+        .as_ref()
+        .and_then(|b| b.database_path.as_deref())
+        .and_then(|p| {
+            Path::new(p.trim_start_matches('/'))
+                .parent()
+                .map(Path::to_path_buf)
+        });
+    let dirs = report.root_dirs.iter().map(PathBuf::from).chain(db_dir);
+    let mut leading_out = std::collections::BTreeSet::new();
+    for dir in dirs {
+        if let Some(link) = fs
+            .escapes(&target.join(&dir))
+            .map_err(|e| RestoreError::Refused(format!("cannot inspect this host: {e}")))?
+        {
+            leading_out.insert(link);
+        }
+    }
+    if leading_out.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = leading_out
+        .iter()
+        .map(|l| match std::fs::read_link(l) {
+            Ok(t) => format!("{} -> {}", l.display(), t.display()),
+            Err(_) => l.display().to_string(),
+        })
+        .collect();
+    Err(RestoreError::Refused(format!(
+        "on this host {} leads outside the target root {}: restore writes only beneath the \
+         target, never through such a link. Restore with --target-root / (where the host's \
+         layout is kept), or replace the link with a bind mount",
+        shown.join(", "),
+        target.display()
+    )))
 }
 
 /// The first non-loopback IPv4 address of an interface that is up, else any non-loopback one.
@@ -358,7 +514,7 @@ pub fn execute(
         let restarted = run_commands("starting the state-server", &plan.start, timeout);
         return Err(RestoreError::Failed {
             step: "stopping the services",
-            source: e.into(),
+            error: e.into(),
             rollback: match restarted {
                 Ok(()) => "nothing was changed; the services were started again".into(),
                 Err(e2) => {
@@ -370,7 +526,7 @@ pub fn execute(
     let mut journal =
         extract::Journal::new(&plan.target_root).map_err(|e| RestoreError::Failed {
             step: "preparing the rollback directory",
-            source: StepError::io("create a rollback directory under", &plan.target_root)(e),
+            error: StepError::io("create a rollback directory under", &plan.target_root)(e),
             rollback: "nothing was changed".into(),
         })?;
     let result = apply(cfg, plan, &mut journal, progress);
@@ -379,7 +535,7 @@ pub fn execute(
             summary.rollback_dir = journal.rollback_dir.clone();
             Ok(summary)
         }
-        Err((step, source)) => {
+        Err((step, error)) => {
             let undone = journal.rollback();
             let restarted = run_commands("starting the state-server", &plan.start, timeout);
             let rollback = match (undone, restarted) {
@@ -389,7 +545,7 @@ pub fn execute(
             };
             Err(RestoreError::Failed {
                 step,
-                source,
+                error,
                 rollback,
             })
         }
@@ -407,67 +563,80 @@ fn apply(
 ) -> Result<Summary, Failure> {
     let incoming = journal.rollback_dir.join(".incoming-dump");
     let staging = "staging the dump";
-    std::fs::create_dir_all(&incoming)
+    journal
+        .fs
+        .mkdir(&incoming, 0o700)
         .map_err(|e| (staging, StepError::io("create", &incoming)(e)))?;
-    // One pass over the archive: manifest, root.tar (extracted), dump files (staged).
+    // One pass over the archive as verified: root.tar extracted, dump files staged. The bytes
+    // come from the descriptor verify read, and must hash to what verify saw.
     let extracted = {
         let step = "extracting the files";
         let archive = &plan.archive;
         let read = |e| (step, StepError::io("read", archive)(e));
-        let opened = reader::open(
-            archive,
-            reader::DEFAULT_MAX_RATIO,
-            plan.identities.as_deref(),
-        )
-        .map_err(|e| (step, StepError::Archive(e.to_string())))?;
+        let mut file = plan.archive_file.try_clone().map_err(read)?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(read)?;
+        let opened = reader::open_file(file, reader::DEFAULT_MAX_RATIO, plan.identities.as_deref())
+            .map_err(|e| (step, StepError::Archive(e.to_string())))?;
+        let raw = opened.raw.clone();
         let mut outer = tar::Archive::new(opened.reader);
-        let mut manifest: Option<Manifest> = None;
         let mut extracted = None;
+        let options = extract::ExtractOptions {
+            keep_privileges: plan.keep_privileges,
+        };
         for entry in outer.entries().map_err(read)? {
             let mut entry = entry.map_err(read)?;
-            let name = entry.path().map_err(read)?.display().to_string();
-            let inner = name
-                .trim_start_matches("./")
-                .strip_prefix(&format!("{TOP}/"))
-                .unwrap_or("")
-                .to_string();
-            if inner == MANIFEST {
-                manifest = Some(
-                    serde_json::from_reader(std::io::BufReader::new(&mut entry)).map_err(|e| {
-                        (
-                            step,
-                            StepError::Archive(format!("manifest.json is not valid: {e}")),
-                        )
-                    })?,
-                );
-            } else if inner == ROOT_TAR {
+            // The same normalisation as verify's: `juju-backup/./root.tar` is root.tar.
+            let name = crate::archive::paths::safe_relative(&entry.path_bytes())
+                .map_err(|e| (step, StepError::Archive(e)))?;
+            let Ok(inner) = name.strip_prefix(TOP) else {
+                continue;
+            };
+            if inner == Path::new(ROOT_TAR) {
                 extracted = Some(
                     extract::extract(
                         &mut entry,
                         journal,
-                        manifest.as_ref().map(|m| &m.root),
+                        plan.manifest.as_ref().map(|m| &m.root),
+                        options,
                         progress,
                     )
                     .map_err(|e| (step, StepError::io("extract into", &plan.target_root)(e)))?,
                 );
-            } else if let Some(rel) = inner.strip_prefix(&format!("{DUMP_DIR}/")) {
-                if rel.is_empty() || entry.header().entry_type().is_dir() {
+            } else if let Ok(rel) = inner.strip_prefix(DUMP_DIR) {
+                if rel.as_os_str().is_empty() || entry.header().entry_type().is_dir() {
                     continue;
                 }
-                let rel = crate::archive::paths::safe_relative(rel.as_bytes())
-                    .map_err(|e| (staging, StepError::Archive(e)))?;
-                let dest = incoming.join(&rel);
+                let dest = incoming.join(rel);
                 let stage = |what| {
                     let dest = dest.clone();
                     move |e| (staging, StepError::io(what, &dest)(e))
                 };
                 if let Some(p) = dest.parent() {
-                    std::fs::create_dir_all(p).map_err(stage("create the directory of"))?;
+                    journal
+                        .fs
+                        .create_dir_all(p, 0o700)
+                        .map_err(stage("create the directory of"))?;
                 }
-                let mut f = std::fs::File::create(&dest).map_err(stage("create"))?;
+                let mut f = journal
+                    .fs
+                    .create_file(&dest, 0o600)
+                    .map_err(stage("create"))?;
                 std::io::copy(&mut entry, &mut f).map_err(stage("write"))?;
                 f.sync_all().map_err(stage("fsync"))?;
             }
+        }
+        // Read to the end, so the hash covers every byte verify hashed.
+        std::io::copy(&mut outer.into_inner(), &mut std::io::sink()).map_err(read)?;
+        if raw.sha256_hex() != plan.sha256 {
+            return Err((
+                step,
+                StepError::Archive(format!(
+                    "{} changed after it was verified (sha256 {} now, {} verified)",
+                    plan.archive.display(),
+                    raw.sha256_hex(),
+                    plan.sha256
+                )),
+            ));
         }
         extracted.ok_or((step, StepError::Archive("root.tar is missing".into())))?
     };
@@ -517,34 +686,63 @@ fn apply(
     })
 }
 
+/// Re-points every machine agent's `agent.conf` under the target at `address`, reading and
+/// writing only beneath the target (an archived `agent.conf` that is a symlink is refused).
 fn repoint_agent_confs(
     journal: &mut extract::Journal,
     root: &Path,
     address: &str,
 ) -> Result<usize, StepError> {
-    let pattern = format!(
-        "{}/var/lib/juju/agents/machine-*/agent.conf",
-        glob::Pattern::escape(&root.to_string_lossy()).trim_end_matches('/')
-    );
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let agents = root.join("var/lib/juju/agents");
+    if journal
+        .fs
+        .kind(&agents)
+        .map_err(StepError::io("inspect", &agents))?
+        .is_none()
+    {
+        return Ok(0);
+    }
+    let mut names = journal
+        .fs
+        .read_dir(&agents)
+        .map_err(StepError::io("list", &agents))?;
+    names.sort();
     let mut total = 0;
-    let paths = glob::glob(&pattern).map_err(|e| StepError::Archive(e.to_string()))?;
-    for path in paths.flatten() {
-        let text = std::fs::read_to_string(&path).map_err(StepError::io("read", &path))?;
+    for name in names
+        .iter()
+        .filter(|n| n.to_string_lossy().starts_with("machine-"))
+    {
+        let path = agents.join(name).join("agent.conf");
+        let mut f = match journal.fs.open_read(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StepError::io("open", &path)(e)),
+        };
+        let meta = f.metadata().map_err(StepError::io("stat", &path))?;
+        let mut text = String::new();
+        f.read_to_string(&mut text)
+            .map_err(StepError::io("read", &path))?;
         let (new, n) = repoint::rewrite(&text, address);
         if n == 0 {
             continue;
         }
-        let meta = std::fs::metadata(&path).map_err(StepError::io("stat", &path))?;
         let tmp = journal.rollback_dir.join(".agent.conf.new");
-        crate::archive::writer::write_atomic(&tmp, new.as_bytes(), 0o600)
+        let mut out = journal
+            .fs
+            .create_file(&tmp, 0o600)
+            .map_err(StepError::io("create", &tmp))?;
+        out.write_all(new.as_bytes())
+            .and_then(|()| out.sync_all())
             .map_err(StepError::io("write", &tmp))?;
-        use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        out.set_permissions(std::fs::Permissions::from_mode(meta.mode() & 0o777))
             .map_err(StepError::io("chmod", &tmp))?;
         if nix::unistd::geteuid().is_root() {
-            nix::unistd::chown(&tmp, Some(meta.uid().into()), Some(meta.gid().into()))
-                .map_err(|e| StepError::io("chown", &tmp)(e.into()))?;
+            std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()))
+                .map_err(StepError::io("chown", &tmp))?;
         }
+        drop(out);
         extract::replace_file(journal, &tmp, &path).map_err(StepError::io("replace", &path))?;
         total += n;
     }

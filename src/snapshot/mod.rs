@@ -7,6 +7,7 @@
 
 pub mod files;
 pub mod hooks;
+pub mod identity;
 
 use std::collections::BTreeMap;
 use std::fs::{DirBuilder, File, OpenOptions};
@@ -268,7 +269,7 @@ fn snapshot_and_write(
         root_tar_bytes,
         dump_bytes: dump.values().map(|e| e.size).sum(),
     };
-    let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref());
+    let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref())?;
     let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
     // Verify and restore refuse larger metadata: such an archive could never be restored.
     if meta_json.len() as u64 > crate::archive::metadata::MAX_METADATA_BYTES {
@@ -366,11 +367,21 @@ fn build_metadata(
     finished: DateTime<Utc>,
     s: &Summary,
     engine: Option<&dyn db::Engine>,
-) -> Metadata {
+) -> Result<Metadata, SnapshotError> {
     let agent = AgentConf::find(&cfg.files.root)
         .map(|(_, c)| c)
         .unwrap_or_default();
     let o = &cfg.controller;
+    let juju = identity::detect(
+        &cfg.files.root,
+        &agent.upgraded_to_version,
+        o.version.as_deref(),
+        o.series.as_deref(),
+    )
+    .map_err(SnapshotError::Config)?;
+    if juju.series.is_empty() {
+        tracing::warn!("cannot tell this host's series (no etc/os-release, no tools directory); Juju's restore compares it: set controller.series");
+    }
     let pick =
         |over: &Option<String>, found: &str| over.clone().unwrap_or_else(|| found.to_string());
     let model_uuid = pick(&o.model_uuid, agent.model_uuid());
@@ -397,7 +408,7 @@ fn build_metadata(
     } else {
         req.environment.clone()
     };
-    Metadata {
+    Ok(Metadata {
         format_version: FORMAT_VERSION,
         id: format!("{}.{}", started.format("%Y%m%d-%H%M%S"), model_uuid),
         started: Some(started),
@@ -408,9 +419,9 @@ fn build_metadata(
         hostname: nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        version: pick(&o.version, &agent.upgraded_to_version),
-        series: o.series.clone().unwrap_or_default(),
-        base: String::new(),
+        version: juju.version,
+        series: juju.series,
+        base: juju.base,
         controller_uuid: pick(&o.controller_uuid, agent.controller_uuid()),
         ha_nodes,
         controller_machine_id: machine.clone(),
@@ -434,7 +445,7 @@ fn build_metadata(
             root_tar_bytes: s.root_tar_bytes,
             dump_bytes: s.dump_bytes,
         }),
-    }
+    })
 }
 
 /// `10.0.0.5:17070` -> `10.0.0.5`; `[::1]:17070` -> `::1`; a bare host stays as it is.

@@ -1,8 +1,14 @@
-//! Shared fixtures for the end-to-end tests: a generated state-server tree and a config for it.
+//! Shared fixtures for the end-to-end tests: a generated state-server tree and a config for it,
+//! bounded polling, the checks behind `#[ignore = "needs ..."]`, a real S3 server, and (in
+//! `daemon`) the harness for the real daemon.
 #![allow(dead_code)]
+
+pub mod daemon;
+pub mod juju_reader;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_juju-brd");
 pub const FIXTURE: &str = env!("CARGO_BIN_EXE_juju-brd-fixture");
@@ -88,7 +94,12 @@ impl Env {
             String::from_utf8_lossy(&out.stderr)
         );
         let stdout = String::from_utf8(out.stdout).unwrap();
-        PathBuf::from(stdout.lines().last().expect("archive path printed"))
+        let path = PathBuf::from(stdout.lines().last().expect("archive path printed"));
+        // Every gzip archive the tests make must be one Juju itself reads.
+        if path.to_string_lossy().ends_with(".tar.gz") {
+            juju_reader::assert_juju_readable(&path);
+        }
+        path
     }
 
     /// Names in the archive directory (archives, sidecars, anything else).
@@ -151,6 +162,66 @@ pub fn tree_state(root: &Path, skip: &[&str]) -> std::collections::BTreeMap<Stri
     out
 }
 
+/// Polls `cond` every 25 ms until it holds (true) or `limit` has passed without it (false).
+/// Callers that want their own panic message use this; everyone else uses [`wait_until`].
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Bounded polling: returns as soon as `cond` holds, panics naming `what` once `limit` has passed.
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        poll_until(limit, cond),
+        "timed out after {limit:?} waiting for {what}"
+    );
+}
+
+// A test that cannot run without something outside the Rust toolchain is
+// `#[ignore = "needs X: where X comes from"]` and starts with one of these, so that
+// `cargo test -- --include-ignored` on a machine without X fails saying so instead of passing.
+
+/// Panics unless the test runs as root.
+pub fn require_root(why: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({why}): run it as root (sudo ./test.sh; CI runs as root)"
+    );
+}
+
+/// `program` as found on PATH, if it is there and executable.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// The path of `program` on PATH; panics saying where it comes from (`from`) when it is missing.
+pub fn require_program(program: &str, from: &str) -> PathBuf {
+    find_program(program).unwrap_or_else(|| panic!("this test needs `{program}` on PATH: {from}"))
+}
+
+/// [`require_program`] for a program from a Debian package, which ./test.sh installs.
+pub fn require_debian(program: &str, package: &str) -> PathBuf {
+    require_program(
+        program,
+        &format!("Debian package {package}, which ./test.sh installs"),
+    )
+}
+
 /// A two-thread tokio runtime for talking to the daemon's socket.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -181,7 +252,7 @@ impl Drop for Tmpfs {
     }
 }
 
-// A real S3 server: s3s-fs on loopback (installed by .ci/run).
+// A real S3 server: s3s-fs on loopback (installed by ./test.sh).
 
 pub const ACCESS_KEY: &str = "jujubrdtestaccess";
 pub const SECRET_KEY: &str = "jujubrd-test-SECRET-7f3a9c";
@@ -201,17 +272,16 @@ impl Drop for S3Server {
     }
 }
 
-fn s3s_fs_binary() -> PathBuf {
-    let on_path = Command::new("sh")
-        .args(["-c", "command -v s3s-fs"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+pub const S3S_FS_INSTALL: &str = "cargo install s3s-fs@0.14.1 --locked --features binary";
+
+/// The s3s-fs binary (on PATH, else in ~/.cargo/bin); panics saying how to install it.
+pub fn require_s3s_fs() -> PathBuf {
     let in_cargo = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
-    on_path
-        .or(in_cargo.filter(|p| p.exists()))
-        .expect("s3s-fs is not installed: cargo install s3s-fs@0.14.1 --locked --features binary (.ci/run does)")
+    find_program("s3s-fs")
+        .or(in_cargo.filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!("this test needs s3s-fs, a real S3 server: {S3S_FS_INSTALL} (./test.sh does)")
+        })
 }
 
 pub fn free_port() -> u16 {
@@ -225,7 +295,7 @@ pub fn free_port() -> u16 {
 impl S3Server {
     pub fn start(data: &Path, port: u16) -> S3Server {
         std::fs::create_dir_all(data.join(BUCKET)).unwrap();
-        let child = Command::new(s3s_fs_binary())
+        let child = Command::new(require_s3s_fs())
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(data)
@@ -233,19 +303,18 @@ impl S3Server {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "s3s-fs did not start on {port}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        S3Server {
+        // Built before the wait, so a server that never answers is still killed when we panic.
+        let server = S3Server {
             child,
             port,
             data: data.to_path_buf(),
-        }
+        };
+        wait_until(
+            Duration::from_secs(20),
+            &format!("s3s-fs on port {port}"),
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        server
     }
 
     /// Where the server keeps `key` of our bucket on disk (s3s-fs maps keys to files).
