@@ -4,7 +4,8 @@
 //! Bottom-up: each module uses only those above it in this list (`tests/module_graph.rs` fails
 //! on a cycle).
 //! - [`process`], [`agent_conf`], [`space`] (free-space rules, `ByteSize`), [`schedule`] (when
-//!   the next backup is due; pure), [`logging`], [`metrics`]: leaves.
+//!   the next backup is due; pure), [`logging`], [`metrics`], [`limits`] (upper bounds of config
+//!   values): leaves.
 //! - [`api`]: the local HTTP API as both ends see it: protocol `types` and the typed `client`.
 //! - [`db`]: the database engines, one [`db::Engine`] trait (dump, dump check, restore plan and
 //!   load, leader, inventory), one implementation per engine, chosen in `db` alone.
@@ -37,6 +38,7 @@ pub mod db;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ha;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod process;

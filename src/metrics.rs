@@ -13,7 +13,6 @@ const BUCKETS: [f64; 10] = [
     5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0, 7200.0,
 ];
 
-#[derive(Default)]
 pub struct Metrics {
     pub attempts: AtomicU64,
     pub failures: AtomicU64,
@@ -25,11 +24,55 @@ pub struct Metrics {
     duration: Mutex<Histogram>,
     /// Failed replication runs per remote name.
     remote_failures: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// API connections on the Unix socket and on the TCP listener.
+    pub unix_api: std::sync::Arc<ListenerStats>,
+    pub tcp_api: std::sync::Arc<ListenerStats>,
     /// Scrub runs finished, and archives or remote copies they found damaged.
     pub scrub_runs: AtomicU64,
     pub scrub_failures: AtomicU64,
     /// f64 seconds stored as bits: the last scrub that found everything sound.
     scrub_last_success: AtomicU64,
+}
+
+/// Connections of one API listener.
+pub struct ListenerStats {
+    /// The `listener` label: `unix` or `tcp`.
+    pub name: &'static str,
+    /// Open now.
+    pub open: AtomicU64,
+    /// Closed because of the listener's connection limit: the idlest to make room for a new one,
+    /// or a new one when every connection was busy.
+    pub rejected: AtomicU64,
+}
+
+impl ListenerStats {
+    fn new(name: &'static str) -> std::sync::Arc<ListenerStats> {
+        std::sync::Arc::new(ListenerStats {
+            name,
+            open: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            attempts: AtomicU64::default(),
+            failures: AtomicU64::default(),
+            skipped: AtomicU64::default(),
+            last_success: AtomicU64::default(),
+            last_size: AtomicU64::default(),
+            next_run: AtomicU64::default(),
+            duration: Mutex::default(),
+            remote_failures: Mutex::default(),
+            unix_api: ListenerStats::new("unix"),
+            tcp_api: ListenerStats::new("tcp"),
+            scrub_runs: AtomicU64::default(),
+            scrub_failures: AtomicU64::default(),
+            scrub_last_success: AtomicU64::default(),
+        }
+    }
 }
 
 /// Per remote, what `render` shows besides the failure counter.
@@ -199,6 +242,25 @@ impl Metrics {
             );
             for r in remotes {
                 let _ = writeln!(o, "{name}{{remote=\"{}\"}} {}", r.name, r.last_success_unix);
+            }
+        }
+        for (name, kind, help, value) in [
+            (
+                "juju_brd_api_connections",
+                "gauge",
+                "Open API connections, per listener.",
+                (|l: &ListenerStats| l.open.load(Ordering::Relaxed)) as fn(&ListenerStats) -> u64,
+            ),
+            (
+                "juju_brd_api_connections_rejected_total",
+                "counter",
+                "API connections closed by the listener's limit: idle ones closed to make room, or new ones when all were busy.",
+                |l: &ListenerStats| l.rejected.load(Ordering::Relaxed),
+            ),
+        ] {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for l in [&self.unix_api, &self.tcp_api] {
+                let _ = writeln!(o, "{name}{{listener=\"{}\"}} {}", l.name, value(l));
             }
         }
         let h = self.duration.lock().expect("metrics lock");

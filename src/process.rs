@@ -1,19 +1,41 @@
 //! Runs configured commands (hooks, dump and restore commands) safely.
 //!
-//! Each child gets its own process group so a timeout or cancellation kills the whole tree, its
-//! stderr tail is kept (bounded) for the error message with known secrets redacted, and messages name
-//! only the program, never the full argv.
+//! - Each child gets its own process group, and the timeout bounds everything: the child, anything
+//!   it left running in the background (`nohup x &`), and the reading of its output. When the
+//!   child exits, on timeout and on cancellation, the whole group is signalled (SIGTERM, a short
+//!   grace, SIGKILL), so nothing it started outlives it holding our pipe or its files.
+//! - Its stderr tail is kept (bounded) for the error message with known secrets redacted, by a
+//!   reader thread that the caller never waits on without a deadline: a descendant that escaped the
+//!   group (`setsid`) and still holds the pipe costs that thread, not the backup.
+//! - The child's environment is scrubbed: only [`PASSED_ENV`] (and `LC_*`) from ours, plus what
+//!   the config names for it (`ChildSpec::env`, e.g. an `environment_file`). The daemon's own
+//!   environment may hold secrets (`AWS_SECRET_ACCESS_KEY` for a `[[remote]]`) or systemd's
+//!   plumbing (`NOTIFY_SOCKET`) that a hook must not see.
+//! - Messages name only the program, never the full argv.
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 const STDERR_TAIL: usize = 2048;
+/// After SIGTERM to the group, how long before SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+/// After the child exited, how long its output may take to reach EOF before whatever still holds
+/// the pipe is told to stop.
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+/// Variables passed from the daemon's environment to every child (plus every `LC_*`).
+pub const PASSED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+];
+/// PATH for a child when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -38,6 +60,12 @@ pub enum ProcessError {
     },
     #[error("{what}: cancelled")]
     Cancelled { what: String },
+    #[error("{what}: cannot read the environment file {}: {err}", path.display())]
+    EnvironmentFile {
+        what: String,
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
 }
 
 fn tail_suffix(stderr: &str) -> String {
@@ -76,72 +104,140 @@ impl<'a> ChildSpec<'a> {
     }
 }
 
+/// The environment a child starts with: the passed basics of ours, then `extra` (the config's).
+fn child_environment(extra: &[(String, String)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            PASSED_ENV.contains(&k.as_ref()) || k.starts_with("LC_")
+        })
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    for (k, v) in extra {
+        env.retain(|(e, _)| e.as_os_str() != k.as_str());
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+/// The bounded stderr tail, filled by a reader thread; `done` fires at EOF.
+struct OutputTail {
+    tail: Arc<Mutex<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl OutputTail {
+    fn start(mut stderr: std::process::ChildStderr) -> OutputTail {
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let (tx, done) = mpsc::channel();
+        let shared = tail.clone();
+        std::thread::spawn(move || {
+            // Keep only the tail: a chatty tool must not grow our memory.
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut tail = shared.lock().unwrap_or_else(|e| e.into_inner());
+                tail.extend_from_slice(&buf[..n]);
+                if tail.len() > STDERR_TAIL {
+                    let cut = tail.len() - STDERR_TAIL;
+                    tail.drain(..cut);
+                }
+            }
+            let _ = tx.send(());
+        });
+        OutputTail { tail, done }
+    }
+
+    /// Whether EOF came within `limit`.
+    fn wait(&self, limit: Duration) -> bool {
+        !matches!(
+            self.done.recv_timeout(limit),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        )
+    }
+
+    fn text(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|e| e.into_inner());
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+}
+
+/// Whether the child (the group's leader) has exited, without reaping it: while it is a zombie
+/// its pid, which is the group's id, cannot be reused, so signalling the group stays safe.
+fn exited(pid: Pid) -> std::io::Result<bool> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(pid), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
-    let mut cmd = Command::new(&program);
-    cmd.args(&spec.argv[1..])
-        .stdin(spec.stdin)
-        .stdout(spec.stdout)
-        .stderr(Stdio::piped())
-        .process_group(0);
-    for (k, v) in spec.env {
-        cmd.env(k, v);
-    }
-    if let Some(d) = spec.dir {
-        cmd.current_dir(d);
-    }
-    let mut child = cmd.spawn().map_err(|err| ProcessError::Spawn {
+    let spawn_err = |err| ProcessError::Spawn {
         what: spec.what.into(),
         program: program.clone(),
         err,
-    })?;
-    let mut stderr = child.stderr.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        // Keep only the tail: a chatty tool must not grow our memory.
-        let mut tail: Vec<u8> = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            tail.extend_from_slice(&buf[..n]);
-            if tail.len() > STDERR_TAIL {
-                tail.drain(..tail.len() - STDERR_TAIL);
-            }
-        }
-        String::from_utf8_lossy(&tail).into_owned()
-    });
-    let pgid = Pid::from_raw(child.id() as i32);
-    let started = Instant::now();
+    };
+    let mut cmd = Command::new(&program);
+    cmd.args(spec.argv.get(1..).unwrap_or_default())
+        .stdin(spec.stdin)
+        .stdout(spec.stdout)
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .env_clear()
+        .envs(child_environment(spec.env));
+    if let Some(d) = spec.dir {
+        cmd.current_dir(d);
+    }
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let output = OutputTail::start(child.stderr.take().expect("stderr is piped"));
+    let pid = Pid::from_raw(child.id() as i32);
+    // A timeout too large for the clock (the config caps it, but this must never panic) is none.
+    let deadline = Instant::now().checked_add(spec.timeout);
     let mut delay = Duration::from_millis(2);
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|err| ProcessError::Spawn {
-            what: spec.what.into(),
-            program: program.clone(),
-            err,
-        })? {
-            break status;
+    let stopped_early = loop {
+        match exited(pid) {
+            Ok(true) => break None,
+            Ok(false) => {}
+            Err(err) => {
+                stop_group(pid, &mut child, &output);
+                return Err(spawn_err(err));
+            }
         }
-        let cancelled = spec.cancel.is_some_and(|c| c.load(Ordering::Relaxed));
-        if cancelled || started.elapsed() >= spec.timeout {
-            kill_group(pgid, &mut child);
-            let _ = reader.join();
-            return Err(if cancelled {
-                ProcessError::Cancelled {
-                    what: spec.what.into(),
-                }
-            } else {
-                ProcessError::Timeout {
-                    what: spec.what.into(),
-                    program,
-                    after: spec.timeout,
-                }
+        if spec.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            break Some(ProcessError::Cancelled {
+                what: spec.what.into(),
+            });
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break Some(ProcessError::Timeout {
+                what: spec.what.into(),
+                program: program.clone(),
+                after: spec.timeout,
             });
         }
         std::thread::sleep(delay);
         delay = (delay * 2).min(Duration::from_millis(50));
     };
-    let stderr = reader.join().unwrap_or_default();
+    if let Some(err) = stopped_early {
+        stop_group(pid, &mut child, &output);
+        return Err(err);
+    }
+    // The child is gone; whatever it left in its group goes too. Something that still holds its
+    // stderr after a moment is a background process (`nohup x &`) that would otherwise keep us
+    // waiting for EOF for as long as it runs.
+    if !output.wait(OUTPUT_GRACE) {
+        tracing::warn!(what = spec.what, program = %program, "left processes running in the background; stopping them");
+    }
+    stop_group(pid, &mut child, &output);
+    let status = child.wait().map_err(spawn_err)?;
     if status.success() {
         return Ok(());
     }
@@ -154,22 +250,23 @@ pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
         what: spec.what.into(),
         program,
         status,
-        stderr: redact(&stderr, spec.env),
+        stderr: redact(&output.text(), spec.env),
     })
 }
 
-/// SIGTERM to the group, a grace period, then SIGKILL.
-fn kill_group(pgid: Pid, child: &mut std::process::Child) {
+/// SIGTERM to the group, a grace period for the child and for the output pipe to close, then
+/// SIGKILL to the group and the child reaped. Bounded: at most [`TERM_GRACE`] plus a moment.
+fn stop_group(pgid: Pid, child: &mut std::process::Child, output: &OutputTail) {
     let _ = killpg(pgid, Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            let _ = killpg(pgid, Signal::SIGKILL);
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let deadline = Instant::now() + TERM_GRACE;
+    while !matches!(exited(pgid), Ok(true) | Err(_)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
+    output.wait(deadline.saturating_duration_since(Instant::now()));
     let _ = killpg(pgid, Signal::SIGKILL);
+    // A descendant that left the group (setsid) may still hold the pipe: its reader thread is
+    // left to finish on its own, the caller does not wait for it.
+    output.wait(Duration::from_millis(100));
     let _ = child.wait();
 }
 
@@ -251,5 +348,67 @@ mod tests {
         let e = run(spec).unwrap_err().to_string();
         assert!(!e.contains("hunter22secret"), "{e}");
         assert!(e.contains("auth failed for <redacted>"), "{e}");
+    }
+
+    /// A background child holding stderr neither blocks the caller after the child exits nor
+    /// outlives it; with a timeout it is bounded and killed too.
+    #[test]
+    fn background_children_are_stopped_and_never_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("bg.pid");
+        let script = format!("sleep 600 & echo $! > {}; echo done", pidfile.display());
+        let cmd = argv(&["sh", "-c", &script]);
+        let t = Instant::now();
+        run(ChildSpec::new("hook", &cmd, Duration::from_secs(60))).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(pid), "the background child survived");
+
+        let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+        let cmd = argv(&["sh", "-c", &script]);
+        let t = Instant::now();
+        let e = run(ChildSpec::new("hook", &cmd, Duration::from_millis(500))).unwrap_err();
+        assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(!alive(pid), "the background child survived the timeout");
+    }
+
+    fn alive(pid: i32) -> bool {
+        // Reparented to init (or a subreaper) and reaped there; give it a moment.
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    #[test]
+    fn children_get_a_scrubbed_environment() {
+        let env = child_environment(&[("DB_USER".into(), "juju".into())]);
+        let names: Vec<String> = env
+            .iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"PATH".to_string()), "{names:?}");
+        assert!(names.contains(&"DB_USER".to_string()), "{names:?}");
+        for k in &names {
+            assert!(
+                PASSED_ENV.contains(&k.as_str()) || k.starts_with("LC_") || k == "DB_USER",
+                "{k} passed through"
+            );
+        }
     }
 }

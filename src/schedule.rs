@@ -17,6 +17,8 @@ use chrono_tz::Tz;
 pub enum ScheduleError {
     #[error("`{0}` is not a known IANA time zone (e.g. \"UTC\", \"Europe/London\")")]
     Timezone(String),
+    #[error("cron expression `{0}` never fires: no date matches it (e.g. 30 February)")]
+    NeverFires(String),
     #[error("bad cron expression `{expr}`: {reason} (use 5 fields, or 6 with seconds first)")]
     Cron { expr: String, reason: String },
 }
@@ -35,13 +37,27 @@ fn parse_cron(expr: &str) -> Result<croner::Cron, ScheduleError> {
             reason: format!("{fields} fields"),
         });
     }
-    croner::Cron::new(expr)
+    let cron = croner::Cron::new(expr)
         .with_seconds_optional()
         .parse()
         .map_err(|e| ScheduleError::Cron {
             expr: expr.into(),
             reason: e.to_string(),
-        })
+        })?;
+    // An expression that names no real date (`0 0 30 2 *`) parses but would never take a backup.
+    // Without a year field the calendar repeats at least every 8 years (leap days skip 2100), so
+    // one run within 9 years of any instant means it runs forever.
+    let reference = DateTime::parse_from_rfc3339("2096-01-01T00:00:00Z")
+        .expect("a valid instant")
+        .naive_utc()
+        .and_utc();
+    let fires = cron
+        .find_next_occurrence(&reference, false)
+        .is_ok_and(|t| t < reference + Duration::days(9 * 366));
+    if !fires {
+        return Err(ScheduleError::NeverFires(expr.into()));
+    }
+    Ok(cron)
 }
 
 pub fn parse_timezone(name: &str) -> Result<Tz, ScheduleError> {
@@ -296,6 +312,26 @@ mod tests {
     fn bad_expressions_are_refused() {
         for bad in ["", "* * *", "61 * * * *", "* * * * * * * *", "0 25 * * *"] {
             assert!(CronSchedule::parse(bad, "UTC").is_err(), "{bad:?}");
+        }
+        for never in [
+            "0 0 30 2 *",
+            "0 0 31 4 *",
+            "0 0 31 2,4,6,9,11 *",
+            "0 0 0 30 2 *",
+        ] {
+            let t = std::time::Instant::now();
+            assert!(
+                matches!(
+                    CronSchedule::parse(never, "UTC"),
+                    Err(ScheduleError::NeverFires(_))
+                ),
+                "{never:?}"
+            );
+            assert!(t.elapsed() < std::time::Duration::from_secs(1), "{never:?}");
+        }
+        // Rare is not never: leap days, and the 31st of the months that have one.
+        for rare in ["0 0 29 2 *", "0 0 31 * *", "0 0 29 2 1"] {
+            CronSchedule::parse(rare, "UTC").unwrap();
         }
         assert!(matches!(
             CronSchedule::parse("0 3 * * *", "Nowhere/Land"),

@@ -96,21 +96,16 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
 pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
     let path = Config::resolve_path(config_flag);
     let cfg = Config::load(&path)?;
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     let _lock = crate::state::lock(&cfg.state_dir)?;
     let rt = runtime()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let listener = crate::daemon::bind_socket(&cfg.api.socket, cfg.api.socket_mode.0)?;
         let tcp = match (&cfg.api.tcp_listen, &cfg.api.token_file) {
             (Some(addr), Some(token_file)) => {
-                let token = std::fs::read_to_string(token_file)
-                    .with_context(|| format!("reading api.token_file {}", token_file.display()))?
-                    .trim()
-                    .to_string();
-                anyhow::ensure!(
-                    token.len() >= 16,
-                    "the token in {} is shorter than 16 characters",
-                    token_file.display()
-                );
+                let token = crate::daemon::read_token(token_file)?;
                 let l = tokio::net::TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("binding api.tcp_listen {addr}"))?;
@@ -130,17 +125,20 @@ pub(super) fn daemon(config_flag: Option<&Path>) -> Result<ExitCode> {
         };
         let result = crate::daemon::run(path, cfg, listener, tcp, shutdown).await;
         let _ = std::fs::remove_file(&socket);
-        Ok::<_, anyhow::Error>(result?)
-    })?;
-    // A scrub's read of a large archive may still be running on the blocking pool: it only
-    // reads, so it is not waited for beyond a moment.
-    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+        Ok::<(), anyhow::Error>(result?)
+    });
+    // Blocking work that outlived the daemon (see `daemon::run`) must not hold the exit.
+    rt.shutdown_timeout(crate::daemon::RUNTIME_SHUTDOWN);
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn check_config(config_flag: Option<&Path>) -> Result<ExitCode> {
     let path = Config::resolve_path(config_flag);
     let cfg = Config::load(&path)?;
+    for w in cfg.warnings() {
+        eprintln!("warning: {w}");
+    }
     println!("# {} is valid; effective settings:", path.display());
     print!(
         "{}",

@@ -22,6 +22,82 @@ pub fn locate_key(text: &str, dotted: &str) -> Option<usize> {
     last_span.map(|s| line_of_offset(text, s.start))
 }
 
+/// The dotted key whose value starts at `offset`, read from the text itself: for errors the TOML
+/// parser raises before any key is known ("number too large to fit in target type"), so the file
+/// cannot be parsed into a document to ask. Handles `[table]`, `[[array]]` (as `array[i]`),
+/// inline tables and dotted keys; `None` when the line is not `key = value`.
+pub(super) fn key_at_offset(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    if !text.is_char_boundary(offset) {
+        return None;
+    }
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let before = &text[line_start..offset];
+    // The span may start at the value (`key = <here>`) or at the key (`<here>key = value`).
+    let line = &text[line_start..line_end];
+    let head = if before.contains('=') {
+        before
+    } else if let Some(eq) = line.find('=') {
+        &line[..eq + 1]
+    } else {
+        // Inside a value that spans lines (`ports = [\n 1,\n 99999999999999999999,\n]`): the key
+        // is on the nearest line above with one, unless a table header comes first.
+        let above = text[..line_start].lines().rev().find(|l| {
+            let l = l.trim_start();
+            l.contains('=') || l.starts_with('[') && !l.starts_with("[ ")
+        })?;
+        let eq = above.find('=')?;
+        &above[..eq + 1]
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for segment in head.split('{') {
+        let Some(eq) = segment.rfind('=') else {
+            continue;
+        };
+        let key = segment[..eq].rsplit(',').next().unwrap_or("").trim();
+        let key = key.trim_matches(|c| c == '"' || c == '\'');
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            return None;
+        }
+        parts.push(key.to_string());
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    if let Some(table) = table_at(&text[..line_start]) {
+        parts.insert(0, table);
+    }
+    Some(parts.join("."))
+}
+
+/// The table the text ends in: `a.b` for `[a.b]`, `remote[1]` for the second `[[remote]]`.
+fn table_at(text: &str) -> Option<String> {
+    let header = |l: &str| -> Option<(bool, String)> {
+        let l = l.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            return Some((true, name.0.trim().to_string()));
+        }
+        let name = l.strip_prefix('[')?.split_once(']')?.0.trim();
+        Some((false, name.to_string()))
+    };
+    let (array, name) = text.lines().rev().find_map(header)?;
+    if !array {
+        return Some(name);
+    }
+    let index = text
+        .lines()
+        .filter_map(header)
+        .filter(|(a, n)| *a && *n == name)
+        .count()
+        .saturating_sub(1);
+    Some(format!("{name}[{index}]"))
+}
+
 /// The line of `field` in the `index`-th `[[remote]]` table (or of the table's header).
 pub(super) fn locate_remote_key(text: &str, index: usize, field: &str) -> Option<usize> {
     let doc = text.parse::<toml_edit::ImDocument<String>>().ok()?;

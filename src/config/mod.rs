@@ -23,6 +23,7 @@ pub use crate::archive::encryption::EncryptionConfig;
 pub use crate::archive::Compression;
 pub use crate::db::{DatabaseConfig, EngineKind};
 pub use crate::ha::HaConfig;
+use crate::limits::{check_duration, DAY, MAX_RETRIES, MAX_THREADS, PROBE_MAX};
 pub use crate::remote::RemoteConfig;
 pub use crate::restore::RestoreConfig;
 pub use crate::retention::RetentionConfig;
@@ -32,7 +33,7 @@ pub use crate::snapshot::files::{FileSet, IncludeEntry};
 pub use crate::snapshot::hooks::Hooks;
 pub use crate::snapshot::{BackupOptions, ControllerOverrides};
 pub use crate::space::ByteSize;
-use diagnostics::{line_of_offset, locate_key, locate_remote_key, with_suggestion};
+use diagnostics::{key_at_offset, line_of_offset, locate_key, locate_remote_key, with_suggestion};
 
 /// Where the config is looked for when neither `--config` nor `JUJU_BRD_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/juju-brd/juju-brd.toml";
@@ -150,13 +151,20 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
         let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
             let inner = e.into_inner();
             let line = inner
                 .span()
                 .map(|s| line_of_offset(text, s.start))
                 .or_else(|| locate_key(text, &key))
                 .unwrap_or(0);
+            // Errors the TOML parser raises itself (a number out of range) come before serde
+            // knows the key: read it from the text at the error's position.
+            if key == "." {
+                if let Some(k) = inner.span().and_then(|s| key_at_offset(text, s.start)) {
+                    key = k;
+                }
+            }
             ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line,
@@ -208,6 +216,9 @@ impl Config {
         if let Some(p) = self.api.token_file.as_mut() {
             fix(p);
         }
+        if let Some(p) = self.hooks.environment_file.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.encryption.identity_file.as_mut() {
             fix(p);
         }
@@ -229,7 +240,50 @@ impl Config {
         if self.environment.trim().is_empty() {
             return Err(("environment", "must not be empty".into()));
         }
+        for (key, value, max) in [
+            ("schedule.jitter", self.schedule.jitter, DAY),
+            ("hooks.timeout", self.hooks.timeout, DAY),
+            ("database.timeout", self.database.timeout, DAY),
+            ("ha.probe_timeout", self.ha.probe_timeout, PROBE_MAX),
+            ("restore.health_timeout", self.restore.health_timeout, DAY),
+            (
+                "restore.probe_timeout",
+                self.restore.probe_timeout,
+                PROBE_MAX,
+            ),
+        ] {
+            check_duration(key, value, max)?;
+        }
+        for (key, value) in [
+            ("hooks.timeout", self.hooks.timeout),
+            ("database.timeout", self.database.timeout),
+            ("ha.probe_timeout", self.ha.probe_timeout),
+            ("restore.health_timeout", self.restore.health_timeout),
+            ("restore.probe_timeout", self.restore.probe_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((key, "a timeout of 0s would fail every time".into()));
+            }
+        }
         let b = &self.backup;
+        if b.threads > MAX_THREADS {
+            return Err((
+                "backup.threads",
+                format!(
+                    "{} threads is more than the maximum of {MAX_THREADS}",
+                    b.threads
+                ),
+            ));
+        }
+        if b.file_retries > MAX_RETRIES {
+            return Err((
+                "backup.file_retries",
+                format!(
+                    "{} is more than the maximum of {MAX_RETRIES}",
+                    b.file_retries
+                ),
+            ));
+        }
         match b.compression {
             Compression::Gzip if !(1..=9).contains(&b.level) => {
                 return Err((
@@ -314,6 +368,18 @@ impl Config {
         {
             return Err(("database.dump_file", "must be a plain file name".into()));
         }
+        // The socket answers with archives, which hold the controller's private keys: no mode
+        // may open it to every local user. Group access is the way to share it.
+        if self.api.socket_mode.0 & 0o007 != 0 {
+            return Err((
+                "api.socket_mode",
+                format!(
+                    "{:04o} lets every local user reach the API (and download archives holding \
+                     the controller's keys); use 0660 and put the users in the socket's group",
+                    self.api.socket_mode.0
+                ),
+            ));
+        }
         if let Some(addr) = &self.api.tcp_listen {
             let sa: std::net::SocketAddr = addr
                 .parse()
@@ -343,7 +409,45 @@ impl Config {
         Ok(())
     }
 
-    /// The age recipients archives are sealed to, if encryption is on.
+    /// What is legal but unwise, for the daemon's log (at start and on reload) and `check-config`:
+    /// a file holding a secret that every local user can read. Reads only file modes.
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut secret_files: Vec<(String, &Option<PathBuf>)> = vec![
+            ("api.token_file".into(), &self.api.token_file),
+            (
+                "database.environment_file".into(),
+                &self.database.environment_file,
+            ),
+            (
+                "hooks.environment_file".into(),
+                &self.hooks.environment_file,
+            ),
+            (
+                "encryption.identity_file".into(),
+                &self.encryption.identity_file,
+            ),
+        ];
+        for (i, r) in self.remotes.iter().enumerate() {
+            secret_files.push((format!("remote[{i}].credentials_file"), &r.credentials_file));
+        }
+        secret_files
+            .into_iter()
+            .filter_map(|(key, path)| {
+                let path = path.as_deref()?;
+                let mode = std::fs::metadata(path).ok()?.permissions().mode();
+                (mode & 0o004 != 0).then(|| {
+                    format!(
+                        "{key}: {} is readable by every local user (mode {:04o}); it holds a \
+                         secret: chmod o-rwx it",
+                        path.display(),
+                        mode & 0o7777
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Where archives live and how they are kept, for listing, retention and off-host copies.
     pub fn site(&self) -> crate::catalog::Site {
         crate::catalog::Site {

@@ -196,3 +196,141 @@ fn every_shipped_config_parses() {
     }
     assert!(n >= 1, "no configs under {}", dir.display());
 }
+
+/// Numbers the TOML parser itself refuses (out of i64, a float overflow) name their key too, not
+/// "(top level)", in tables, arrays of tables and inline tables.
+#[test]
+fn out_of_range_numbers_name_their_key_and_line() {
+    for (text, want) in [
+        (
+            "environment = \"p\"\n[retention]\nkeep_daily = 99999999999999999999\n",
+            ":3: retention.keep_daily:",
+        ),
+        (
+            "environment = \"p\"\n[retention]\nkeep_daily = 5000000000\n",
+            ":3: retention.keep_daily:",
+        ),
+        (
+            "environment = \"p\"\n\n[[remote]]\nname = \"a\"\nbucket = \"bkt\"\n[[remote]]\nname = \"b\"\nretries = 99999999999999999999\n",
+            ":8: remote[1].retries:",
+        ),
+        (
+            "environment = \"p\"\nbackup = { compression = \"gzip\", level = 99999999999999999999 }\n",
+            ":2: backup.level:",
+        ),
+        (
+            "environment = \"p\"\n[hooks]\ntimeout = 1e400\n",
+            ":3: hooks.timeout:",
+        ),
+        (
+            "environment = \"p\"\n[restore]\nprobe_ports = [\n  17070,\n  99999999999999999999,\n]\n",
+            ":5: restore.probe_ports:",
+        ),
+    ] {
+        let e = err(text);
+        assert!(e.contains(want), "want {want}, got {e}");
+    }
+}
+
+/// Every duration key has a maximum (and timeouts a minimum); the error names key, line, value
+/// and the maximum. `jitter = "99999999999d"` once panicked the scheduler.
+#[test]
+fn absurd_durations_and_counts_are_refused_by_key_and_line() {
+    for (section, key, value, want) in [
+        ("schedule", "jitter", "\"99999999999d\"", "maximum of 1day"),
+        ("schedule", "jitter", "\"25h\"", "maximum of 1day"),
+        ("hooks", "timeout", "\"400d\"", "maximum of 1day"),
+        ("hooks", "timeout", "\"0s\"", "0s would fail"),
+        (
+            "database",
+            "timeout",
+            "\"18446744073709551615s\"",
+            "maximum of 1day",
+        ),
+        ("ha", "probe_timeout", "\"1h\"", "maximum of 5m"),
+        ("restore", "health_timeout", "\"2d\"", "maximum of 1day"),
+        ("restore", "probe_timeout", "\"0ms\"", "0s would fail"),
+        ("backup", "threads", "100000", "maximum of 256"),
+        ("backup", "file_retries", "4294967295", "maximum of 100"),
+    ] {
+        let e = err(&format!(
+            "environment = \"p\"\n[{section}]\n{key} = {value}\n"
+        ));
+        assert!(
+            e.contains(&format!(":3: {section}.{key}:")) && e.contains(want),
+            "{section}.{key} = {value}: {e}"
+        );
+    }
+    for (key, value, want) in [
+        ("retry_delay", "\"2h\"", "maximum of 1h"),
+        ("retries", "1000", "maximum of 100"),
+        ("part_size", "\"6GiB\"", "at most 5GiB"),
+    ] {
+        let e = err(&format!(
+            "environment = \"p\"\n[[remote]]\nname = \"a\"\nbucket = \"bkt\"\n{key} = {value}\n"
+        ));
+        assert!(
+            e.contains(&format!(":5: remote[0].{key}:")) && e.contains(want),
+            "{key} = {value}: {e}"
+        );
+    }
+    // The maxima themselves are accepted.
+    parse("environment = \"p\"\n[schedule]\njitter = \"1day\"\n[hooks]\ntimeout = \"24h\"\n")
+        .unwrap();
+}
+
+#[test]
+fn a_cron_that_never_fires_is_refused_by_key_and_line() {
+    let e = err("environment = \"p\"\n\n[schedule]\ncron = \"0 0 30 2 *\"\n");
+    assert!(e.contains(":4: schedule.cron:"), "{e}");
+    assert!(e.contains("never fires"), "{e}");
+}
+
+/// A socket mode that gives every local user the API (archives hold the controller's keys) is
+/// refused; group access is fine.
+#[test]
+fn socket_modes_open_to_other_users_are_refused() {
+    for mode in ["0666", "0606", "0661", "0604", "0777"] {
+        let e = err(&format!(
+            "environment = \"p\"\n[api]\nsocket_mode = \"{mode}\"\n"
+        ));
+        assert!(e.contains(":3: api.socket_mode:"), "{mode}: {e}");
+        assert!(e.contains("every local user"), "{mode}: {e}");
+    }
+    for mode in ["0600", "0660", "0640", "0700"] {
+        parse(&format!(
+            "environment = \"p\"\n[api]\nsocket_mode = \"{mode}\"\n"
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn secret_files_readable_by_everyone_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "0123456789abcdef0123").unwrap();
+    let env = dir.path().join("db.env");
+    std::fs::write(&env, "PGPASSWORD=x\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(&env, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = Config::parse(
+        &format!(
+            "environment = \"p\"\n[api]\ntcp_listen = \"127.0.0.1:1\"\ntoken_file = \"{}\"\n\
+             [database]\nengine = \"command\"\ncommand = [\"true\"]\nenvironment_file = \"{}\"\n",
+            token.display(),
+            env.display()
+        ),
+        &dir.path().join("c.toml"),
+    )
+    .unwrap();
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("api.token_file:") && w[0].contains("mode 0644"),
+        "{w:?}"
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(cfg.warnings().is_empty());
+}

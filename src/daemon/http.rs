@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -57,10 +57,55 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/prune", post(prune))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn(read_body_in_time))
         .with_state(daemon)
 }
 
+/// How long a client has to send a whole request body (they are small JSON documents).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most a request body is read into memory (axum's default limit, which handlers keep).
+const BODY_LIMIT: usize = 2 << 20;
+
+/// Reads the request body before the handler runs, within [`BODY_TIMEOUT`] in total: hyper bounds
+/// only the headers, and a per-chunk timeout would let a client trickle a byte every few seconds
+/// forever. Too slow: 408, too big: 413, and the connection is closed either way.
+async fn read_body_in_time(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, BODY_LIMIT);
+    let refuse = |code: StatusCode, message: String| {
+        let mut resp = ApiError(code, message).into_response();
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            let req = axum::extract::Request::from_parts(parts, Body::from(collected.to_bytes()));
+            next.run(req).await
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request body is larger than {BODY_LIMIT} bytes"),
+        ),
+        Ok(Err(e)) => refuse(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        ),
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {}s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ),
+    }
+}
+
 /// The same router behind `Authorization: Bearer TOKEN`, for the optional TCP listener.
+///
+/// A request without the right token is answered 401 at once, before its body is read, and its
+/// connection is closed (`Connection: close`), so an unauthenticated peer holds nothing for long.
 pub fn with_bearer_token(router: Router, token: String) -> Router {
     let token = Arc::new(token);
     router.layer(axum::middleware::from_fn(
@@ -71,20 +116,32 @@ pub fn with_bearer_token(router: Router, token: String) -> Router {
                     .headers()
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(bearer_credentials)
                     .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
                 if ok {
                     next.run(req).await
                 } else {
-                    ApiError(
+                    let mut resp = ApiError(
                         StatusCode::UNAUTHORIZED,
                         "missing or wrong bearer token".into(),
                     )
-                    .into_response()
+                    .into_response();
+                    let h = resp.headers_mut();
+                    h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    resp
                 }
             }
         },
     ))
+}
+
+/// The token of an `Authorization` value in the Bearer scheme. The scheme name is
+/// case-insensitive (RFC 7235 2.1, RFC 6750 2.1): `bearer`, `BEARER` and `Bearer` all count.
+fn bearer_credentials(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once([' ', '\t'])?;
+    let token = rest.trim_matches([' ', '\t']);
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -627,5 +684,21 @@ mod tests {
             .uri("/healthz")
             .header("authorization", "Bearer s3cret");
         assert_eq!(call_with(r, req, "").await.0, StatusCode::OK);
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, want) in [
+            ("Bearer s3cret", Some("s3cret")),
+            ("bearer s3cret", Some("s3cret")),
+            ("BEARER  s3cret ", Some("s3cret")),
+            ("bEaReR\ts3cret", Some("s3cret")),
+            ("Basic s3cret", None),
+            ("Bearers3cret", None),
+            ("Bearer ", None),
+            ("s3cret", None),
+        ] {
+            assert_eq!(bearer_credentials(value), want, "{value:?}");
+        }
     }
 }

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 pub mod http;
 mod scheduler;
+pub mod serve;
 mod worker;
 
 use crate::api::types::{JobInfo, JobKind, JobState};
@@ -37,6 +38,12 @@ use crate::state::DaemonState;
 
 /// How long SIGTERM waits for a running backup before cancelling it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
+/// How long a cancelled backup gets to stop. With the grace, the API drain and the runtime's own
+/// shutdown this stays well inside the unit's TimeoutStopSec=120s.
+const CANCEL_GRACE: Duration = Duration::from_secs(30);
+/// How long the runtime waits, after the daemon returns, for blocking work still running (a
+/// backup that ignored cancellation, an HA probe) before the process exits without it.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
 const RECENT_JOBS: usize = 100;
 
 pub struct Job {
@@ -100,6 +107,10 @@ pub enum DaemonError {
     SocketInUse(PathBuf),
     #[error("api.socket {} exists and is {what}, not a stale socket; refusing to remove it (choose another api.socket, or move it away)", path.display())]
     NotASocket { path: PathBuf, what: &'static str },
+    #[error("{0}")]
+    Token(String),
+    #[error("the {task} task {how}; exiting so that systemd restarts the daemon")]
+    TaskEnded { task: &'static str, how: String },
     #[error("{what} {}: {err}", path.display())]
     Io {
         what: &'static str,
@@ -215,6 +226,9 @@ impl Daemon {
     /// Re-reads the config file; a config that does not load is rejected and the old one kept.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
         let new = Config::load(&self.config_path)?;
+        for w in new.warnings() {
+            tracing::warn!("{w}");
+        }
         let old = self.config();
         if new.api.socket != old.api.socket || new.state_dir != old.state_dir {
             tracing::warn!("api.socket and state_dir changes take effect only after a restart");
@@ -245,7 +259,7 @@ impl Daemon {
         if let Some(j) = self.current_job() {
             let i = j.info();
             if i.state == JobState::Running {
-                let pct = (i.bytes_done * 100)
+                let pct = (i.bytes_done.saturating_mul(100))
                     .checked_div(i.bytes_estimated)
                     .unwrap_or(0);
                 return format!("backing up: {}%", pct.min(99));
@@ -274,6 +288,38 @@ fn notify(states: &[sd_notify::NotifyState]) {
     if let Err(e) = sd_notify::notify(false, states) {
         tracing::debug!(error = %e, "sd_notify failed");
     }
+}
+
+/// Reads the bearer token for the TCP listener. Refused when shorter than 16 characters, or when
+/// the file is writable by other users (anyone could set the token); readable by others is only
+/// warned about (`Config::warnings`), so that an upgrade does not take an existing deployment's
+/// backups down over a file mode.
+pub fn read_token(path: &Path) -> Result<String, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |err| DaemonError::Io {
+        what: "read api.token_file",
+        path: path.to_path_buf(),
+        err,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode();
+    if mode & 0o002 != 0 {
+        return Err(DaemonError::Token(format!(
+            "api.token_file {} is writable by every local user (mode {:04o}); chmod o-rwx it",
+            path.display(),
+            mode & 0o7777
+        )));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(io)?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        return Err(DaemonError::Token(format!(
+            "the token in api.token_file {} is shorter than 16 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
 }
 
 /// Start-up on the blocking pool: removes what an interrupted backup left and marks a job the
@@ -382,36 +428,29 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = http::router(daemon.clone());
-    let mut servers = Vec::new();
-    {
-        let mut rx = stop_rx.clone();
-        let app = router.clone();
-        servers.push(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
-    }
+    let mut servers = vec![tokio::spawn(serve::serve(
+        listener,
+        router.clone(),
+        serve::UNIX,
+        daemon.metrics.unix_api.clone(),
+        stop_rx.clone(),
+    ))];
     if let Some((tcp, token)) = tcp {
-        let mut rx = stop_rx.clone();
-        let app = http::with_bearer_token(router, token);
-        servers.push(tokio::spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
-        }));
+        servers.push(tokio::spawn(serve::serve(
+            tcp,
+            http::with_bearer_token(router, token),
+            serve::TCP,
+            daemon.metrics.tcp_api.clone(),
+            stop_rx.clone(),
+        )));
     }
 
-    let worker = tokio::spawn(worker::worker_loop(
+    let mut worker = tokio::spawn(worker::worker_loop(
         daemon.clone(),
         work_rx,
         stop_rx.clone(),
     ));
-    let scheduler = tokio::spawn(scheduler::scheduler_loop(daemon.clone(), stop_rx.clone()));
+    let mut scheduler = tokio::spawn(scheduler::scheduler_loop(daemon.clone(), stop_rx.clone()));
     scheduler::catch_up(&daemon);
 
     notify(&[sd_notify::NotifyState::Ready]);
@@ -421,7 +460,7 @@ pub async fn run(
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signal)?;
     tokio::pin!(shutdown);
-    loop {
+    let ended = loop {
         tokio::select! {
             _ = hup.recv() => {
                 notify(&[sd_notify::NotifyState::Reloading]);
@@ -433,8 +472,30 @@ pub async fn run(
                 }
                 notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&daemon.status_line())]);
             }
-            _ = &mut shutdown => break,
+            ended = first_to_end(&mut worker, &mut scheduler) => break Some(ended),
+            _ = &mut shutdown => break None,
         }
+    };
+    if let Some((task, result)) = ended {
+        // A daemon without its worker or scheduler only looks alive (the API answers, nothing is
+        // backed up): stop the rest and exit non-zero, so systemd restarts it and says why.
+        let how = match result {
+            Ok(()) => "stopped unexpectedly".to_string(),
+            Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
+            Err(e) => e.to_string(),
+        };
+        let err = DaemonError::TaskEnded { task, how };
+        tracing::error!(error = %err, "daemon failed");
+        notify(&[sd_notify::NotifyState::Status(&format!("FAILED: {err}"))]);
+        daemon.stopping.store(true, Ordering::Relaxed);
+        if let Some(job) = daemon.current_job() {
+            job.progress.cancel.store(true, Ordering::Relaxed);
+        }
+        let _ = stop_tx.send(true);
+        for s in servers {
+            let _ = s.await;
+        }
+        return Err(err);
     }
 
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -448,7 +509,15 @@ pub async fn run(
         {
             tracing::warn!(job = %job.id, "backup did not finish in time; cancelling it");
             job.progress.cancel.store(true, Ordering::Relaxed);
-            job.finished().await;
+            if tokio::time::timeout(CANCEL_GRACE, job.finished())
+                .await
+                .is_err()
+            {
+                // Something in the backup ignores cancellation: exit anyway, inside systemd's
+                // stop timeout; the next start removes the partial files and records the job
+                // as interrupted.
+                tracing::error!(job = %job.id, "backup ignored cancellation; exiting without it");
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -460,8 +529,55 @@ pub async fn run(
     Ok(())
 }
 
+/// Resolves when the worker or the scheduler task ends (neither should before shutdown), with its
+/// name and how it ended.
+async fn first_to_end(
+    worker: &mut tokio::task::JoinHandle<()>,
+    scheduler: &mut tokio::task::JoinHandle<()>,
+) -> (&'static str, Result<(), tokio::task::JoinError>) {
+    tokio::select! {
+        r = worker => ("worker", r),
+        r = scheduler => ("scheduler", r),
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// Resolves once the stop flag is set. (The watch guard is dropped before returning, so callers'
 /// futures stay `Send`.)
 async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that dies is noticed at once, by name, with its panic message; the live one is
+    /// left alone.
+    #[tokio::test]
+    async fn a_dead_task_is_noticed_by_name() {
+        let mut worker = tokio::spawn(std::future::pending::<()>());
+        let mut scheduler = tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            panic!("scheduler boom");
+        });
+        let (task, result) = tokio::time::timeout(
+            Duration::from_secs(5),
+            first_to_end(&mut worker, &mut scheduler),
+        )
+        .await
+        .expect("noticed within 5 s");
+        assert_eq!(task, "scheduler");
+        let e = result.unwrap_err();
+        assert!(e.is_panic());
+        assert_eq!(panic_message(e.into_panic()), "scheduler boom");
+        assert!(!worker.is_finished());
+        worker.abort();
+    }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{stopped, Daemon};
@@ -35,14 +35,9 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
     loop {
         let cfg = daemon.config();
         let sched = cfg.schedule.schedule();
-        let next = sched.and_then(|s| s.next_after(Utc::now())).map(|n| {
-            let jitter = cfg.schedule.jitter.as_millis() as i64;
-            if jitter > 0 {
-                n + chrono::Duration::milliseconds(rand::random::<i64>().rem_euclid(jitter))
-            } else {
-                n
-            }
-        });
+        let next = sched
+            .and_then(|s| s.next_after(Utc::now()))
+            .map(|n| with_jitter(n, cfg.schedule.jitter));
         *daemon.next_run.lock().expect("next_run lock") = next;
         daemon
             .metrics
@@ -55,7 +50,12 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
                 if next.is_none() {
                     continue;
                 }
-                if takes_slot(&daemon).await {
+                // The HA check may wait on the network (probe_timeout); SIGTERM does not.
+                let mine = tokio::select! {
+                    mine = takes_slot(&daemon) => mine,
+                    _ = stopped(&mut stop) => return,
+                };
+                if mine {
                     match daemon.trigger(JobKind::Scheduled, String::new()) {
                         Some((_, true)) => {}
                         Some((job, false)) => {
@@ -77,6 +77,18 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
     }
 }
 
+/// `slot` plus a random delay below `jitter`. The config caps `jitter` at a day; the arithmetic is
+/// checked anyway, so no value can panic the scheduler (it once did, at "99999999999d").
+fn with_jitter(slot: DateTime<Utc>, jitter: Duration) -> DateTime<Utc> {
+    let ms = i64::try_from(jitter.as_millis()).unwrap_or(i64::MAX);
+    if ms <= 0 {
+        return slot;
+    }
+    chrono::Duration::try_milliseconds(rand::random::<i64>().rem_euclid(ms))
+        .and_then(|d| slot.checked_add_signed(d))
+        .unwrap_or(slot)
+}
+
 /// Whether this node takes a scheduled slot (see `ha`); logged either way when HA is configured.
 async fn takes_slot(daemon: &Daemon) -> bool {
     let cfg = daemon.config();
@@ -93,4 +105,20 @@ async fn takes_slot(daemon: &Daemon) -> bool {
         tracing::info!(reason = %why, "scheduled backup left to another state-server");
     }
     mine
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_of_any_size_never_panics() {
+        let slot = Utc::now();
+        for j in [0, 1, 86_400, 99_999_999_999 * 86_400, u64::MAX] {
+            let t = with_jitter(slot, Duration::from_secs(j));
+            assert!(t >= slot);
+        }
+        let t = with_jitter(slot, Duration::from_secs(60));
+        assert!(t < slot + chrono::Duration::seconds(60));
+    }
 }

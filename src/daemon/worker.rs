@@ -61,9 +61,9 @@ pub(super) async fn worker_loop(
 /// records it for `/v1/status`. `None` while scrubbing is off.
 fn next_scrub(daemon: &Daemon, started: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let cfg = daemon.config();
-    let due = cfg.scrub.enabled().then(|| {
+    let due = cfg.scrub.enabled().then_some(()).and_then(|()| {
         let anchor = daemon.state().last_scrub.unwrap_or(started);
-        anchor + chrono::Duration::from_std(cfg.scrub.interval).unwrap_or(chrono::Duration::MAX)
+        anchor.checked_add_signed(chrono::Duration::from_std(cfg.scrub.interval).ok()?)
     });
     *daemon.next_scrub.lock().expect("next_scrub lock") = due;
     due

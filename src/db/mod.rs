@@ -40,6 +40,8 @@ pub enum DbError {
         engine: &'static str,
         what: &'static str,
     },
+    #[error("database ({engine}): cancelled")]
+    Cancelled { engine: &'static str },
     #[error(transparent)]
     Process(#[from] crate::process::ProcessError),
 }

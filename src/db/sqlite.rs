@@ -5,7 +5,7 @@
 //! stepped copy would restart every time another connection writes, and can starve under load.)
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::{backup::Backup, backup::StepResult, Connection, OpenFlags};
@@ -36,6 +36,29 @@ fn restore_destination(input: &RestoreInput) -> Result<PathBuf, String> {
     Ok(input.target_root.join(recorded.trim_start_matches('/')))
 }
 
+/// How long one attempt waits inside SQLite for a lock: cancellation is checked between attempts.
+const BUSY_SLICE: Duration = Duration::from_millis(100);
+
+/// Errors that mean "another connection holds a lock": worth waiting for, up to the timeout.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// SQLite's message for an error. The backup API reports the source's errors on the destination
+/// connection, whose own message is then "not an error": use the code's description instead.
+fn describe(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(code, msg) => match msg.as_deref() {
+            Some(m) if m != "not an error" => m.to_string(),
+            _ => code.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
 fn fail(message: String) -> DbError {
     DbError::Failed {
         engine: "sqlite",
@@ -55,7 +78,7 @@ impl Engine for SqliteEngine {
         size(&self.path) + size(Path::new(&wal))
     }
 
-    fn dump(&self, out_dir: &Path, _cancel: &AtomicBool) -> Result<(), DbError> {
+    fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError> {
         let shown = self.path.display();
         if !self.path.is_file() {
             return Err(fail(format!("database {shown} does not exist")));
@@ -66,7 +89,8 @@ impl Engine for SqliteEngine {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| fail(format!("cannot open {shown}: {e}")))?;
-        src.busy_timeout(self.timeout.min(Duration::from_secs(60)))
+        // SQLite's own busy wait cannot see `cancel`: keep it short and wait in the loop below.
+        src.busy_timeout(BUSY_SLICE)
             .map_err(|e| fail(format!("{shown}: {e}")))?;
         let file_name = self
             .path
@@ -75,24 +99,42 @@ impl Engine for SqliteEngine {
         let out = out_dir.join(&file_name);
         let mut dst = Connection::open(&out)
             .map_err(|e| fail(format!("cannot create the dump {}: {e}", out.display())))?;
-        let deadline = Instant::now() + self.timeout;
+        // A timeout beyond the clock's range (the config caps it) means no deadline, never a panic.
+        let started = Instant::now();
+        let deadline = started.checked_add(self.timeout);
+        let mut waited_for_lock = false;
         {
             let backup = Backup::new(&src, &mut dst)
                 .map_err(|e| fail(format!("cannot start the backup of {shown}: {e}")))?;
             loop {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(DbError::Cancelled { engine: "sqlite" });
+                }
                 match backup.step(-1) {
                     Ok(StepResult::Done) => break,
                     Ok(StepResult::More) => continue,
-                    Ok(StepResult::Busy | StepResult::Locked) | Err(_)
-                        if Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(50));
+                    Ok(StepResult::Busy | StepResult::Locked) => {}
+                    Err(e) if is_busy(&e) => {}
+                    // Anything else (cannot open, not a database, I/O error, full disk) will not
+                    // get better by retrying: fail now with SQLite's message.
+                    Err(e) => {
+                        return Err(fail(format!("backup of {shown} failed: {}", describe(&e))))
                     }
                     Ok(other) => {
                         return Err(fail(format!("backup of {shown} did not finish: {other:?}")))
                     }
-                    Err(e) => return Err(fail(format!("backup of {shown} failed: {e}"))),
                 }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(fail(format!(
+                        "{shown} stayed locked by another process for {}s (database.timeout)",
+                        self.timeout.as_secs()
+                    )));
+                }
+                if !waited_for_lock {
+                    tracing::warn!(database = %shown, "database is locked by another process; waiting (database.timeout)");
+                    waited_for_lock = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         // The copy is a single file: no WAL left beside it.

@@ -560,6 +560,24 @@ impl RemoteConfig {
         if self.part_size.0 < 5 << 20 {
             return Err(("part_size", "S3 needs parts of at least 5MiB".into()));
         }
+        if self.part_size.0 > 5 << 30 {
+            return Err(("part_size", "S3 takes parts of at most 5GiB".into()));
+        }
+        if self.retries > crate::limits::MAX_RETRIES {
+            return Err((
+                "retries",
+                format!(
+                    "{} is more than the maximum of {}",
+                    self.retries,
+                    crate::limits::MAX_RETRIES
+                ),
+            ));
+        }
+        crate::limits::check_duration(
+            "retry_delay",
+            self.retry_delay,
+            crate::limits::RETRY_DELAY_MAX,
+        )?;
         if self
             .retention
             .as_ref()

@@ -750,7 +750,10 @@ fn repoint_agent_confs(
 }
 
 fn wait_healthy(argv: &[String], limit: Duration) -> Result<(), StepError> {
-    let end = Instant::now() + limit;
+    // Capped by the config; checked so that no value can panic a restore half-way.
+    let end = Instant::now()
+        .checked_add(limit)
+        .unwrap_or_else(|| Instant::now() + crate::limits::DAY);
     loop {
         let left = end.saturating_duration_since(Instant::now());
         match process::run(ChildSpec::new(

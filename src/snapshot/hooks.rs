@@ -23,7 +23,17 @@ fn run(
     if argv.is_empty() {
         return Ok(());
     }
+    // The hook's environment is the scrubbed basics (see `process`) plus this file's variables.
+    let env = match &hooks.environment_file {
+        Some(p) => process::read_env_file(p).map_err(|err| ProcessError::EnvironmentFile {
+            what: what.into(),
+            path: p.clone(),
+            err,
+        })?,
+        None => Vec::new(),
+    };
     let mut spec = ChildSpec::new(what, argv, hooks.timeout);
+    spec.env = &env;
     spec.cancel = cancel;
     process::run(spec)
 }
@@ -40,6 +50,10 @@ pub struct Hooks {
     pub post: Vec<String>,
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub timeout: std::time::Duration,
+    /// `KEY=VALUE` file added to the hooks' environment, which is otherwise scrubbed to PATH,
+    /// HOME, locale and time zone basics.
+    #[serde(default)]
+    pub environment_file: Option<std::path::PathBuf>,
 }
 
 fn default_hook_timeout() -> std::time::Duration {

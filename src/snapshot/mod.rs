@@ -195,7 +195,8 @@ fn snapshot_and_write(
     let plan = files::plan(cfg.files, &[cfg.archive_dir, cfg.state_dir])?;
     let engine = db::from_config(cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
-    let staged = plan.bytes + db_estimate;
+    // Saturating: `database.estimate_bytes` is the operator's number, and may be absurd.
+    let staged = plan.bytes.saturating_add(db_estimate);
     // Staging holds root.tar and the dump while the archive (at worst as large) is written.
     let estimate = staged.saturating_mul(2);
     let (have, total) =
@@ -208,7 +209,7 @@ fn snapshot_and_write(
             have_mib: have >> 20,
         });
     }
-    progress.bytes_total.store(staged * 2, Ordering::Relaxed);
+    progress.bytes_total.store(estimate, Ordering::Relaxed);
 
     let staging_path = dir.join(format!(
         ".staging-{}{PART_SUFFIX}",
