@@ -9,10 +9,11 @@ export PATH="$HOME/.cargo/bin:$PATH"
 
 # What the ignored tests run, by Debian package: age (age, age-keygen), prometheus (promtool),
 # go-dqlite (dqlite, dqlite-demo), zstd (tar --zstd), systemd (systemd-analyze), python3
-# (/usr/bin/python3 as user nobody), util-linux (setpriv), mount (a tmpfs), e2fsprogs (chattr);
+# (/usr/bin/python3 as user nobody), util-linux (setpriv), mount (a tmpfs), e2fsprogs (chattr),
+# strace (holds open() back in tests/data_safety.rs to widen a race);
 # tar and gzip for all.
 missing=()
-for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip; do
+for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

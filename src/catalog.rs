@@ -22,6 +22,10 @@ pub struct ArchiveInfo {
     pub started: DateTime<Utc>,
     pub modified: DateTime<Utc>,
     pub verification: VerifyState,
+    /// When the archive was last read completely (verify, `list --verify`, the scrub, the
+    /// backup's own read-back). The result holds while the file is not replaced; it cannot see
+    /// bit rot since then, which only another read finds.
+    pub checked_at: Option<DateTime<Utc>>,
     /// Sealed with age; reading it needs an identity.
     pub encrypted: bool,
     /// From the sidecar's listing line, when it has one.
@@ -56,9 +60,10 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             _ => continue,
         };
         let name = parsed.to_string();
-        let verification = match cache.result(&name, &md) {
-            Some(true) => VerifyState::Verified,
-            Some(false) => VerifyState::Failed,
+        let checked = cache.checked(&name, &md);
+        let verification = match checked {
+            Some((true, _)) => VerifyState::Verified,
+            Some((false, _)) => VerifyState::Failed,
             None => VerifyState::Unverified,
         };
         let environment = crate::archive::sidecar::read(&entry.path())
@@ -74,10 +79,30 @@ pub fn list(dir: &Path, state_dir: &Path) -> std::io::Result<Vec<ArchiveInfo>> {
             name,
             parsed,
             verification,
+            checked_at: checked.and_then(|(_, at)| at),
         });
     }
     out.sort_by(|a, b| b.parsed.cmp(&a.parsed));
     Ok(out)
+}
+
+/// The newest verified archive of `archives` as retention sees it: a future-dated one (see
+/// [`crate::retention`]) is never it.
+pub fn newest_verified(archives: &[ArchiveInfo], now: DateTime<Utc>) -> Option<&ArchiveInfo> {
+    archives
+        .iter()
+        .filter(|a| !crate::retention::is_future_dated(a.started, now))
+        .filter(|a| a.verification == VerifyState::Verified)
+        .max_by(|a, b| a.parsed.cmp(&b.parsed))
+}
+
+/// The archives of `archives` named after `now` (see [`crate::retention`]).
+pub fn future_dated(archives: &[ArchiveInfo], now: DateTime<Utc>) -> Vec<String> {
+    archives
+        .iter()
+        .filter(|a| crate::retention::is_future_dated(a.started, now))
+        .map(|a| a.name.clone())
+        .collect()
 }
 
 /// Removes leftovers of interrupted runs: `*.part` files and staging directories.
@@ -134,8 +159,13 @@ pub enum PruneError {
 }
 
 /// Applies the retention policy to the archive directory (or only reports, with `dry_run`).
-/// Every deletion is logged with the rule that removed it.
-pub fn prune(cfg: &Site, dry_run: bool) -> Result<Vec<crate::retention::Decision>, PruneError> {
+/// Every deletion is logged with the rule that removed it, every future-dated archive with a
+/// warning. `just_taken` (the archive a backup has just written) is never deleted.
+pub fn prune(
+    cfg: &Site,
+    dry_run: bool,
+    just_taken: Option<&str>,
+) -> Result<Vec<crate::retention::Decision>, PruneError> {
     let io = |what: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |err| PruneError::Io { what, path, err }
@@ -150,13 +180,30 @@ pub fn prune(cfg: &Site, dry_run: bool) -> Result<Vec<crate::retention::Decision
             size: a.size,
         })
         .collect();
-    let tz = cfg.timezone;
     let (free, _) = crate::space::free_and_total(&cfg.archive_dir)
         .map_err(io("free space of", &cfg.archive_dir))?;
-    let mut decisions = crate::retention::plan(&cfg.retention, &candidates, tz, free)?;
-    // An archive that has not reached every remote is the only copy there is: keep it.
+    let ctx = crate::retention::Context {
+        now: Utc::now(),
+        tz: cfg.timezone,
+        free_bytes: free,
+        just_taken: just_taken.map(str::to_string),
+    };
+    let mut decisions = crate::retention::plan(&cfg.retention, &candidates, &ctx)?;
+    for d in decisions
+        .iter()
+        .filter(|d| d.reason.starts_with(crate::retention::FUTURE_DATED))
+    {
+        tracing::warn!(archive = %d.name, reason = %d.reason, "future-dated archive");
+    }
+    // An archive that has not reached every remote is the only copy there is: keep it. (Not one
+    // that failed verification: it is never copied, so it would be kept forever.)
     let ledger = Ledger::load(&cfg.state_dir);
-    for d in decisions.iter_mut().filter(|d| !d.keep) {
+    let failed = |name: &str| {
+        archives
+            .iter()
+            .any(|a| a.name == name && a.verification == VerifyState::Failed)
+    };
+    for d in decisions.iter_mut().filter(|d| !d.keep && !failed(&d.name)) {
         let missing = ledger.missing(&d.name, cfg.remote_names.iter().map(String::as_str));
         if !missing.is_empty() {
             d.keep = true;

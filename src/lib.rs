@@ -15,6 +15,7 @@
 //! - [`retention`]: which archives to keep (pure).
 //! - [`catalog`]: the archives in a directory, their verification state, pruning.
 //! - [`remote`]: off-host copies on S3-compatible storage.
+//! - [`scrub`]: reading archives again on a cadence, locally and on remotes, to find rot.
 //! - [`snapshot`]: taking one backup: file capture, hooks, the database dump.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
 //! - [`config`]: the TOML file, composed of the sections the modules above own; strictly
@@ -45,6 +46,7 @@ pub mod remote;
 pub mod restore;
 pub mod retention;
 pub mod schedule;
+pub mod scrub;
 pub mod snapshot;
 pub mod space;
 pub mod state;

@@ -27,6 +27,11 @@ pub struct Metrics {
     /// API connections on the Unix socket and on the TCP listener.
     pub unix_api: std::sync::Arc<ListenerStats>,
     pub tcp_api: std::sync::Arc<ListenerStats>,
+    /// Scrub runs finished, and archives or remote copies they found damaged.
+    pub scrub_runs: AtomicU64,
+    pub scrub_failures: AtomicU64,
+    /// f64 seconds stored as bits: the last scrub that found everything sound.
+    scrub_last_success: AtomicU64,
 }
 
 /// Connections of one API listener.
@@ -63,6 +68,9 @@ impl Default for Metrics {
             remote_failures: Mutex::default(),
             unix_api: ListenerStats::new("unix"),
             tcp_api: ListenerStats::new("tcp"),
+            scrub_runs: AtomicU64::default(),
+            scrub_failures: AtomicU64::default(),
+            scrub_last_success: AtomicU64::default(),
         }
     }
 }
@@ -115,6 +123,22 @@ impl Metrics {
             .get(remote)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// A scrub finished, finding `damaged` archives or copies; `sound_at` is set when it found
+    /// everything sound (and could read everything).
+    pub fn scrub_finished(&self, damaged: u64, sound_at: Option<f64>) {
+        self.scrub_runs.fetch_add(1, Ordering::Relaxed);
+        self.scrub_failures.fetch_add(damaged, Ordering::Relaxed);
+        if let Some(t) = sound_at {
+            self.set_scrub_last_success(t);
+        }
+    }
+
+    /// At start-up, from the state the daemon remembers.
+    pub fn set_scrub_last_success(&self, unix: f64) {
+        self.scrub_last_success
+            .store(unix.to_bits(), Ordering::Relaxed);
     }
 
     pub fn set_next_run(&self, unix: Option<f64>) {
@@ -178,6 +202,24 @@ impl Metrics {
             "gauge",
             "Free space in the archive directory.",
             free_bytes.to_string(),
+        );
+        one(
+            "juju_brd_scrub_runs_total",
+            "counter",
+            "Scrubs (every archive read again) finished.",
+            self.scrub_runs.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_scrub_failures_total",
+            "counter",
+            "Archives and remote copies that scrubs found damaged or missing.",
+            self.scrub_failures.load(Ordering::Relaxed).to_string(),
+        );
+        one(
+            "juju_brd_scrub_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last scrub that found every archive and copy sound (0 if none).",
+            f(&self.scrub_last_success).to_string(),
         );
         if !remotes.is_empty() {
             let name = "juju_brd_remote_upload_failures_total";

@@ -74,6 +74,28 @@ pub struct StatusResponse {
     /// One entry per `[[remote]]`.
     #[serde(default)]
     pub remotes: Vec<RemoteStatus>,
+    /// Archives named with a date after now (the clock was ahead when they were taken):
+    /// retention keeps them and does not count them as newest; an operator should look.
+    #[serde(default)]
+    pub future_dated_archives: Vec<String>,
+    /// The scheduled re-reading of every archive (`[scrub]`).
+    #[serde(default)]
+    pub scrub: ScrubStatus,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    pub enabled: bool,
+    /// `ok`, `failed` (something damaged, or something could not be read), or `never` run.
+    pub state: String,
+    pub last_run: Option<DateTime<Utc>>,
+    /// The last scrub that found everything sound.
+    pub last_success: Option<DateTime<Utc>>,
+    pub next_run: Option<DateTime<Utc>>,
+    /// What the last scrub found damaged: archive names, `NAME on remote R` for remote copies.
+    pub damaged: Vec<String>,
+    /// What kept the last scrub from reading something (a remote down).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,35 @@ pub const FORMAT_VERSION: i64 = 1;
 pub const MAX_READ_FORMAT_VERSION: i64 = 2;
 /// Upper bound for metadata.json: anything larger is not metadata.
 pub const MAX_METADATA_BYTES: u64 = 1 << 20;
+/// Upper bound for the notes as metadata.json stores them (JSON-escaped, so a control character
+/// counts six bytes): a quarter of [`MAX_METADATA_BYTES`], leaving the rest for everything else
+/// metadata records (addresses, ids, versions take a few KiB). Every way in (the API, `backup
+/// --notes`, the snapshot itself) checks it with [`check_notes`], so an archive is never written
+/// with metadata that verify and restore would refuse.
+pub const MAX_NOTES_BYTES: u64 = MAX_METADATA_BYTES / 4;
+
+/// Refuses notes that would not fit [`MAX_NOTES_BYTES`] once stored, saying by how much.
+pub fn check_notes(notes: &str) -> Result<(), String> {
+    let stored = stored_len(notes);
+    if stored > MAX_NOTES_BYTES {
+        return Err(format!(
+            "notes are too long: {stored} bytes as stored in metadata.json (JSON-escaped), \
+             at most {MAX_NOTES_BYTES} allowed"
+        ));
+    }
+    Ok(())
+}
+
+/// Length of `s` as a JSON string body (without the quotes), as serde_json writes it.
+fn stored_len(s: &str) -> u64 {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8() as u64,
+        })
+        .sum()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
@@ -139,6 +168,29 @@ mod tests {
         assert_eq!(m.machine, "0");
         assert_eq!(m.environment_name(), "asdf-zxcv-qwe");
         assert!(m.brd.is_none());
+    }
+
+    #[test]
+    fn notes_are_measured_as_metadata_json_stores_them() {
+        for s in [
+            "plain",
+            "quote\" back\\ nl\n tab\t",
+            "\u{1}\u{1f}\u{7f} é ✓ 🦀",
+            "",
+        ] {
+            let json = serde_json::to_string(s).unwrap();
+            assert_eq!(stored_len(s), json.len() as u64 - 2, "{s:?}");
+        }
+        let limit = MAX_NOTES_BYTES as usize;
+        assert!(check_notes(&"x".repeat(limit)).is_ok());
+        assert!(check_notes(&"x".repeat(limit + 1)).is_err());
+        // A sixth of the limit in control characters is the limit once escaped.
+        assert!(check_notes(&"\u{1}".repeat(limit / 6)).is_ok());
+        let e = check_notes(&"\u{1}".repeat(limit / 6 + 1)).unwrap_err();
+        assert!(
+            e.contains("notes are too long") && e.contains(&limit.to_string()),
+            "{e}"
+        );
     }
 
     #[test]

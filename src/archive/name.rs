@@ -51,14 +51,33 @@ impl ArchiveName {
         }
     }
 
-    /// The first free name for `started` in `dir` (adding `-2`, `-3`, ... as Juju users expect).
+    /// A free name for `started` in `dir` (adding `-2`, `-3`, ... as Juju users expect) that sorts
+    /// after every archive of the same second already there, so a later archive never looks
+    /// older than an earlier one (after `-1` was pruned, the next is `-3`, not the bare name).
     pub fn first_free(
         dir: &Path,
         started: DateTime<Utc>,
         compression: Compression,
         encrypted: bool,
     ) -> Self {
-        let mut seq = 1;
+        let probe = ArchiveName::new(started, 1, compression, encrypted);
+        let highest = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let name = name.to_str()?;
+                let name = name
+                    .strip_suffix(SIDECAR_SUFFIX)
+                    .or_else(|| name.strip_suffix(PART_SUFFIX))
+                    .unwrap_or(name);
+                ArchiveName::parse(name)
+            })
+            .filter(|n| n.started == probe.started)
+            .map(|n| n.seq)
+            .max();
+        let mut seq = highest.map_or(1, |h| h + 1);
         loop {
             let n = ArchiveName::new(started, seq, compression, encrypted);
             let taken = [n.to_string(), format!("{n}{PART_SUFFIX}")]
@@ -156,6 +175,31 @@ mod tests {
             assert_eq!(ArchiveName::parse(&n.to_string()).as_ref(), Some(n));
         }
         assert!(a < b && b < c);
+    }
+
+    #[test]
+    fn a_new_name_sorts_after_every_archive_of_its_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = DateTime::parse_from_rfc3339("2026-11-24T10:35:07Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let next = || ArchiveName::first_free(dir.path(), t, Compression::Gzip, false);
+        assert_eq!(next().seq, 1);
+        std::fs::write(dir.path().join(next().to_string()), b"").unwrap();
+        assert_eq!(next().seq, 2);
+        std::fs::write(dir.path().join(next().to_string()), b"").unwrap();
+        // The first one is pruned: the next is still the newest by name.
+        std::fs::remove_file(dir.path().join("juju-backup-20261124-103507.tar.gz")).unwrap();
+        assert_eq!(next().to_string(), "juju-backup-20261124-103507-3.tar.gz");
+        // A sidecar or a .part left of another counts too; other seconds do not.
+        std::fs::write(
+            dir.path()
+                .join("juju-backup-20261124-103507-7.tar.zst.part"),
+            b"",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("juju-backup-20261124-103508-9.tar.gz"), b"").unwrap();
+        assert_eq!(next().seq, 8);
     }
 
     #[test]

@@ -135,23 +135,27 @@ pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCod
     let mut archives = catalog::list(&cfg.archive_dir, &cfg.state_dir)
         .with_context(|| format!("listing {}", cfg.archive_dir.display()))?;
     if verify_now {
-        for a in archives
-            .iter_mut()
-            .filter(|a| a.verification != catalog::VerifyState::Verified)
-        {
-            let ok = verify_listed(cfg, a)?;
-            let _ = crate::state::VerificationCache::record(&cfg.state_dir, &a.path, ok);
-            a.verification = if ok {
-                catalog::VerifyState::Verified
-            } else {
-                catalog::VerifyState::Failed
-            };
+        // Every archive, cached result or not: a cached "verified" cannot see bit rot since.
+        for a in archives.iter_mut() {
+            match crate::scrub::check_local(&cfg.state_dir, &cfg.encryption, a) {
+                crate::scrub::LocalCheck::Sound => {
+                    a.verification = catalog::VerifyState::Verified;
+                    a.checked_at = Some(chrono::Utc::now());
+                }
+                crate::scrub::LocalCheck::Damaged(why) => {
+                    eprintln!("juju-brd: {}: {why}", a.name);
+                    a.verification = catalog::VerifyState::Failed;
+                    a.checked_at = Some(chrono::Utc::now());
+                }
+                crate::scrub::LocalCheck::Gone => {}
+            }
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&archives)?);
         return Ok(ExitCode::SUCCESS);
     }
+    let now = chrono::Utc::now();
     let rows: Vec<_> = archives
         .iter()
         .map(|a| {
@@ -160,7 +164,12 @@ pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCod
                 catalog::VerifyState::Failed => "FAILED",
                 catalog::VerifyState::Unverified => "unverified",
             };
-            (a.name.as_str(), a.size, a.started, state.to_string())
+            let state = if crate::retention::is_future_dated(a.started, now) {
+                format!("{state}, FUTURE-DATED (clock was ahead?)")
+            } else {
+                state.to_string()
+            };
+            (a.name.as_str(), a.size, a.started, state)
         })
         .collect();
     print_archive_table(
@@ -169,18 +178,6 @@ pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCod
         &format!("no archives in {}", cfg.archive_dir.display()),
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// `list --verify` of one archive: completely, or for an encrypted archive without
-/// `encryption.identity_file`, its checksum against the sidecar and its age header.
-pub(super) fn verify_listed(cfg: &Config, a: &catalog::ArchiveInfo) -> Result<bool> {
-    let opts = VerifyOptions {
-        identities: crate::archive::encryption::configured(&cfg.encryption, a.parsed.encrypted)
-            .map_err(anyhow::Error::msg)?,
-        ..VerifyOptions::default()
-    };
-    let sha256 = crate::archive::sidecar::read(&a.path).map(|(sha, _)| sha);
-    Ok(verify::verify_readable(&a.path, sha256.as_deref(), &opts).is_ok())
 }
 
 /// The `[[remote]]` called `name`.

@@ -19,6 +19,7 @@ pub(super) fn lock_or_daemon(cfg: &Config, what: &str) -> Result<Option<crate::s
 }
 
 pub(super) fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
+    crate::archive::metadata::check_notes(&notes).map_err(anyhow::Error::msg)?;
     let Some(_lock) = lock_or_daemon(cfg, "backup")? else {
         return backup_via_daemon(cfg, notes);
     };
@@ -52,6 +53,7 @@ pub(super) fn backup_offline(cfg: &Config, notes: String) -> Result<ExitCode> {
 }
 
 pub(super) fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode> {
+    crate::archive::metadata::check_notes(&notes).map_err(anyhow::Error::msg)?;
     use crate::api::types::{JobState, TriggerRequest};
     let client = crate::api::client::Client::new(&cfg.api.socket);
     let resp = runtime()?.block_on(client.trigger(&TriggerRequest { notes }, true))?;
@@ -75,7 +77,7 @@ pub(super) fn backup_via_daemon(cfg: &Config, notes: String) -> Result<ExitCode>
 
 pub(super) fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
     let decisions: Vec<(String, bool, String)> = match lock_or_daemon(cfg, "prune")? {
-        Some(_lock) => catalog::prune(&cfg.site(), dry_run)?
+        Some(_lock) => catalog::prune(&cfg.site(), dry_run, None)?
             .into_iter()
             .map(|d| (d.name, d.keep, d.reason))
             .collect(),

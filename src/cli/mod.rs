@@ -77,7 +77,8 @@ enum Command {
     List {
         #[arg(long)]
         json: bool,
-        /// Verify archives not verified yet (reads each one completely).
+        /// Verify every archive now, reading each one completely (a cached result cannot see
+        /// bit rot since it was recorded).
         #[arg(long)]
         verify: bool,
         /// List the archives on this `[[remote]]` instead.

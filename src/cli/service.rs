@@ -48,6 +48,34 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
         s.archive_count,
         human_bytes(s.free_space_bytes)
     );
+    let sc = &s.scrub;
+    if !sc.enabled {
+        println!("scrub:         off");
+    } else {
+        let next = sc.next_run.map_or("-".into(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+        });
+        match sc.state.as_str() {
+            "never" => println!("scrub:         none yet, next {next}"),
+            "ok" => println!("scrub:         ok {}, next {next}", when(sc.last_run)),
+            _ => {
+                println!(
+                    "scrub:         FAILED {}, next {next}; last sound {}",
+                    when(sc.last_run),
+                    when(sc.last_success)
+                );
+                for d in &sc.damaged {
+                    println!("  DAMAGED:     {d}");
+                }
+                if let Some(e) = &sc.error {
+                    println!("  error:       {e}");
+                }
+            }
+        }
+    }
+    for a in &s.future_dated_archives {
+        println!("FUTURE-DATED:  {a} (named after now: was the clock ahead? kept, not counted as newest)");
+    }
     for r in &s.remotes {
         let health = match (&r.last_error, r.last_success) {
             (Some(e), _) => format!("FAILING: {e}"),

@@ -28,6 +28,7 @@ pub use crate::remote::RemoteConfig;
 pub use crate::restore::RestoreConfig;
 pub use crate::retention::RetentionConfig;
 pub use crate::schedule::ScheduleConfig;
+pub use crate::scrub::ScrubConfig;
 pub use crate::snapshot::files::{FileSet, IncludeEntry};
 pub use crate::snapshot::hooks::Hooks;
 pub use crate::snapshot::{BackupOptions, ControllerOverrides};
@@ -80,6 +81,8 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     #[serde(default)]
     pub retention: RetentionConfig,
+    #[serde(default)]
+    pub scrub: ScrubConfig,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]

@@ -17,7 +17,7 @@ use crate::api::types::{
     ErrorBody, JobKind, JobState, StatusResponse, TriggerRequest, TriggerResponse,
 };
 use crate::archive::name::{ArchiveName, SIDECAR_SUFFIX};
-use crate::catalog::{self, VerifyState};
+use crate::catalog;
 use crate::config::Config;
 
 pub struct ApiError(StatusCode, String);
@@ -165,6 +165,8 @@ async fn trigger(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?
     };
+    crate::archive::metadata::check_notes(&req.notes)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let (job, created) = d.trigger(JobKind::Api, req.notes).ok_or_else(|| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -272,7 +274,7 @@ async fn remove(
     let a = find(&d, &name).await?;
     let cfg = d.config();
     let all = archives(&cfg).await?;
-    let newest_verified = all.iter().find(|x| x.verification == VerifyState::Verified);
+    let newest_verified = catalog::newest_verified(&all, chrono::Utc::now());
     if newest_verified.map(|x| &x.name) == Some(&a.name) && !q.force {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -298,7 +300,7 @@ struct PruneQuery {
 
 /// `POST /v1/prune[?dry_run=true]`: retention now, serialised with the worker's own runs.
 async fn prune(State(d): Shared, Query(q): Query<PruneQuery>) -> Result<Response, ApiError> {
-    let decisions = d.prune(q.dry_run).await.map_err(|e| match e {
+    let decisions = d.prune(q.dry_run, None).await.map_err(|e| match e {
         catalog::PruneError::Policy(_) => ApiError(StatusCode::CONFLICT, e.to_string()),
         other => internal(other),
     })?;
@@ -365,6 +367,24 @@ async fn status(State(d): Shared) -> Result<Response, ApiError> {
         free_space_bytes: view.free,
         current_job: current,
         remotes: remote_status(&d, &cfg, &view),
+        future_dated_archives: catalog::future_dated(&view.archives, chrono::Utc::now()),
+        scrub: crate::api::types::ScrubStatus {
+            enabled: cfg.scrub.enabled(),
+            state: match (
+                &s.last_scrub,
+                s.scrub_damaged.is_empty() && s.scrub_error.is_none(),
+            ) {
+                (None, _) => "never",
+                (Some(_), true) => "ok",
+                (Some(_), false) => "failed",
+            }
+            .into(),
+            last_run: s.last_scrub,
+            last_success: s.last_scrub_success,
+            next_run: d.next_scrub(),
+            damaged: s.scrub_damaged.clone(),
+            error: s.scrub_error.clone(),
+        },
     })
     .into_response())
 }

@@ -86,6 +86,8 @@ pub struct Daemon {
     work: mpsc::UnboundedSender<Arc<Job>>,
     state: Mutex<DaemonState>,
     next_run: Mutex<Option<DateTime<Utc>>>,
+    /// When the worker will scrub next (`None`: scrubbing is off).
+    next_scrub: Mutex<Option<DateTime<Utc>>>,
     pub metrics: Metrics,
     reloaded: Notify,
     stopping: AtomicBool,
@@ -103,6 +105,8 @@ pub enum DaemonError {
     Signal(std::io::Error),
     #[error("another juju-brd daemon answers on {}", .0.display())]
     SocketInUse(PathBuf),
+    #[error("api.socket {} exists and is {what}, not a stale socket; refusing to remove it (choose another api.socket, or move it away)", path.display())]
+    NotASocket { path: PathBuf, what: &'static str },
     #[error("{0}")]
     Token(String),
     #[error("the {task} task {how}; exiting so that systemd restarts the daemon")]
@@ -131,6 +135,7 @@ impl Daemon {
             work,
             state: Mutex::new(state),
             next_run: Mutex::new(None),
+            next_scrub: Mutex::new(None),
             metrics: Metrics::default(),
             reloaded: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -149,6 +154,10 @@ impl Daemon {
 
     pub fn next_run(&self) -> Option<DateTime<Utc>> {
         *self.next_run.lock().expect("next_run lock")
+    }
+
+    pub fn next_scrub(&self) -> Option<DateTime<Utc>> {
+        *self.next_scrub.lock().expect("next_scrub lock")
     }
 
     pub fn current_job(&self) -> Option<Arc<Job>> {
@@ -199,15 +208,19 @@ impl Daemon {
     }
 
     /// Applies retention on the blocking pool (it lists and deletes files), one run at a time.
+    /// `just_taken`, the archive a backup has just written, is never deleted.
     pub async fn prune(
         &self,
         dry_run: bool,
+        just_taken: Option<String>,
     ) -> Result<Vec<crate::retention::Decision>, catalog::PruneError> {
         let _one_at_a_time = self.prune_lock.lock().await;
         let cfg = self.config();
-        tokio::task::spawn_blocking(move || catalog::prune(&cfg.site(), dry_run))
-            .await
-            .unwrap_or_else(|e| Err(catalog::PruneError::Panicked(e.to_string())))
+        tokio::task::spawn_blocking(move || {
+            catalog::prune(&cfg.site(), dry_run, just_taken.as_deref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(catalog::PruneError::Panicked(e.to_string())))
     }
 
     /// Re-reads the config file; a config that does not load is rejected and the old one kept.
@@ -263,7 +276,11 @@ impl Daemon {
         let next = self.next_run().map_or("no schedule".into(), |n| {
             format!("next {}", n.format("%Y-%m-%d %H:%M UTC"))
         });
-        format!("idle, {last}, {next}")
+        let scrub = match s.scrub_damaged.len() {
+            0 => String::new(),
+            n => format!(", SCRUB FOUND {n} DAMAGED"),
+        };
+        format!("idle, {last}, {next}{scrub}")
     }
 }
 
@@ -327,10 +344,11 @@ fn recover(archive_dir: &Path, state_dir: &Path) -> Result<DaemonState, DaemonEr
     Ok(state)
 }
 
-/// Binds the API socket: refuses if a daemon answers there, removes a stale socket file, applies
-/// the configured mode.
+/// Binds the API socket: refuses if a daemon answers there, removes a stale socket (a socket
+/// file nobody listens on), applies the configured mode. Anything else at that path (a regular
+/// file, a directory, a symlink, a FIFO) is not ours to delete: refused, naming what it is.
 pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let io = |what: &'static str| {
         let path = path.to_path_buf();
         move |err| DaemonError::Io { what, path, err }
@@ -338,15 +356,59 @@ pub fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> 
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io("create socket directory"))?;
     }
-    if path.symlink_metadata().is_ok() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+    match path.symlink_metadata() {
+        Ok(md) if md.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(DaemonError::SocketInUse(path.to_path_buf())),
+                // Nobody listens: what a daemon that died leaves behind.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    // Still that very socket (not swapped for a file meanwhile)?
+                    let same = path.symlink_metadata().is_ok_and(|now| {
+                        use std::os::unix::fs::MetadataExt;
+                        now.file_type().is_socket()
+                            && (now.dev(), now.ino()) == (md.dev(), md.ino())
+                    });
+                    if !same {
+                        return Err(DaemonError::NotASocket {
+                            path: path.to_path_buf(),
+                            what: "changing under us",
+                        });
+                    }
+                    tracing::info!(path = %path.display(), "removing the stale socket of an earlier daemon");
+                    std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+                }
+                Err(e) => return Err(io("probe existing socket")(e)),
+            }
         }
-        std::fs::remove_file(path).map_err(io("remove stale socket"))?;
+        Ok(md) => {
+            return Err(DaemonError::NotASocket {
+                path: path.to_path_buf(),
+                what: describe(md.file_type()),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("stat")(e)),
     }
     let listener = UnixListener::bind(path).map_err(io("bind"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod"))?;
     Ok(listener)
+}
+
+fn describe(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() {
+        "a regular file"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symlink"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() || ft.is_block_device() {
+        "a device"
+    } else {
+        "not a socket"
+    }
 }
 
 /// Runs until `shutdown` resolves. The caller has taken the state-dir lock and bound `listener`.

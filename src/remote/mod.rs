@@ -285,6 +285,29 @@ impl Remote {
         Ok(())
     }
 
+    /// A small object (a sidecar) whole, refusing one larger than `max` bytes.
+    pub async fn get_small(&self, key: &ObjectPath, max: u64) -> Result<Vec<u8>, RemoteError> {
+        let got = match self.store.get(key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RemoteError::NotFound {
+                    remote: self.name.clone(),
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => return Err(self.store_err("download", key)(e)),
+        };
+        if got.meta.size > max {
+            return Err(RemoteError::Mismatch {
+                remote: self.name.clone(),
+                key: key.to_string(),
+                message: format!("{} bytes, more than a sidecar", got.meta.size),
+            });
+        }
+        let bytes = got.bytes().await.map_err(self.store_err("download", key))?;
+        Ok(bytes.to_vec())
+    }
+
     /// Reads `key` back completely and checks its size and SHA-256.
     pub async fn check(
         &self,

@@ -83,6 +83,15 @@ async fn run_one(
     let pending: Vec<&ArchiveInfo> = local
         .iter()
         .filter(|a| !ledger.has(&a.name, &rc.name))
+        .filter(|a| {
+            // Its bytes no longer match its sidecar: the read-back would refuse it every time
+            // and hold up the archives behind it.
+            let failed = a.verification == crate::catalog::VerifyState::Failed;
+            if failed {
+                tracing::warn!(remote = %rc.name, archive = %a.name, "not copied: it failed verification");
+            }
+            !failed
+        })
         .collect();
     for a in pending {
         let mut attempt = 0;
@@ -120,7 +129,9 @@ async fn run_one(
         }
     }
     if let Some(policy) = &rc.retention {
-        match prune(cfg, &remote, policy).await {
+        // Uploaded newest first: the newest this run copied is the remote's "just taken".
+        let just_taken = run.uploaded.first().cloned();
+        match prune(cfg, &remote, policy, just_taken).await {
             Ok(p) => run.pruned = p,
             Err(e) => {
                 tracing::error!(remote = %rc.name, error = %e, "remote retention not applied");
@@ -155,11 +166,13 @@ async fn upload_archive(remote: &Remote, a: &ArchiveInfo) -> Result<(), RemoteEr
     remote.check(&side_key, side_len, &side_sha).await
 }
 
-/// Applies `policy` to the archives on `remote`; returns what it deleted.
+/// Applies `policy` to the archives on `remote`; returns what it deleted. `just_taken` (the
+/// newest archive this run copied there) is never deleted: the ledger already counts it as off-host.
 async fn prune(
     cfg: &Site,
     remote: &Remote,
     policy: &crate::retention::RetentionConfig,
+    just_taken: Option<String>,
 ) -> Result<Vec<String>, RemoteError> {
     let listed = remote.list().await?;
     let candidates: Vec<crate::retention::Candidate> = listed
@@ -172,14 +185,25 @@ async fn prune(
             size: a.size,
         })
         .collect();
-    let tz = cfg.timezone;
-    let decisions = crate::retention::plan(policy, &candidates, tz, u64::MAX).map_err(|err| {
+    let ctx = crate::retention::Context {
+        now: Utc::now(),
+        tz: cfg.timezone,
+        free_bytes: u64::MAX,
+        just_taken,
+    };
+    let decisions = crate::retention::plan(policy, &candidates, &ctx).map_err(|err| {
         RemoteError::Retention {
             remote: remote.name.clone(),
             err,
         }
     })?;
     let mut deleted = Vec::new();
+    for d in decisions
+        .iter()
+        .filter(|d| d.reason.starts_with(crate::retention::FUTURE_DATED))
+    {
+        tracing::warn!(remote = %remote.name, archive = %d.name, reason = %d.reason, "future-dated archive on the remote");
+    }
     for d in decisions.into_iter().filter(|d| !d.keep) {
         remote.delete_archive(&d.name).await?;
         tracing::info!(remote = %remote.name, archive = %d.name, reason = %d.reason, "deleted from remote by retention");

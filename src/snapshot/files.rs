@@ -9,8 +9,25 @@
 //! its bytes. A write still in flight when we take the "before" stamp finishes during our read
 //! without changing the stamp, and the read is torn. So, like git's "racily clean" rule, a file
 //! whose ctime is younger than [`SETTLE`] is not read yet: we wait until it is, then read it.
+//!
+//! The tree changes under us, so nothing seen while planning is trusted while capturing:
+//! - A path that is gone by the time it is read (Juju writes `agent.conf` through temporary files
+//!   in the same directory) is skipped with a warning, unless a `files.include` glob matched it
+//!   itself: a required path that vanishes fails the backup.
+//! - A regular file is opened with `O_NONBLOCK | O_NOFOLLOW | O_NOCTTY` and kept only if `fstat`
+//!   of the open file shows a regular file (described by that `fstat`, not by the `lstat` before:
+//!   a file renamed into place in between is simply the newer version). A FIFO, socket, device or
+//!   symlink swapped in between `lstat` and `open` therefore never blocks the backup and is never
+//!   read: the path is looked at again and archived as what it now is (a symlink), or skipped
+//!   with a warning (FIFO, socket, device), or, for a required path, refused. (Under the unit,
+//!   `DevicePolicy=closed` keeps even the non-blocking open of a device from happening.)
+//! - An open file is read through that descriptor only, so a file replaced by `rename` while we
+//!   wait for it to settle or read it is archived as the whole version we opened.
+//! - juju-brd's own directories (`archive_dir`, `state_dir`) are never archived, wherever they sit
+//!   in the tree and by whatever path they are reached (symlink, bind mount): they are recognised
+//!   by device and inode, so an archive never contains the archives before it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -27,9 +44,14 @@ use crate::archive::manifest::{Entry, Kind};
 #[derive(Debug, Default)]
 pub struct FilePlan {
     pub paths: BTreeSet<PathBuf>,
+    /// The paths a `files.include` glob matched itself: these must be archived. Anything found
+    /// below them, and everything `files.optional` brings in, may vanish before it is read.
+    pub required: BTreeSet<PathBuf>,
     /// Bytes of regular files, for the free-space check and progress.
     pub bytes: u64,
     pub skipped_optional: Vec<String>,
+    /// juju-brd's own directories found in the tree and left out (host paths).
+    pub excluded_own: Vec<PathBuf>,
 }
 
 pub struct Captured {
@@ -54,17 +76,48 @@ fn expand(root: &Path, pattern: &str) -> Result<Vec<PathBuf>, SnapshotError> {
         ..Default::default()
     };
     for m in glob::glob_with(&full, opts).map_err(|e| SnapshotError::Config(e.to_string()))? {
-        let m = m.map_err(|e| {
-            let p = e.path().to_path_buf();
-            io_err("read directory", &p)(e.into())
-        })?;
+        let m = match m {
+            Ok(m) => m,
+            // A directory removed while the glob read it matches nothing.
+            Err(e) if e.error().kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                let p = e.path().to_path_buf();
+                return Err(io_err("read directory", &p)(e.into()));
+            }
+        };
         let rel = m.strip_prefix(root).unwrap_or(&m);
         out.push(Path::new("/").join(rel));
     }
     Ok(out)
 }
 
-pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
+/// Device and inode of each of `dirs` that exists (following symlinks).
+fn identities(dirs: &[&Path]) -> HashSet<(u64, u64)> {
+    dirs.iter()
+        .filter_map(|d| std::fs::metadata(d).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Whether `real` is one of `own`, or lies inside one (checked by identity, so a path through a
+/// symlink or a bind mount is recognised too).
+fn inside_own(real: &Path, own: &HashSet<(u64, u64)>) -> bool {
+    if own.is_empty() {
+        return false;
+    }
+    let Ok(canonical) = real.canonicalize() else {
+        return false;
+    };
+    canonical
+        .ancestors()
+        .filter_map(|a| std::fs::metadata(a).ok())
+        .any(|m| own.contains(&(m.dev(), m.ino())))
+}
+
+/// What to capture from `set`. `own_dirs` (the archive and state directories) are never part of
+/// it, wherever the globs reach them.
+pub fn plan(set: &FileSet, own_dirs: &[&Path]) -> Result<FilePlan, SnapshotError> {
+    let own = identities(own_dirs);
     let mut excludes = globset::GlobSetBuilder::new();
     for g in &set.exclude {
         excludes.add(globset::Glob::new(g).map_err(|e| SnapshotError::Config(e.to_string()))?);
@@ -73,6 +126,15 @@ pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
         .build()
         .map_err(|e| SnapshotError::Config(e.to_string()))?;
     let mut plan = FilePlan::default();
+    let mut excluded_own = Vec::new();
+    // Matches inside juju-brd's own directories are dropped here, before anything is walked.
+    let mut not_own = |matches: Vec<PathBuf>| -> Vec<PathBuf> {
+        let (own_matches, rest): (Vec<PathBuf>, Vec<PathBuf>) = matches
+            .into_iter()
+            .partition(|h| inside_own(&real_path(&set.root, h), &own));
+        excluded_own.extend(own_matches);
+        rest
+    };
     let mut roots: Vec<PathBuf> = Vec::new();
     for entry in &set.include {
         let alternatives: Vec<&String> = match entry {
@@ -83,12 +145,22 @@ pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
         for g in &alternatives {
             let m = expand(&set.root, g)?;
             if !m.is_empty() {
-                found = Some(m);
+                found = Some((g, m));
                 break;
             }
         }
         match found {
-            Some(m) => roots.extend(m),
+            Some((g, m)) => {
+                let m = not_own(m);
+                if m.is_empty() {
+                    return Err(SnapshotError::Config(format!(
+                        "files.include `{g}` matches only juju-brd's own archive or state \
+                         directory, which is never archived (an archive must not contain archives)"
+                    )));
+                }
+                plan.required.extend(m.iter().cloned());
+                roots.extend(m)
+            }
             None => {
                 return Err(SnapshotError::MissingRequired(
                     alternatives
@@ -106,39 +178,75 @@ pub fn plan(set: &FileSet) -> Result<FilePlan, SnapshotError> {
             tracing::debug!(path = %g, "optional path not present; skipped");
             plan.skipped_optional.push(g.clone());
         }
-        roots.extend(m);
+        roots.extend(not_own(m));
     }
     for host in roots {
+        let real = real_path(&set.root, &host);
         // Ancestors first, so restore recreates directories with their modes and owners.
         for anc in host.ancestors().skip(1) {
             if anc != Path::new("/") && !excludes.is_match(anc) {
                 plan.paths.insert(anc.to_path_buf());
             }
         }
-        let real = real_path(&set.root, &host);
         let walker = walkdir::WalkDir::new(&real)
             .follow_links(false)
             .into_iter()
             .filter_entry(|e| {
                 let h = host_path(&set.root, e.path());
-                !excludes.is_match(&h)
+                if excludes.is_match(&h) {
+                    return false;
+                }
+                if !own.is_empty() && e.file_type().is_dir() {
+                    if let Ok(m) = e.metadata() {
+                        if own.contains(&(m.dev(), m.ino())) {
+                            excluded_own.push(h);
+                            return false;
+                        }
+                    }
+                }
+                true
             });
         for e in walker {
-            let e = e.map_err(|e| {
-                let p = e.path().map(Path::to_path_buf).unwrap_or_default();
-                io_err("walk", &p)(e.into())
-            })?;
+            let e = match e {
+                Ok(e) => e,
+                Err(err)
+                    if err.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound) =>
+                {
+                    let p = err.path().map(Path::to_path_buf).unwrap_or_default();
+                    let h = host_path(&set.root, &p);
+                    if plan.required.contains(&h) {
+                        return Err(SnapshotError::MissingRequired(h.display().to_string()));
+                    }
+                    tracing::warn!(path = %h.display(), "removed while the tree was read; skipped");
+                    plan.paths.remove(&h);
+                    continue;
+                }
+                Err(err) => {
+                    let p = err.path().map(Path::to_path_buf).unwrap_or_default();
+                    return Err(io_err("walk", &p)(err.into()));
+                }
+            };
             let h = host_path(&set.root, e.path());
-            if plan.paths.insert(h) {
-                let md = e
-                    .metadata()
-                    .map_err(|err| io_err("stat", e.path())(err.into()))?;
-                if md.is_file() {
-                    plan.bytes += md.len();
+            if plan.paths.insert(h.clone()) {
+                match e.metadata() {
+                    Ok(md) if md.is_file() => plan.bytes += md.len(),
+                    Ok(_) => {}
+                    Err(err)
+                        if err.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound)
+                            && !plan.required.contains(&h) =>
+                    {
+                        tracing::warn!(path = %h.display(), "removed while the tree was read; skipped");
+                        plan.paths.remove(&h);
+                    }
+                    Err(err) => return Err(io_err("stat", e.path())(err.into())),
                 }
             }
         }
     }
+    for h in &excluded_own {
+        tracing::warn!(path = %h.display(), "juju-brd's own archive or state directory is inside the backed-up tree; left out of the archive");
+    }
+    plan.excluded_own = excluded_own;
     Ok(plan)
 }
 
@@ -292,76 +400,211 @@ pub fn capture(
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled);
         }
-        let real = real_path(ctx.root, host);
-        let member = host.strip_prefix("/").unwrap_or(host).to_path_buf();
-        let key = member.display().to_string();
-        let md = match std::fs::symlink_metadata(&real) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                tracing::warn!(path = %host.display(), "removed before it could be read; skipped");
-                continue;
-            }
-            Err(e) => return Err(io_err("stat", &real)(e)),
+        let mut member = Member {
+            host,
+            real: real_path(ctx.root, host),
+            name: host.strip_prefix("/").unwrap_or(host).to_path_buf(),
+            required: plan.required.contains(host),
         };
-        let mut header = header_for(&md, &mut names);
-        let ft = md.file_type();
-        let entry = if ft.is_dir() {
-            header.set_entry_type(tar::EntryType::Directory);
-            header.set_size(0);
-            append_xattrs(&mut tar, &real)?;
-            tar.append_data(&mut header, &member, io::empty())
-                .map_err(io_err("write staging tar", &real))?;
-            Entry {
-                kind: Kind::Dir,
-                size: 0,
-                sha256: String::new(),
-                link: None,
-            }
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&real).map_err(io_err("readlink", &real))?;
-            header.set_entry_type(tar::EntryType::Symlink);
-            header.set_size(0);
-            tar.append_link(&mut header, &member, &target)
-                .map_err(io_err("write staging tar", &real))?;
-            Entry {
-                kind: Kind::Symlink,
-                size: 0,
-                sha256: String::new(),
-                link: Some(target.display().to_string()),
-            }
-        } else if ft.is_file() {
-            let id = (md.dev(), md.ino());
-            if md.nlink() > 1 {
-                if let Some(first) = hardlinks.get(&id) {
-                    header.set_entry_type(tar::EntryType::Link);
-                    header.set_size(0);
-                    tar.append_link(&mut header, &member, first)
-                        .map_err(io_err("write staging tar", &real))?;
-                    let e = Entry {
-                        kind: Kind::Hardlink,
-                        size: 0,
-                        sha256: String::new(),
-                        link: Some(first.clone()),
-                    };
-                    manifest.root(&key, &e).map_err(manifest_err)?;
-                    continue;
-                }
-                hardlinks.insert(id, key.clone());
-            }
-            let e = capture_file(&mut tar, &real, &member, ctx, &mut names)?;
-            out.files += 1;
-            out.bytes += e.size;
-            e
-        } else {
-            tracing::warn!(path = %host.display(), "not a file, directory or symlink; skipped");
+        let Some(entry) = member.capture(&mut tar, ctx, &mut names, &mut hardlinks)? else {
             continue;
         };
-        manifest.root(&key, &entry).map_err(manifest_err)?;
+        if entry.kind == Kind::File {
+            out.files += 1;
+            out.bytes += entry.size;
+        }
+        manifest
+            .root(&member.name.display().to_string(), &entry)
+            .map_err(manifest_err)?;
     }
     let spool = tar
         .into_inner()
         .map_err(io_err("finish staging tar", Path::new("root.tar")))?;
     Ok((out, spool))
+}
+
+/// One path of the plan, as it is captured.
+struct Member<'a> {
+    host: &'a Path,
+    real: PathBuf,
+    /// The name in root.tar: the host path without its leading `/`.
+    name: PathBuf,
+    /// Matched by a `files.include` glob itself: may not vanish or be skipped.
+    required: bool,
+}
+
+/// What opening a path that `lstat` showed as a regular file gave.
+enum Opened {
+    /// A regular file, with its `fstat`.
+    File(File, std::fs::Metadata),
+    /// The path is gone.
+    Gone,
+    /// Something else is there now (another file, a FIFO, a socket, a device, a symlink).
+    Changed,
+}
+
+/// Opens `real` for reading without following a symlink, without blocking on a FIFO or a device
+/// and without acquiring a terminal, and keeps it only if `fstat` shows a regular file. That may
+/// be another regular file than the one `seen` described (replaced by `rename` in between, as
+/// Juju writes its files): it is what the path holds now, and its own metadata describes it.
+fn open_regular(real: &Path, seen: &std::fs::Metadata) -> Result<Opened, SnapshotError> {
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(real);
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Opened::Gone),
+        Err(e) => {
+            // ELOOP (a symlink now), ENXIO (a socket), EPERM (a device the unit's DevicePolicy
+            // denies)...: if the path is no longer that file, look again; otherwise it is a real
+            // error on the file we meant.
+            return match std::fs::symlink_metadata(real) {
+                Err(e2) if e2.kind() == io::ErrorKind::NotFound => Ok(Opened::Gone),
+                Ok(now) if now.is_file() && same_inode(&now, seen) => Err(io_err("open", real)(e)),
+                _ => Ok(Opened::Changed),
+            };
+        }
+    };
+    let md = file.metadata().map_err(io_err("stat", real))?;
+    if md.is_file() {
+        Ok(Opened::File(file, md))
+    } else {
+        Ok(Opened::Changed)
+    }
+}
+
+fn same_inode(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+fn kind_of(ft: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else {
+        "of an unknown type"
+    }
+}
+
+impl Member<'_> {
+    /// A path that is gone: skipped, unless it is required.
+    fn vanished(&self) -> Result<Option<Entry>, SnapshotError> {
+        if self.required {
+            return Err(SnapshotError::MissingRequired(
+                self.host.display().to_string(),
+            ));
+        }
+        tracing::warn!(path = %self.host.display(), "removed before it could be read; skipped");
+        Ok(None)
+    }
+
+    /// Appends this path to the tar as whatever it is when it is read, and returns its manifest
+    /// entry; `None` when it is skipped (gone, or neither file, directory nor symlink).
+    fn capture(
+        &mut self,
+        tar: &mut tar::Builder<Spool>,
+        ctx: &CaptureContext<'_>,
+        names: &mut Names,
+        hardlinks: &mut HashMap<(u64, u64), String>,
+    ) -> Result<Option<Entry>, SnapshotError> {
+        let real = self.real.clone();
+        let key = self.name.display().to_string();
+        let attempts = ctx.retries + 1;
+        for attempt in 1..=attempts {
+            let md = match std::fs::symlink_metadata(&real) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return self.vanished(),
+                Err(e) => return Err(io_err("stat", &real)(e)),
+            };
+            let mut header = header_for(&md, names);
+            let ft = md.file_type();
+            if ft.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                append_xattrs(tar, &real, None)?;
+                tar.append_data(&mut header, &self.name, io::empty())
+                    .map_err(io_err("write staging tar", &real))?;
+                return Ok(Some(Entry {
+                    kind: Kind::Dir,
+                    size: 0,
+                    sha256: String::new(),
+                    link: None,
+                }));
+            }
+            if ft.is_symlink() {
+                let target = match std::fs::read_link(&real) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return self.vanished(),
+                    // EINVAL: no longer a symlink; look again.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+                    Err(e) => return Err(io_err("readlink", &real)(e)),
+                };
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                tar.append_link(&mut header, &self.name, &target)
+                    .map_err(io_err("write staging tar", &real))?;
+                return Ok(Some(Entry {
+                    kind: Kind::Symlink,
+                    size: 0,
+                    sha256: String::new(),
+                    link: Some(target.display().to_string()),
+                }));
+            }
+            if !ft.is_file() {
+                let what = kind_of(ft);
+                if self.required {
+                    return Err(io_err("archive", &real)(io::Error::other(format!(
+                        "required by files.include, but it is {what}: only regular files, \
+                         directories and symlinks are archived"
+                    ))));
+                }
+                tracing::warn!(path = %self.host.display(), "{what}, not a regular file, directory or symlink; skipped");
+                return Ok(None);
+            }
+            let (file, md) = match open_regular(&real, &md)? {
+                Opened::File(f, md) => (f, md),
+                Opened::Gone => return self.vanished(),
+                Opened::Changed => {
+                    tracing::info!(path = %self.host.display(), attempt, "replaced between stat and open; looking at it again");
+                    continue;
+                }
+            };
+            let mut header = header_for(&md, names);
+            let id = (md.dev(), md.ino());
+            if md.nlink() > 1 {
+                if let Some(first) = hardlinks.get(&id) {
+                    header.set_entry_type(tar::EntryType::Link);
+                    header.set_size(0);
+                    tar.append_link(&mut header, &self.name, first)
+                        .map_err(io_err("write staging tar", &real))?;
+                    return Ok(Some(Entry {
+                        kind: Kind::Hardlink,
+                        size: 0,
+                        sha256: String::new(),
+                        link: Some(first.clone()),
+                    }));
+                }
+                hardlinks.insert(id, key.clone());
+            }
+            return capture_file(tar, &file, &real, &self.name, ctx, names).map(Some);
+        }
+        // Never the same thing twice in a row: nothing whole can be archived under this name.
+        if self.required {
+            return Err(SnapshotError::Unstable {
+                path: real,
+                attempts,
+            });
+        }
+        tracing::warn!(path = %self.host.display(), attempts, "kept being replaced between stat and open; skipped");
+        Ok(None)
+    }
 }
 
 fn header_for(md: &std::fs::Metadata, names: &mut Names) -> tar::Header {
@@ -376,9 +619,20 @@ fn header_for(md: &std::fs::Metadata, names: &mut Names) -> tar::Header {
     h
 }
 
-/// Extended attributes as PAX `SCHILY.xattr.*` records (what GNU tar and the tar crate read).
-fn append_xattrs(tar: &mut tar::Builder<Spool>, real: &Path) -> Result<(), SnapshotError> {
-    let names = match xattr::list(real) {
+/// Extended attributes as PAX `SCHILY.xattr.*` records (what GNU tar and the tar crate read):
+/// of the open `file` when there is one (what is read is what is described), else of the path
+/// itself (never following a symlink).
+fn append_xattrs(
+    tar: &mut tar::Builder<Spool>,
+    real: &Path,
+    file: Option<&File>,
+) -> Result<(), SnapshotError> {
+    use xattr::FileExt;
+    let listed = match file {
+        Some(f) => f.list_xattr(),
+        None => xattr::list(real),
+    };
+    let names = match listed {
         Ok(n) => n,
         // Filesystems without xattr support simply have none.
         Err(_) => return Ok(()),
@@ -386,7 +640,11 @@ fn append_xattrs(tar: &mut tar::Builder<Spool>, real: &Path) -> Result<(), Snaps
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
     for name in names {
         let Some(n) = name.to_str() else { continue };
-        if let Ok(Some(v)) = xattr::get(real, n) {
+        let value = match file {
+            Some(f) => f.get_xattr(n),
+            None => xattr::get(real, n),
+        };
+        if let Ok(Some(v)) = value {
             records.push((format!("SCHILY.xattr.{n}"), v));
         }
     }
@@ -397,9 +655,12 @@ fn append_xattrs(tar: &mut tar::Builder<Spool>, real: &Path) -> Result<(), Snaps
     Ok(())
 }
 
-/// Reads a regular file into the tar until a read is whole (see the module doc).
+/// Reads the open regular `file` into the tar until a read is whole (see the module doc). Every
+/// attempt reads the same descriptor: a file replaced by `rename` meanwhile stays the version
+/// that was opened, and is archived whole.
 fn capture_file(
     tar: &mut tar::Builder<Spool>,
+    file: &File,
     real: &Path,
     member: &Path,
     ctx: &CaptureContext<'_>,
@@ -408,47 +669,20 @@ fn capture_file(
     let attempts = ctx.retries + 1;
     for attempt in 1..=attempts {
         let start = tar.get_ref().pos;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(real)
-            .map_err(io_err("open", real))?;
         let before = file.metadata().map_err(io_err("stat", real))?;
-        if !before.is_file() {
-            return Err(io_err("read", real)(io::Error::other(
-                "changed from a regular file while being archived",
-            )));
-        }
         let stamp = Stamp::of(&before);
         if let Some(wait) = unsettled(stamp.ctime(), SystemTime::now()) {
             tracing::debug!(path = %real.display(), attempt, "changed a moment ago; letting it settle");
             std::thread::sleep(wait);
-            continue;
+            // Unchanged across the wait: any write that had started is done, read it now.
+            if Stamp::of(&file.metadata().map_err(io_err("stat", real))?) != stamp {
+                continue;
+            }
         }
-        let mut header = header_for(&before, names);
-        append_xattrs(tar, real)?;
-        let mut reader = CountingHash {
-            inner: &file,
-            left: stamp.size,
-            hash: Sha256::new(),
-            progress: ctx.progress,
-        };
-        tar.append_data(&mut header, member, &mut reader)
-            .map_err(io_err("read", real))?;
-        let after = file.metadata().map_err(io_err("stat", real))?;
-        // One more byte readable means the file grew past the size we recorded.
-        let grew = (&file).read(&mut [0u8; 1]).map_err(io_err("read", real))? > 0;
-        if reader.left == 0 && !grew && Stamp::of(&after) == stamp {
-            return Ok(Entry {
-                kind: Kind::File,
-                size: stamp.size,
-                sha256: hex::encode(reader.hash.finalize()),
-                link: None,
-            });
+        if let Some(e) = read_once(tar, file, real, member, ctx, names, &before)? {
+            return Ok(e);
         }
         tracing::info!(path = %real.display(), attempt, "changed while being read; reading it again");
-        ctx.progress
-            .fetch_sub(stamp.size - reader.left, Ordering::Relaxed);
         tar.get_mut()
             .rewind_to(start)
             .map_err(io_err("rewind staging tar", real))?;
@@ -458,6 +692,46 @@ fn capture_file(
         path: real.to_path_buf(),
         attempts,
     })
+}
+
+/// One read of `file` from its start into the tar; `None` if it changed meanwhile (the caller
+/// cuts the entry back off the staging file).
+fn read_once(
+    tar: &mut tar::Builder<Spool>,
+    file: &File,
+    real: &Path,
+    member: &Path,
+    ctx: &CaptureContext<'_>,
+    names: &mut Names,
+    before: &std::fs::Metadata,
+) -> Result<Option<Entry>, SnapshotError> {
+    let stamp = Stamp::of(before);
+    let mut f = file;
+    f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
+    let mut header = header_for(before, names);
+    append_xattrs(tar, real, Some(file))?;
+    let mut reader = CountingHash {
+        inner: f,
+        left: stamp.size,
+        hash: Sha256::new(),
+        progress: ctx.progress,
+    };
+    tar.append_data(&mut header, member, &mut reader)
+        .map_err(io_err("read", real))?;
+    let (left, hash) = (reader.left, reader.hash);
+    let after = file.metadata().map_err(io_err("stat", real))?;
+    // One more byte readable means the file grew past the size we recorded.
+    let grew = f.read(&mut [0u8; 1]).map_err(io_err("read", real))? > 0;
+    if left == 0 && !grew && Stamp::of(&after) == stamp {
+        return Ok(Some(Entry {
+            kind: Kind::File,
+            size: stamp.size,
+            sha256: hex::encode(hash.finalize()),
+            link: None,
+        }));
+    }
+    ctx.progress.fetch_sub(stamp.size - left, Ordering::Relaxed);
+    Ok(None)
 }
 
 /// Reads at most `left` bytes, hashing them; `left > 0` afterwards means the file shrank.

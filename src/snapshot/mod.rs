@@ -59,6 +59,8 @@ pub enum SnapshotError {
     Config(String),
     #[error("backup cancelled")]
     Cancelled,
+    #[error("{0}")]
+    Request(String),
 }
 
 /// Shared between a running backup and whoever watches it (the daemon's job record).
@@ -120,6 +122,7 @@ pub fn take(
     req: &BackupRequest,
     progress: &Arc<Progress>,
 ) -> Result<BackupOutcome, SnapshotError> {
+    crate::archive::metadata::check_notes(&req.notes).map_err(SnapshotError::Request)?;
     let started = Utc::now();
     let result = hooks::run_pre(cfg.hooks, &progress.cancel)
         .map_err(SnapshotError::Hook)
@@ -188,7 +191,8 @@ fn snapshot_and_write(
         .create(dir)
         .map_err(io_err("create archive directory", dir))?;
 
-    let plan = files::plan(cfg.files)?;
+    // An archive must never contain the archives before it (or the state beside them).
+    let plan = files::plan(cfg.files, &[cfg.archive_dir, cfg.state_dir])?;
     let engine = db::from_config(cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
     // Saturating: `database.estimate_bytes` is the operator's number, and may be absurd.
@@ -268,6 +272,14 @@ fn snapshot_and_write(
     };
     let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref())?;
     let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+    // Verify and restore refuse larger metadata: such an archive could never be restored.
+    if meta_json.len() as u64 > crate::archive::metadata::MAX_METADATA_BYTES {
+        return Err(SnapshotError::Request(format!(
+            "metadata.json would be {} bytes, more than the {} that verify and restore accept",
+            meta_json.len(),
+            crate::archive::metadata::MAX_METADATA_BYTES
+        )));
+    }
     let manifest_bytes = manifest
         .finish(&hex::encode(Sha256::digest(&meta_json)))
         .and_then(|w| w.into_inner().map_err(|e| e.into_error()))

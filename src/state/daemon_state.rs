@@ -1,6 +1,7 @@
 //! What the daemon remembers across restarts, in `state_dir/state.json` (written atomically):
 //! last attempt and success, the last error, and the job that was running, so a crash mid-backup
-//! is noticed and catch-up after downtime is correct.
+//! is noticed and catch-up after downtime is correct; and the last scrub, so its cadence and what
+//! it found survive a restart.
 
 use std::path::Path;
 
@@ -15,6 +16,18 @@ pub struct DaemonState {
     pub last_error: Option<String>,
     /// Set while a backup runs; found set at start-up means the daemon died during it.
     pub running_job: Option<String>,
+    /// When the last scrub finished (whatever it found).
+    #[serde(default)]
+    pub last_scrub: Option<DateTime<Utc>>,
+    /// When the last scrub finished that found everything sound.
+    #[serde(default)]
+    pub last_scrub_success: Option<DateTime<Utc>>,
+    /// What the last scrub found damaged: archive names, `NAME on remote R` for remote copies.
+    #[serde(default)]
+    pub scrub_damaged: Vec<String>,
+    /// What kept the last scrub from reading something (a remote down), if anything.
+    #[serde(default)]
+    pub scrub_error: Option<String>,
 }
 
 const FILE: &str = "state.json";
