@@ -640,9 +640,9 @@ fn prune_dry_run_then_prune() {
     let out = env.run(&["prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let left = env.archive_dir_listing();
+    // The last one made: of one second, `-3` is newer than the bare name.
     let newest = made
-        .iter()
-        .max()
+        .last()
         .unwrap()
         .file_name()
         .unwrap()

@@ -172,16 +172,23 @@ fn each_remote_prunes_with_its_own_policy() {
     for _ in 0..4 {
         backup_verbose(&env);
     }
-    let on_remote: Vec<String> = s3
-        .objects("prod/ctl")
-        .into_iter()
-        .filter(|n| n.ends_with(".tar.gz"))
-        .collect();
-    let local: Vec<String> = env
-        .archive_dir_listing()
-        .into_iter()
-        .filter(|n| n.ends_with(".tar.gz"))
-        .collect();
+    // Oldest first, as the archives' names order them (`-N` after the bare name of a second).
+    let by_age = |mut v: Vec<String>| {
+        v.sort_by_key(|n| juju_brd::archive::name::ArchiveName::parse(n));
+        v
+    };
+    let on_remote: Vec<String> = by_age(
+        s3.objects("prod/ctl")
+            .into_iter()
+            .filter(|n| n.ends_with(".tar.gz"))
+            .collect(),
+    );
+    let local: Vec<String> = by_age(
+        env.archive_dir_listing()
+            .into_iter()
+            .filter(|n| n.ends_with(".tar.gz"))
+            .collect(),
+    );
     assert_eq!(local.len(), 4, "no local policy: all kept");
     assert_eq!(
         on_remote,
