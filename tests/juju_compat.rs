@@ -392,3 +392,42 @@ fn juju_brd_archives_read_as_juju_reads_them() {
         stderr(&out)
     );
 }
+
+#[test]
+fn hardlinked_files_are_stored_whole_as_juju_does() {
+    let env = Env::new(1);
+    env.config("", &env.sqlite_section());
+    let a = env.root().join("var/lib/juju/server.pem");
+    let b = env.root().join("var/lib/juju/server-copy.pem");
+    std::fs::hard_link(&a, &b).unwrap();
+    std::fs::write(
+        env.path("config.toml"),
+        format!(
+            "environment = \"test-env\"\narchive_dir = \"archives\"\nstate_dir = \"state\"\n\
+             [files]\nroot = \"root\"\ninclude = [\"/var/lib/juju/server.pem\", \
+             \"/var/lib/juju/server-copy.pem\", \"/var/lib/juju/agents/machine-*\", \"/var/lib/juju/tools\"]\n{}",
+            env.sqlite_section()
+        ),
+    )
+    .unwrap();
+    // Env::backup reads the archive as Juju does, which refuses hardlink entries.
+    let archive = env.backup();
+    let t = env.path("t");
+    std::fs::create_dir_all(&t).unwrap();
+    common::system_untar(&archive, &t, &[]);
+    let inner = t.join("juju-backup/root.tar");
+    let bytes = std::fs::read(inner).unwrap();
+    let mut tar = tar::Archive::new(&bytes[..]);
+    let mut kinds = std::collections::BTreeMap::new();
+    for e in tar.entries().unwrap() {
+        let e = e.unwrap();
+        kinds.insert(
+            e.path().unwrap().display().to_string(),
+            (e.header().entry_type(), e.header().size().unwrap()),
+        );
+    }
+    let size = std::fs::metadata(&a).unwrap().len();
+    for name in ["var/lib/juju/server.pem", "var/lib/juju/server-copy.pem"] {
+        assert_eq!(kinds[name], (tar::EntryType::Regular, size), "{name}");
+    }
+}

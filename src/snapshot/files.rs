@@ -395,7 +395,6 @@ pub fn capture(
     let mut out = Captured { files: 0, bytes: 0 };
     let manifest_err =
         |e: io::Error| io_err("write staging manifest", Path::new("manifest.json"))(e);
-    let mut hardlinks: HashMap<(u64, u64), String> = HashMap::new();
     for host in &plan.paths {
         if ctx.cancel.load(Ordering::Relaxed) {
             return Err(SnapshotError::Cancelled);
@@ -406,7 +405,7 @@ pub fn capture(
             name: host.strip_prefix("/").unwrap_or(host).to_path_buf(),
             required: plan.required.contains(host),
         };
-        let Some(entry) = member.capture(&mut tar, ctx, &mut names, &mut hardlinks)? else {
+        let Some(entry) = member.capture(&mut tar, ctx, &mut names)? else {
             continue;
         };
         if entry.kind == Kind::File {
@@ -435,8 +434,8 @@ struct Member<'a> {
 
 /// What opening a path that `lstat` showed as a regular file gave.
 enum Opened {
-    /// A regular file, with its `fstat`.
-    File(File, std::fs::Metadata),
+    /// A regular file (checked with `fstat`).
+    File(File),
     /// The path is gone.
     Gone,
     /// Something else is there now (another file, a FIFO, a socket, a device, a symlink).
@@ -468,7 +467,7 @@ fn open_regular(real: &Path, seen: &std::fs::Metadata) -> Result<Opened, Snapsho
     };
     let md = file.metadata().map_err(io_err("stat", real))?;
     if md.is_file() {
-        Ok(Opened::File(file, md))
+        Ok(Opened::File(file))
     } else {
         Ok(Opened::Changed)
     }
@@ -512,10 +511,8 @@ impl Member<'_> {
         tar: &mut tar::Builder<Spool>,
         ctx: &CaptureContext<'_>,
         names: &mut Names,
-        hardlinks: &mut HashMap<(u64, u64), String>,
     ) -> Result<Option<Entry>, SnapshotError> {
         let real = self.real.clone();
-        let key = self.name.display().to_string();
         let attempts = ctx.retries + 1;
         for attempt in 1..=attempts {
             let md = match std::fs::symlink_metadata(&real) {
@@ -568,31 +565,16 @@ impl Member<'_> {
                 tracing::warn!(path = %self.host.display(), "{what}, not a regular file, directory or symlink; skipped");
                 return Ok(None);
             }
-            let (file, md) = match open_regular(&real, &md)? {
-                Opened::File(f, md) => (f, md),
+            let file = match open_regular(&real, &md)? {
+                Opened::File(f) => f,
                 Opened::Gone => return self.vanished(),
                 Opened::Changed => {
                     tracing::info!(path = %self.host.display(), attempt, "replaced between stat and open; looking at it again");
                     continue;
                 }
             };
-            let mut header = header_for(&md, names);
-            let id = (md.dev(), md.ino());
-            if md.nlink() > 1 {
-                if let Some(first) = hardlinks.get(&id) {
-                    header.set_entry_type(tar::EntryType::Link);
-                    header.set_size(0);
-                    tar.append_link(&mut header, &self.name, first)
-                        .map_err(io_err("write staging tar", &real))?;
-                    return Ok(Some(Entry {
-                        kind: Kind::Hardlink,
-                        size: 0,
-                        sha256: String::new(),
-                        link: Some(first.clone()),
-                    }));
-                }
-                hardlinks.insert(id, key.clone());
-            }
+            // A file with other hard links is stored whole each time, as Juju's own backups do:
+            // Juju's extractor (juju/utils tar.UntarFiles) drops hardlink entries.
             return capture_file(tar, &file, &real, &self.name, ctx, names).map(Some);
         }
         // Never the same thing twice in a row: nothing whole can be archived under this name.
