@@ -92,6 +92,9 @@ pub struct BrdMetadata {
     /// `none`, `sqlite`, `command`, ...: tells verify and restore how to treat `dump/`.
     pub database_engine: String,
     pub config_digest: String,
+    /// The database server's version at dump time (MongoDB), which restore holds the host's to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_version: Option<String>,
     /// Host path of the database file the dump came from (sqlite), where restore puts it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_path: Option<String>,

@@ -79,6 +79,8 @@ pub struct RestoreInput<'a> {
     pub dump_files: &'a [String],
     /// The database's host path as the archive records it (sqlite), if any.
     pub recorded_path: Option<&'a str>,
+    /// The database server's version when the dump was taken, if the archive records it.
+    pub recorded_version: Option<&'a str>,
     /// The root the state-server is restored into (`/` in production).
     pub target_root: &'a Path,
 }
@@ -116,6 +118,12 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// Writes a consistent dump into `out_dir` (empty, private, on the archive's filesystem).
     /// Returns promptly with an error once `cancel` is set.
     fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError>;
+
+    /// The database server's version, recorded in the archive so a restore can refuse a server
+    /// that cannot load the dump (`None`: not known or not relevant for this engine).
+    fn server_version(&self) -> Option<String> {
+        None
+    }
 
     /// Whether verify should copy each dump file out and pass it to [`Engine::check_dump_file`].
     fn checks_dump_files(&self) -> bool {

@@ -235,12 +235,62 @@ pub fn primary_script(c: &Credentials) -> String {
 
 /// The primary from the query's stdout, if the replica set has one.
 pub fn parse_primary(stdout: &str) -> Option<String> {
+    parse_marked(stdout, PRIMARY_MARK)
+}
+
+/// The value printed after `mark` on a line of the shell's output.
+fn parse_marked(stdout: &str, mark: &str) -> Option<String> {
     stdout
         .lines()
-        .find_map(|l| l.trim().strip_prefix(PRIMARY_MARK))
+        .find_map(|l| l.trim().strip_prefix(mark))
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(String::from)
+}
+
+const VERSION_MARK: &str = "juju-brd-mongo-version:";
+
+/// The shell script (fed on stdin) that prints the server's version.
+fn version_script(c: &Credentials) -> String {
+    let js = |s: &str| serde_json::to_string(s).expect("string serialises");
+    format!(
+        "db.getSiblingDB(\"admin\").auth({user}, {pw});\nprint({mark} + db.version());\n",
+        user = js(&c.user),
+        pw = js(&c.password),
+        mark = js(VERSION_MARK),
+    )
+}
+
+/// The installed mongod's version (`db version v4.4.24` -> `4.4.24`).
+fn installed_mongod_version() -> Option<String> {
+    let argv = vec![
+        tool(&["juju-db.mongod", "mongod"])?,
+        "--version".to_string(),
+    ];
+    let mut out = tempfile::tempfile().ok()?;
+    let mut spec = ChildSpec::new("mongod --version", &argv, Duration::from_secs(10));
+    spec.stdout = Stdio::from(out.try_clone().ok()?);
+    process::run(spec).ok()?;
+    let mut text = String::new();
+    std::io::Seek::rewind(&mut out).ok()?;
+    std::io::Read::read_to_string(&mut out, &mut text).ok()?;
+    parse_mongod_version(&text)
+}
+
+pub fn parse_mongod_version(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("db version v"))
+        .map(|v| v.trim().to_string())
+}
+
+/// `4.4.24` and `4.4.1` are; `4.4` and `5.0` are not.
+pub fn same_major_minor(a: &str, b: &str) -> bool {
+    let mm = |v: &str| {
+        let mut it = v.trim_start_matches('v').split('.');
+        (it.next().map(str::to_string), it.next().map(str::to_string))
+    };
+    let (x, y) = (mm(a), mm(b));
+    x.0.is_some() && x.1.is_some() && x == y
 }
 
 /// A private directory holding the config (password) and CA files for one run; removed on drop.
@@ -401,12 +451,25 @@ impl Engine for MongoEngine {
         "mongodb"
     }
 
-    fn plan_restore(&self, _input: &RestoreInput) -> Result<String, String> {
+    fn plan_restore(&self, input: &RestoreInput) -> Result<String, String> {
         if !restore_tools_installed() {
             return Err(
                 "the dump is a MongoDB dump and mongorestore or the mongo shell is not installed"
                     .into(),
             );
+        }
+        // As Juju's restore: a dump loads only into the same MongoDB major.minor.
+        if let Some(dumped) = input.recorded_version {
+            let here = installed_mongod_version().ok_or(
+                "the archive records its MongoDB version, and this host's cannot be read \
+                 (no mongod or juju-db.mongod on PATH)",
+            )?;
+            if !same_major_minor(dumped, &here) {
+                return Err(format!(
+                    "the dump is from MongoDB {dumped}, this host runs {here}: a dump is \
+                     restored only into the same major.minor version, as Juju does"
+                ));
+            }
         }
         Ok("dump/ -> juju-db (mongorestore --drop --oplogReplay, replica set re-initiated at this host's address)".into())
     }
@@ -420,6 +483,23 @@ impl Engine for MongoEngine {
             ))?;
         }
         self.restore_dump(ctx.staged_dump, ctx.address, ctx.cancel)
+    }
+
+    /// `db.version()` of the local juju-db, asked at dump time (for restore's check).
+    fn server_version(&self) -> Option<String> {
+        let c = self.credentials().ok()?;
+        let secrets = Secrets::new(&c).ok()?;
+        let out_path = secrets.dir.path().join("version.out");
+        let out = fs::File::create(&out_path).ok()?;
+        self.shell(
+            &c,
+            &secrets,
+            "version.js",
+            &version_script(&c),
+            Stdio::from(out),
+        )
+        .ok()?;
+        parse_marked(&fs::read_to_string(&out_path).ok()?, VERSION_MARK)
     }
 
     fn leader(&self, timeout: Duration) -> Result<String, DbError> {
@@ -565,6 +645,22 @@ mod tests {
                 assert!(!argv.join(" ").contains("w0rd"));
             }
         }
+    }
+
+    #[test]
+    fn versions_are_compared_by_major_and_minor() {
+        assert_eq!(
+            parse_mongod_version("db version v4.4.24\nBuild Info: {...}\n").as_deref(),
+            Some("4.4.24")
+        );
+        assert!(same_major_minor("4.4.24", "4.4.1"));
+        assert!(!same_major_minor("4.4.24", "5.0.3"));
+        assert!(!same_major_minor("4.4", "4.0.0"));
+        assert!(!same_major_minor("", ""));
+        assert_eq!(
+            parse_marked("noise\njuju-brd-mongo-version: 4.4.24\n", VERSION_MARK).as_deref(),
+            Some("4.4.24")
+        );
     }
 
     #[test]

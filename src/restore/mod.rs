@@ -361,6 +361,10 @@ pub fn plan(
                 .brd
                 .as_ref()
                 .and_then(|b| b.database_path.as_deref()),
+            recorded_version: metadata
+                .brd
+                .as_ref()
+                .and_then(|b| b.database_version.as_deref()),
             target_root: &opts.target_root,
         };
         match crate::db::for_archive(metadata.engine(), database, &opts.target_root) {
@@ -651,6 +655,11 @@ fn apply(
                     .brd
                     .as_ref()
                     .and_then(|b| b.database_path.as_deref()),
+                recorded_version: plan
+                    .metadata
+                    .brd
+                    .as_ref()
+                    .and_then(|b| b.database_version.as_deref()),
                 target_root: &plan.target_root,
             },
             staged_dump: &incoming,

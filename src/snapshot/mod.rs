@@ -432,6 +432,7 @@ fn build_metadata(
             environment,
             state_server_addresses: addresses,
             database_engine: engine.map_or("none", |e| e.name()).into(),
+            database_version: engine.and_then(|e| e.server_version()),
             config_digest: cfg.config_digest.clone(),
             database_path: cfg.database.path.as_ref().map(|p| {
                 // Recorded as the host sees it: relative to files.root when it lies under it.
