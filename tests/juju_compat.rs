@@ -431,3 +431,30 @@ fn hardlinked_files_are_stored_whole_as_juju_does() {
         assert_eq!(kinds[name], (tar::EntryType::Regular, size), "{name}");
     }
 }
+
+#[test]
+fn a_host_of_another_series_or_juju_version_is_refused_in_the_plan() {
+    let env = Env::new(1);
+    restore_config(&env, Some(UUID));
+    let gone = format!("127.0.0.1:{}", common::free_port());
+    let archive = juju_archive(&env, Juju::V29, &gone);
+    let target = env.path("other-host");
+    std::fs::create_dir_all(target.join("etc")).unwrap();
+    std::fs::write(
+        target.join("etc/os-release"),
+        "ID=ubuntu\nVERSION_ID=\"22.04\"\nVERSION_CODENAME=jammy\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(target.join("var/lib/juju/tools/2.9.40-jammy-amd64")).unwrap();
+    let out = restore(&env, &archive, &target, &["--dry-run", "--skip-database"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("series: the archive was taken on focal, this host runs jammy"),
+        "{err}"
+    );
+    assert!(
+        err.contains("juju version: the archive is Juju 2.9.42, this host has Juju 2.9.40"),
+        "{err}"
+    );
+}

@@ -319,6 +319,20 @@ pub fn plan(
             ));
         }
     }
+    // As juju-restore: a host already set up with another Juju version is not the one to restore.
+    let installed = crate::snapshot::identity::tools_dirs(&opts.target_root);
+    if !installed.is_empty()
+        && !metadata.version.is_empty()
+        && !installed.iter().any(|(v, _)| *v == metadata.version)
+    {
+        let have: Vec<&str> = installed.iter().map(|(v, _)| v.as_str()).collect();
+        unmet.push(format!(
+            "juju version: the archive is Juju {}, this host has Juju {} installed \
+             (var/lib/juju/tools)",
+            metadata.version,
+            have.join(", ")
+        ));
+    }
     if host.free_mib < need_mib {
         unmet.push(format!(
             "room for the restored state: need {need_mib}M, {} has {}M free",

@@ -44,8 +44,8 @@ pub fn is_juju_version(v: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
 }
 
-/// `VERSION-SERIES-ARCH` directory names under `tools/`, newest name last.
-fn tools_dirs(root: &Path) -> Vec<(String, String)> {
+/// (version, series) of the `VERSION-SERIES-ARCH` directories under `tools/`, newest name last.
+pub fn tools_dirs(root: &Path) -> Vec<(String, String)> {
     let Ok(rd) = std::fs::read_dir(root.join("var/lib/juju/tools")) else {
         return Vec::new();
     };
