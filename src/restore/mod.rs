@@ -264,7 +264,52 @@ pub fn plan(
         )));
     }
     let target_lock = Arc::new(TargetLock::take(&opts.target_root)?);
-    let scratch = opts.target_root.clone();
+    let (archive_file, report) = open_and_verify(opts)?;
+    let metadata = report.metadata.clone();
+    let uuid = opts.model_uuid.as_deref().unwrap_or_default();
+    if !metadata.belongs_to(&[&opts.environment, uuid]) {
+        return Err(RestoreError::WrongEnvironment {
+            archive: metadata.describe_environment(),
+            expected: opts.environment.clone(),
+        });
+    }
+    check_host_layout(&opts.target_root, &report)?;
+    let mut warnings = check_host(opts, &report)?;
+    let forced_past = probe_old_servers(cfg, opts, &report, &mut warnings)?;
+    let db = plan_database(database, opts, &report, &mut warnings)?;
+    let address = match &opts.address {
+        Some(a) => a.clone(),
+        None => detect_address().ok_or_else(|| {
+            RestoreError::Refused("cannot detect this host's address; pass --address".into())
+        })?,
+    };
+    Ok(RestorePlan {
+        archive: opts.archive.clone(),
+        files: report.root_members,
+        bytes: report.root_bytes,
+        metadata,
+        target_root: opts.target_root.clone(),
+        address,
+        dump_files: report.dump_files.clone(),
+        db,
+        stop: cfg.stop_commands.clone(),
+        start: cfg.start_commands.clone(),
+        forced_past,
+        warnings,
+        identities: opts.identities.clone(),
+        archive_file: Arc::new(archive_file),
+        sha256: report.sha256.clone(),
+        manifest: report.manifest.map(Arc::new),
+        privileged: report.privileged,
+        keep_privileges: opts.keep_privileges,
+        target_lock,
+    })
+}
+
+/// Opens the archive once and verifies it from that descriptor; execute reads the same one.
+fn open_and_verify(
+    opts: &RestoreOptions,
+) -> Result<(std::fs::File, crate::archive::verify::VerifyReport), RestoreError> {
     let archive_file = std::fs::File::open(&opts.archive).map_err(|e| {
         RestoreError::Refused(format!("cannot open {}: {e}", opts.archive.display()))
     })?;
@@ -278,21 +323,21 @@ pub fn plan(
             scratch_dir: std::env::temp_dir()
                 .exists()
                 .then(std::env::temp_dir)
-                .or(Some(scratch)),
+                .or(Some(opts.target_root.clone())),
             identities: opts.identities.clone(),
             ..VerifyOptions::default()
         },
     )?;
-    let metadata = report.metadata.clone();
-    let expected = opts.environment.clone();
-    let uuid = opts.model_uuid.as_deref().unwrap_or_default();
-    if !metadata.belongs_to(&[&expected, uuid]) {
-        return Err(RestoreError::WrongEnvironment {
-            archive: metadata.describe_environment(),
-            expected,
-        });
-    }
-    check_host_layout(&opts.target_root, &report)?;
+    Ok((archive_file, report))
+}
+
+/// The host against the archive: `--constraints`, series, an installed Juju version, room.
+/// Every unmet one is listed; returns the warnings (constraints that cannot be checked).
+fn check_host(
+    opts: &RestoreOptions,
+    report: &crate::archive::verify::VerifyReport,
+) -> Result<Vec<String>, RestoreError> {
+    let metadata = &report.metadata;
     let host = constraints::HostFacts::detect(&opts.target_root)
         .map_err(|e| RestoreError::Refused(format!("cannot inspect this host: {e}")))?;
     let dump_bytes = metadata.brd.as_ref().map_or(0, |b| b.dump_bytes);
@@ -343,57 +388,72 @@ pub fn plan(
     if !unmet.is_empty() {
         return Err(RestoreError::Constraints(unmet));
     }
+    Ok(warnings)
+}
 
+/// Probes every recorded state-server; refuses while one answers, unless `--force` (returned:
+/// the addresses forced past).
+fn probe_old_servers(
+    cfg: &RestoreConfig,
+    opts: &RestoreOptions,
+    report: &crate::archive::verify::VerifyReport,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, RestoreError> {
     // juju-brd records the state-servers; a Juju-made archive has them in its agent.conf.
-    let recorded = metadata
+    let recorded = report
+        .metadata
         .brd
         .as_ref()
         .map(|b| b.state_server_addresses.clone())
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| report.agent_addresses.clone());
-    let targets = probe::targets(&recorded, &cfg.probe_ports);
-    let alive = probe::answering(&targets, cfg.probe_timeout);
-    let mut forced_past = Vec::new();
-    if !alive.is_empty() {
-        if !opts.force {
-            return Err(RestoreError::OldServerAlive(alive));
-        }
-        tracing::warn!(answering = %alive.join(", "), "--force: restoring although a recorded state-server answers; {HA_WARNING}");
-        forced_past = alive;
-    }
     if recorded.is_empty() {
         warnings
             .push("the archive records no state-server addresses; nothing could be probed".into());
     }
+    let targets = probe::targets(&recorded, &cfg.probe_ports);
+    let alive = probe::answering(&targets, cfg.probe_timeout);
+    if alive.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !opts.force {
+        return Err(RestoreError::OldServerAlive(alive));
+    }
+    tracing::warn!(answering = %alive.join(", "), "--force: restoring although a recorded state-server answers; {HA_WARNING}");
+    Ok(alive)
+}
 
-    let db = if report.dump_files.is_empty() {
-        DbStep::None
-    } else {
-        let input = crate::db::RestoreInput {
-            dump_files: &report.dump_files,
-            recorded_path: metadata
-                .brd
-                .as_ref()
-                .and_then(|b| b.database_path.as_deref()),
-            recorded_version: metadata
-                .brd
-                .as_ref()
-                .and_then(|b| b.database_version.as_deref()),
-            target_root: &opts.target_root,
-        };
-        match crate::db::for_archive(metadata.engine(), database, &opts.target_root) {
-            None => DbStep::NotRestored(format!(
-                "no restore engine for `{}` dumps",
-                metadata.engine()
-            )),
-            Some(engine) => match engine.plan_restore(&input) {
-                Ok(description) => DbStep::Load {
-                    engine: engine.into(),
-                    description,
-                },
-                Err(why) => DbStep::NotRestored(why),
+/// What happens to the dump: the engine that reads it plans the load, or says why this host
+/// cannot, which refuses the restore unless `--skip-database`.
+fn plan_database(
+    database: &crate::db::DatabaseConfig,
+    opts: &RestoreOptions,
+    report: &crate::archive::verify::VerifyReport,
+    warnings: &mut Vec<String>,
+) -> Result<DbStep, RestoreError> {
+    let metadata = &report.metadata;
+    if report.dump_files.is_empty() {
+        return Ok(DbStep::None);
+    }
+    let brd = metadata.brd.as_ref();
+    let input = crate::db::RestoreInput {
+        dump_files: &report.dump_files,
+        recorded_path: brd.and_then(|b| b.database_path.as_deref()),
+        recorded_version: brd.and_then(|b| b.database_version.as_deref()),
+        target_root: &opts.target_root,
+    };
+    let db = match crate::db::for_archive(metadata.engine(), database, &opts.target_root) {
+        None => DbStep::NotRestored(format!(
+            "no restore engine for `{}` dumps",
+            metadata.engine()
+        )),
+        Some(engine) => match engine.plan_restore(&input) {
+            Ok(description) => DbStep::Load {
+                engine: engine.into(),
+                description,
             },
-        }
+            Err(why) => DbStep::NotRestored(why),
+        },
     };
     if let DbStep::NotRestored(why) = &db {
         if !opts.skip_database {
@@ -406,33 +466,7 @@ pub fn plan(
             "THE DATABASE WILL NOT BE RESTORED (--skip-database): {why}"
         ));
     }
-    let address = match &opts.address {
-        Some(a) => a.clone(),
-        None => detect_address().ok_or_else(|| {
-            RestoreError::Refused("cannot detect this host's address; pass --address".into())
-        })?,
-    };
-    Ok(RestorePlan {
-        archive: opts.archive.clone(),
-        files: report.root_members,
-        bytes: report.root_bytes,
-        metadata,
-        target_root: opts.target_root.clone(),
-        address,
-        dump_files: report.dump_files.clone(),
-        db,
-        stop: cfg.stop_commands.clone(),
-        start: cfg.start_commands.clone(),
-        forced_past,
-        warnings,
-        identities: opts.identities.clone(),
-        archive_file: Arc::new(archive_file),
-        sha256: report.sha256.clone(),
-        manifest: report.manifest.map(Arc::new),
-        privileged: report.privileged,
-        keep_privileges: opts.keep_privileges,
-        target_lock,
-    })
+    Ok(db)
 }
 
 /// Refuses, before anything changes, a host whose layout leads writes out of the target: a
