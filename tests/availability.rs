@@ -7,89 +7,14 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Env, BIN};
+use common::daemon::{config_with_api, Start};
+use common::Env;
 
-/// A running `juju-brd daemon`, killed when dropped.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon on `env`'s config, its open-file limit set to `nofile` (systemd's default
-    /// soft limit is 1024), with `vars` added to its environment; waits until /healthz answers.
-    fn start(env: &Env, nofile: u64, vars: &[(&str, &str)]) -> Daemon {
-        let log = env.path("daemon.log");
-        let child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("ulimit -n {nofile} && exec \"$0\" daemon"),
-                BIN,
-            ])
-            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
-            .env_remove("JUJU_ENV")
-            .envs(vars.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child,
-            socket: env.path("run/juju-brd.sock"),
-            log,
-        };
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = unix_request(&d.socket, &get("/healthz"), Duration::from_secs(2)) {
-                if r.starts_with("HTTP/1.1 200") {
-                    return d;
-                }
-            }
-            if let Some(st) = d.child.try_wait().unwrap() {
-                panic!("daemon exited at start ({st}):\n{}", d.log());
-            }
-            assert!(Instant::now() < end, "daemon not up:\n{}", d.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), sig).unwrap();
-    }
-
-    /// SIGTERM, then the exit status and how long it took; panics after `limit`.
-    fn stop(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let asked = Instant::now();
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return (st, asked.elapsed());
-            }
-            assert!(
-                asked.elapsed() < limit,
-                "daemon still running {limit:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// systemd's default soft limit of open files, which every daemon here runs with.
+const SYSTEMD_NOFILE: u64 = 1024;
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -128,33 +53,6 @@ fn time_to_close(s: &mut impl Read, started: Instant, limit: Duration) -> Option
     }
 }
 
-/// Runs the CLI with `args`, killing it after `limit` (then panics, naming what hung).
-fn run_bounded(env: &Env, args: &[&str], vars: &[(&str, &str)], limit: Duration) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("JUJU_BRD_CONFIG", env.path("config.toml"))
-        .env_remove("JUJU_ENV")
-        .envs(vars.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > end {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "`juju-brd {}` still running after {limit:?}; stderr:\n{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 fn write_private(path: &Path, text: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, text).unwrap();
@@ -175,16 +73,6 @@ fn raise_own_nofile(want: u64) {
     );
 }
 
-fn api_config(env: &Env, api: &str, extra: &str) {
-    env.config(
-        "",
-        &format!(
-            "{}\n[api]\nsocket = \"run/juju-brd.sock\"\nsocket_mode = \"0600\"\n{api}\n[schedule]\ncron = \"\"\n{extra}",
-            env.sqlite_section()
-        ),
-    );
-}
-
 const TOKEN: &str = "availability-token-0123456789";
 
 /// Item 9: 1,100 idle TCP connections (half of them with a started request head) against a daemon
@@ -197,12 +85,12 @@ fn an_idle_tcp_flood_starves_neither_the_socket_nor_the_backups() {
     let env = Env::new(1);
     let port = common::free_port();
     write_private(&env.path("token"), TOKEN, 0o600);
-    api_config(
+    config_with_api(
         &env,
         &format!("tcp_listen = \"127.0.0.1:{port}\"\ntoken_file = \"token\"\n"),
         "",
     );
-    let mut d = Daemon::start(&env, 1024, &[]);
+    let mut d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
 
     let flood_started = Instant::now();
     let mut flood = Vec::new();
@@ -272,7 +160,7 @@ fn an_idle_tcp_flood_starves_neither_the_socket_nor_the_backups() {
          {slowest:?} after the flood began",
         flood.len()
     );
-    let (st, took) = d.stop(Duration::from_secs(30));
+    let (st, took) = d.stop_within(Duration::from_secs(30));
     assert!(st.success(), "{st:?}\n{}", d.log());
     println!("stopped in {took:?}");
 }
@@ -285,8 +173,8 @@ fn an_idle_unix_flood_does_not_lock_out_the_next_client() {
     raise_own_nofile(4096);
     let env = Env::new(1);
     // A slow pre hook keeps the waiting request in progress while the flood runs.
-    api_config(&env, "", "[hooks]\npre = [\"sleep\", \"4\"]\n");
-    let d = Daemon::start(&env, 1024, &[]);
+    config_with_api(&env, "", "[hooks]\npre = [\"sleep\", \"4\"]\n");
+    let d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
     let socket = d.socket.clone();
     let waiting = std::thread::spawn(move || {
         unix_request(
@@ -352,12 +240,12 @@ fn slow_and_unauthenticated_clients_are_cut_off() {
     let env = Env::new(1);
     let port = common::free_port();
     write_private(&env.path("token"), TOKEN, 0o644);
-    api_config(
+    config_with_api(
         &env,
         &format!("tcp_listen = \"127.0.0.1:{port}\"\ntoken_file = \"token\"\n"),
         "",
     );
-    let d = Daemon::start(&env, 1024, &[]);
+    let d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
     assert!(
         d.log().contains("api.token_file") && d.log().contains("readable by every local user"),
         "{}",
@@ -500,7 +388,9 @@ fn background_children_of_hooks_and_dumps_never_hold_a_backup() {
         ),
     );
     let started = Instant::now();
-    let out = run_bounded(&env, &["backup", "--offline"], &[], Duration::from_secs(60));
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     let took = started.elapsed();
     assert!(out.status.success(), "{}", common::stderr(&out));
     assert!(took < Duration::from_secs(20), "{took:?}");
@@ -524,7 +414,9 @@ fn background_children_of_hooks_and_dumps_never_hold_a_backup() {
         ),
     );
     let started = Instant::now();
-    let out = run_bounded(&env, &["backup", "--offline"], &[], Duration::from_secs(60));
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     let timed_out = started.elapsed();
     assert!(!out.status.success());
     assert!(
@@ -576,18 +468,20 @@ fn children_never_see_the_daemons_secrets() {
             hook_env.display()
         ),
     );
-    let out = run_bounded(
-        &env,
-        &["backup", "--offline"],
-        &[
-            ("AWS_SECRET_ACCESS_KEY", secret),
-            ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
-            ("NOTIFY_SOCKET", "/run/systemd/notify"),
-            ("LC_TIME", "C.UTF-8"),
-            ("TZ", "UTC"),
-        ],
-        Duration::from_secs(60),
-    );
+    let out = env
+        .run_bounded_with(
+            &[],
+            &[
+                ("AWS_SECRET_ACCESS_KEY", secret),
+                ("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE"),
+                ("NOTIFY_SOCKET", "/run/systemd/notify"),
+                ("LC_TIME", "C.UTF-8"),
+                ("TZ", "UTC"),
+            ],
+            &["backup", "--offline"],
+            Duration::from_secs(60),
+        )
+        .unwrap();
     assert!(out.status.success(), "{}", common::stderr(&out));
     for (file, own) in [
         (&hook_env, "HOOK_TARGET=controller-0"),
@@ -621,9 +515,9 @@ fn children_never_see_the_daemons_secrets() {
 #[test]
 fn sigterm_stops_the_daemon_while_the_database_is_locked() {
     let env = Env::new(1);
-    api_config(&env, "", "");
+    config_with_api(&env, "", "");
     let _lock = lock_exclusively(&env.root().join("var/lib/juju/db/state.db"));
-    let mut d = Daemon::start(&env, 1024, &[]);
+    let mut d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
     let accepted = unix_request(
         &d.socket,
         "POST /v1/backups HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
@@ -636,7 +530,7 @@ fn sigterm_stops_the_daemon_while_the_database_is_locked() {
         assert!(Instant::now() < end, "the dump never waited:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (st, took) = d.stop(Duration::from_secs(110));
+    let (st, took) = d.stop_within(Duration::from_secs(110));
     assert!(st.success(), "{st:?}\n{}", d.log());
     assert!(took < Duration::from_secs(70), "{took:?}");
     assert!(d.log().contains("cancelling it"), "{}", d.log());
@@ -741,7 +635,9 @@ fn absurd_config_values_are_refused_and_never_reach_the_scheduler() {
     good("99999999999d");
     let text = std::fs::read_to_string(env.path("config.toml")).unwrap();
     let line = text.lines().position(|l| l.starts_with("jitter")).unwrap() + 1;
-    let out = run_bounded(&env, &["check-config"], &[], Duration::from_secs(20));
+    let out = env
+        .run_bounded(&["check-config"], Duration::from_secs(20))
+        .unwrap();
     assert!(!out.status.success());
     let want = format!(":{line}: schedule.jitter: ");
     assert!(
@@ -749,16 +645,12 @@ fn absurd_config_values_are_refused_and_never_reach_the_scheduler() {
         "{}",
         common::stderr(&out)
     );
-    let out = run_bounded(&env, &["daemon"], &[], Duration::from_secs(20));
-    assert!(!out.status.success());
-    assert!(
-        common::stderr(&out).contains(&want),
-        "{}",
-        common::stderr(&out)
-    );
+    // Refused: exits with a failure, saying why.
+    let err = Start::new(&env).refused(Duration::from_secs(20));
+    assert!(err.contains(&want), "{err}");
 
     good("10m");
-    let d = Daemon::start(&env, 1024, &[]);
+    let d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
     let next_run = || -> String {
         let s = unix_request(&d.socket, &get("/v1/status"), Duration::from_secs(5)).unwrap();
         let v: serde_json::Value =
@@ -794,8 +686,8 @@ fn a_client_that_stops_reading_is_cut_off() {
         *b = x as u8;
     }
     std::fs::write(env.root().join("var/lib/juju/tools/noise.bin"), noise).unwrap();
-    api_config(&env, "", "");
-    let d = Daemon::start(&env, 1024, &[]);
+    config_with_api(&env, "", "");
+    let d = Start::new(&env).nofile(SYSTEMD_NOFILE).ready();
     let backup = unix_request(
         &d.socket,
         "POST /v1/backups?wait=true HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",

@@ -8,86 +8,16 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{stderr, Env, BIN};
+use common::daemon::{config, config_at, Daemon, Start};
+use common::{stderr, Env};
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Runs `juju-brd ARGS` for `env`, killing it if it has not finished within `limit`.
-fn run_bounded(env: &Env, args: &[&str], limit: Duration) -> Result<Output, String> {
-    run_bounded_under(env, &[], args, limit)
-}
-
-/// Runs `WRAPPER... juju-brd ARGS` for `env` in its own process group, killing the whole group
-/// if it has not finished within `limit`.
-fn run_bounded_under(
-    env: &Env,
-    wrapper: &[String],
-    args: &[&str],
-    limit: Duration,
-) -> Result<Output, String> {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = match wrapper.split_first() {
-        Some((program, rest)) => {
-            let mut c = Command::new(program);
-            c.args(rest).arg(BIN);
-            c
-        }
-        None => Command::new(BIN),
-    };
-    let mut child = cmd
-        .args(args)
-        .env("JUJU_BRD_CONFIG", env.path("config.toml"))
-        .env_remove("JUJU_ENV")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    // Drain both pipes so a chatty child never blocks on a full pipe.
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut out_pipe, &mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut err_pipe, &mut v);
-        v
-    });
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= end {
-            // The group: a tracer's tracee outlives a killed tracer.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
-            return Err(format!(
-                "`juju-brd {}` still running after {limit:?}; killed. stderr:\n{err}",
-                args.join(" ")
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Ok(Output {
-        status,
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    })
 }
 
 /// The members of an archive's root.tar, as `tar` lists them.
@@ -244,9 +174,9 @@ fn a_fifo_socket_device_or_symlink_swapped_in_between_stat_and_open_never_hangs_
             break;
         }
         rounds += 1;
-        match run_bounded_under(
-            &env,
+        match env.run_bounded_with(
             &wrapper,
+            &[],
             &["backup", "--offline"],
             Duration::from_secs(60),
         ) {
@@ -313,7 +243,9 @@ fn odd_files_in_the_tree_are_skipped_with_a_message_and_refused_when_required() 
         make_odd(&dir.join("a.dev"), &Odd::Device, &fifo_target);
     }
     env.config("", "");
-    let out = run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)).unwrap();
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("a FIFO, not a regular file"), "{err}");
@@ -336,7 +268,9 @@ fn odd_files_in_the_tree_are_skipped_with_a_message_and_refused_when_required() 
         "",
         "include = [\"/var/lib/juju/agents/machine-0/a.fifo\"]\n",
     );
-    let out = run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)).unwrap();
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     assert!(!out.status.success(), "a required FIFO was accepted");
     let err = stderr(&out);
     assert!(
@@ -392,7 +326,7 @@ fn files_renamed_into_place_and_removed_during_60_backups_never_fail_one() {
     let mut archives = Vec::new();
     let started = Instant::now();
     for round in 0..60 {
-        match run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)) {
+        match env.run_bounded(&["backup", "--offline"], Duration::from_secs(60)) {
             Ok(out) if out.status.success() => {
                 let err = stderr(&out);
                 vanished += err.matches("removed before it could be read").count()
@@ -501,7 +435,9 @@ fn archive_and_state_dirs_inside_the_backed_up_tree_are_never_archived() {
     let mut sizes = Vec::new();
     let mut last = PathBuf::new();
     for _ in 0..3 {
-        let out = run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)).unwrap();
+        let out = env
+            .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+            .unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         last = archive_path(&out);
         sizes.push(file_size(&last));
@@ -531,7 +467,9 @@ fn archive_and_state_dirs_inside_the_backed_up_tree_are_never_archived() {
         "\"/var/lib/juju/agents/machine-*\"",
         "\"/var/lib/juju/archives-link\"",
     );
-    let out = run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)).unwrap();
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("own archive or state directory is inside the backed-up tree"),
@@ -546,7 +484,9 @@ fn archive_and_state_dirs_inside_the_backed_up_tree_are_never_archived() {
 
     // A required include that is nothing but the archive directory is refused, saying why.
     write_config("\"/var/lib/juju/brd/archives\"", "");
-    let out = run_bounded(&env, &["backup", "--offline"], Duration::from_secs(60)).unwrap();
+    let out = env
+        .run_bounded(&["backup", "--offline"], Duration::from_secs(60))
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("matches only juju-brd's own archive or state directory"),
@@ -557,142 +497,19 @@ fn archive_and_state_dirs_inside_the_backed_up_tree_are_never_archived() {
 
 // ---- item 18: api.socket naming something that is not a stale socket ----
 
-/// Writes a daemon config for `env` with `api.socket = socket` (no schedule).
-fn daemon_config(env: &Env, socket: &Path, extra: &str) {
-    env.config(
-        "",
-        &format!(
-            "{}\n[api]\nsocket = \"{}\"\nsocket_mode = \"0600\"\n[schedule]\ncron = \"\"\n{extra}",
-            env.sqlite_section(),
-            socket.display()
-        ),
-    );
-}
-
-/// `juju-brd daemon` started for `env`; killed when dropped.
-struct Daemon {
-    child: std::process::Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon and waits (bounded) until its socket answers `/healthz`.
-    fn start(env: &Env, socket: &Path) -> Daemon {
-        let log = env.path("daemon.log");
-        let child = Command::new(BIN)
-            .arg("daemon")
-            .env("JUJU_BRD_CONFIG", env.path("config.toml"))
-            .env_remove("JUJU_ENV")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut d = Daemon {
-            child,
-            socket: socket.to_path_buf(),
-            log,
-        };
-        let rt = common::rt();
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = rt
-                .block_on(juju_brd::api::client::request(
-                    &d.socket,
-                    hyper::Method::GET,
-                    "/healthz",
-                    None,
-                ))
-                .is_ok_and(|(s, _)| s.is_success());
-            if ok {
-                return d;
-            }
-            if let Some(st) = d.child.try_wait().unwrap() {
-                panic!("daemon exited ({st}):\n{}", d.log());
-            }
-            assert!(
-                Instant::now() < end,
-                "daemon did not answer within 30 s:\n{}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn request(
-        &self,
-        method: hyper::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> (hyper::StatusCode, String) {
-        let rt = common::rt();
-        let (s, b) = rt
-            .block_on(juju_brd::api::client::request(
-                &self.socket,
-                method,
-                path,
-                body,
-            ))
-            .unwrap();
-        (s, String::from_utf8_lossy(&b).into_owned())
-    }
-
-    fn get_json(&self, path: &str) -> serde_json::Value {
-        let (s, b) = self.request(hyper::Method::GET, path, None);
-        assert!(
-            s.is_success(),
-            "{path}: {s} {}",
-            b.chars().take(500).collect::<String>()
-        );
-        serde_json::from_str(&b).unwrap()
-    }
-
-    /// SIGTERM, then a bounded wait for the exit.
-    fn stop(mut self) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let end = Instant::now() + Duration::from_secs(90);
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < end, "daemon did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The daemon, which must refuse to start: its stderr.
-fn daemon_refuses(env: &Env) -> String {
-    let out = run_bounded(env, &["daemon"], Duration::from_secs(30))
-        .expect("the daemon should have refused to start, not run");
-    assert!(!out.status.success(), "the daemon started");
-    stderr(&out)
-}
-
 #[test]
 fn api_socket_naming_anything_but_a_stale_socket_is_refused_and_left_alone() {
     let env = Env::new(1);
     let run = env.path("run");
     std::fs::create_dir_all(&run).unwrap();
+    // The daemon, which must refuse to start: its stderr.
+    let daemon_refuses = || Start::new(&env).refused(Duration::from_secs(30));
 
     // Someone's regular file.
     let file = run.join("precious.txt");
     std::fs::write(&file, b"do not delete me\n").unwrap();
-    daemon_config(&env, &file, "");
-    let err = daemon_refuses(&env);
+    config_at(&env, &file, "");
+    let err = daemon_refuses();
     assert!(
         err.contains("precious.txt") && err.contains("is a regular file, not a stale socket"),
         "{err}"
@@ -702,8 +519,8 @@ fn api_socket_naming_anything_but_a_stale_socket_is_refused_and_left_alone() {
     // A symlink to it: neither the link nor its target goes.
     let link = run.join("link.sock");
     std::os::unix::fs::symlink(&file, &link).unwrap();
-    daemon_config(&env, &link, "");
-    let err = daemon_refuses(&env);
+    config_at(&env, &link, "");
+    let err = daemon_refuses();
     assert!(err.contains("is a symlink, not a stale socket"), "{err}");
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read(&file).unwrap(), b"do not delete me\n");
@@ -712,28 +529,29 @@ fn api_socket_naming_anything_but_a_stale_socket_is_refused_and_left_alone() {
     let dir = run.join("dir.sock");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("inside"), b"x").unwrap();
-    daemon_config(&env, &dir, "");
-    assert!(daemon_refuses(&env).contains("is a directory"));
+    config_at(&env, &dir, "");
+    assert!(daemon_refuses().contains("is a directory"));
     assert!(dir.join("inside").exists());
     let fifo = run.join("fifo.sock");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    daemon_config(&env, &fifo, "");
-    assert!(daemon_refuses(&env).contains("is a FIFO"));
+    config_at(&env, &fifo, "");
+    assert!(daemon_refuses().contains("is a FIFO"));
     assert!(fifo.exists());
 
     // A socket someone listens on: refused, and it keeps working.
     let live = run.join("live.sock");
     let listener = std::os::unix::net::UnixListener::bind(&live).unwrap();
-    daemon_config(&env, &live, "");
-    assert!(daemon_refuses(&env).contains("another juju-brd daemon answers"));
+    config_at(&env, &live, "");
+    assert!(daemon_refuses().contains("another juju-brd daemon answers"));
     assert!(std::os::unix::net::UnixStream::connect(&live).is_ok());
     drop(listener);
 
     // Now stale (nobody listens): removed, and the daemon serves there.
-    daemon_config(&env, &live, "");
-    let d = Daemon::start(&env, &live);
+    config_at(&env, &live, "");
+    let d = Start::new(&env).socket(&live).ready();
+    let rt = common::rt();
     assert_eq!(
-        d.request(hyper::Method::GET, "/healthz", None).0,
+        d.request(&rt, hyper::Method::GET, "/healthz").0,
         hyper::StatusCode::OK
     );
     d.stop();
@@ -748,34 +566,17 @@ fn archives_in(env: &Env) -> Vec<String> {
         .collect()
 }
 
-/// Waits (bounded) for job `id` to finish; returns its record.
-fn wait_job(d: &Daemon, id: &str) -> serde_json::Value {
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        let j = d.get_json(&format!("/v1/jobs/{id}"));
-        if j["state"] == "succeeded" || j["state"] == "failed" {
-            return j;
-        }
-        assert!(
-            Instant::now() < end,
-            "job {id} did not finish: {}",
-            j["state"]
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
     let env = Env::new(1);
-    let socket = env.path("run/juju-brd.sock");
     // Without verify_after the old daemon wrote such an archive and called it a success.
-    daemon_config(&env, &socket, "[backup]\nverify_after = false\n");
-    let d = Daemon::start(&env, &socket);
+    config(&env, "[backup]\nverify_after = false\n");
+    let d = Daemon::start(&env);
+    let rt = common::rt();
     let limit = juju_brd::archive::metadata::MAX_NOTES_BYTES as usize;
     let post = |notes: &str| {
         let body = serde_json::to_vec(&serde_json::json!({ "notes": notes })).unwrap();
-        d.request(hyper::Method::POST, "/v1/backups", Some(body))
+        d.send(&rt, hyper::Method::POST, "/v1/backups", Some(body))
     };
 
     // 1.5 MB of text: under the 2 MB body limit, four times over the notes limit.
@@ -787,7 +588,7 @@ fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
     let (code, body) = post(&"\u{1}".repeat(200_000));
     assert_eq!(code, hyper::StatusCode::BAD_REQUEST, "{}", short(&body));
     assert!(archives_in(&env).is_empty(), "an archive was written");
-    assert!(d.get_json("/v1/status")["current_job"].is_null());
+    assert!(d.get::<serde_json::Value>(&rt, "/v1/status")["current_job"].is_null());
 
     // At the limit: taken, and the archive verifies and shows its notes.
     let (code, body) = post(&"n".repeat(limit));
@@ -796,7 +597,7 @@ fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
         .as_str()
         .unwrap()
         .to_string();
-    let job = wait_job(&d, &id);
+    let job = d.wait_job_within(&rt, &id, Duration::from_secs(120));
     assert_eq!(job["state"], "succeeded", "{}", job["error"]);
     let path = job["archive"]["path"].as_str().unwrap().to_string();
     let v = env.run(&["verify", &path]);
@@ -827,8 +628,8 @@ fn notes_too_long_for_the_metadata_are_refused_at_the_door() {
 // ---- item 14: archives named in the future ----
 
 /// Triggers a backup through the daemon and waits for it; returns the job record.
-fn backup_through(d: &Daemon) -> serde_json::Value {
-    let (code, body) = d.request(hyper::Method::POST, "/v1/backups?wait=true", None);
+fn backup_through(d: &Daemon, rt: &tokio::runtime::Runtime) -> serde_json::Value {
+    let (code, body) = d.send(rt, hyper::Method::POST, "/v1/backups?wait=true", None);
     assert_eq!(code, hyper::StatusCode::OK, "{body}");
     serde_json::from_str::<serde_json::Value>(&body).unwrap()["job"].clone()
 }
@@ -836,10 +637,10 @@ fn backup_through(d: &Daemon) -> serde_json::Value {
 #[test]
 fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
     let env = Env::new(1);
-    let socket = env.path("run/juju-brd.sock");
-    daemon_config(&env, &socket, "[retention]\nkeep_last = 1\n");
-    let d = Daemon::start(&env, &socket);
-    let first = backup_through(&d);
+    config(&env, "[retention]\nkeep_last = 1\n");
+    let d = Daemon::start(&env);
+    let rt = common::rt();
+    let first = backup_through(&d, &rt);
     let first_path = PathBuf::from(first["archive"]["path"].as_str().unwrap());
 
     // The clock was years ahead when this one was taken: a good archive with a lying name,
@@ -858,7 +659,7 @@ fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
 
     // Two more real backups, each pruned after it is taken with keep_last = 1.
     for round in 0..2 {
-        let job = backup_through(&d);
+        let job = backup_through(&d, &rt);
         let name = job["archive"]["name"].as_str().unwrap().to_string();
         let now = archives_in(&env);
         assert!(
@@ -874,13 +675,13 @@ fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
     );
 
     // Said in status, in prune's output (API and CLI) and in the log.
-    let status = d.get_json("/v1/status");
+    let status = d.get::<serde_json::Value>(&rt, "/v1/status");
     assert_eq!(
         status["future_dated_archives"],
         serde_json::json!([future]),
         "{status}"
     );
-    let (code, body) = d.request(hyper::Method::POST, "/v1/prune?dry_run=true", None);
+    let (code, body) = d.send(&rt, hyper::Method::POST, "/v1/prune?dry_run=true", None);
     assert_eq!(code, hyper::StatusCode::OK);
     let decisions: serde_json::Value = serde_json::from_str(&body).unwrap();
     let fd = decisions["decisions"]
@@ -913,7 +714,8 @@ fn a_future_dated_archive_never_makes_retention_delete_the_backup_just_taken() {
     assert!(d.log().contains("future-dated archive"), "{}", d.log());
     // Deleting the real newest verified archive still needs ?force=true.
     let newest = archives_in(&env).into_iter().find(|n| n != future).unwrap();
-    let (code, _) = d.request(
+    let (code, _) = d.send(
+        &rt,
         hyper::Method::DELETE,
         &format!("/v1/backups/{newest}"),
         None,
@@ -1033,12 +835,13 @@ fn metric(text: &str, name: &str) -> f64 {
 /// Waits (bounded) until `/v1/status` satisfies `f`; returns it.
 fn wait_status(
     d: &Daemon,
+    rt: &tokio::runtime::Runtime,
     what: &str,
     f: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let s = d.get_json("/v1/status");
+        let s = d.get::<serde_json::Value>(rt, "/v1/status");
         if f(&s) {
             return s;
         }
@@ -1055,43 +858,44 @@ fn wait_status(
 #[test]
 fn the_daemon_scrubs_on_its_cadence_and_a_rotten_archive_stops_counting_as_verified() {
     let env = Env::new(1);
-    let socket = env.path("run/juju-brd.sock");
-    daemon_config(
+    config(
         &env,
-        &socket,
         "[retention]\nkeep_last = 2\n[scrub]\ninterval = \"1s\"\n",
     );
-    let d = Daemon::start(&env, &socket);
-    let older = backup_through(&d)["archive"]["name"]
+    let d = Daemon::start(&env);
+    let rt = common::rt();
+    let older = backup_through(&d, &rt)["archive"]["name"]
         .as_str()
         .unwrap()
         .to_string();
-    let newest = backup_through(&d)["archive"]["name"]
+    let newest = backup_through(&d, &rt)["archive"]["name"]
         .as_str()
         .unwrap()
         .to_string();
-    let s = wait_status(&d, "a sound scrub", |s| s["scrub"]["state"] == "ok");
+    let s = wait_status(&d, &rt, "a sound scrub", |s| s["scrub"]["state"] == "ok");
     assert_eq!(s["scrub"]["enabled"], true);
     assert!(s["scrub"]["next_run"].is_string(), "{}", s["scrub"]);
-    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    let m = d.send(&rt, hyper::Method::GET, "/metrics", None).1;
     assert!(metric(&m, "juju_brd_scrub_last_success_timestamp_seconds") > 0.0);
     assert!(metric(&m, "juju_brd_scrub_runs_total") >= 1.0);
     assert_eq!(metric(&m, "juju_brd_scrub_failures_total"), 0.0);
     // Before the rot, the older archive may be deleted: it is not the newest verified.
-    let (_, body) = d.request(hyper::Method::POST, "/v1/prune?dry_run=true", None);
+    let (_, body) = d.send(&rt, hyper::Method::POST, "/v1/prune?dry_run=true", None);
     assert!(!body.contains("newest verified"), "{body}");
 
     rot(&env.archives().join(&newest));
-    let s = wait_status(&d, "a failed scrub", |s| s["scrub"]["state"] == "failed");
+    let s = wait_status(&d, &rt, "a failed scrub", |s| {
+        s["scrub"]["state"] == "failed"
+    });
     assert_eq!(s["scrub"]["damaged"], serde_json::json!([newest]));
-    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    let m = d.send(&rt, hyper::Method::GET, "/metrics", None).1;
     assert!(metric(&m, "juju_brd_scrub_failures_total") >= 1.0, "{m}");
     assert!(
         d.log().contains("scrub: the archive is damaged"),
         "{}",
         d.log()
     );
-    let listed = d.get_json("/v1/backups");
+    let listed = d.get::<serde_json::Value>(&rt, "/v1/backups");
     let rotten = listed
         .as_array()
         .unwrap()
@@ -1100,7 +904,12 @@ fn the_daemon_scrubs_on_its_cadence_and_a_rotten_archive_stops_counting_as_verif
         .unwrap();
     assert_eq!(rotten["verification"], "failed");
     // The older, sound archive is now the newest verified: kept, and not deleted without force.
-    let (code, body) = d.request(hyper::Method::DELETE, &format!("/v1/backups/{older}"), None);
+    let (code, body) = d.send(
+        &rt,
+        hyper::Method::DELETE,
+        &format!("/v1/backups/{older}"),
+        None,
+    );
     assert_eq!(code, hyper::StatusCode::CONFLICT, "{body}");
     assert!(body.contains("newest verified"), "{body}");
     let out = env.run(&["status"]);
@@ -1110,7 +919,7 @@ fn the_daemon_scrubs_on_its_cadence_and_a_rotten_archive_stops_counting_as_verif
         stdout(&out)
     );
     // A backup asked for while scrubs keep running is taken, and the scrub goes on.
-    let job = backup_through(&d);
+    let job = backup_through(&d, &rt);
     assert_eq!(job["state"], "succeeded", "{}", job["error"]);
     d.stop();
 }
@@ -1122,7 +931,6 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
     let env = Env::new(1);
     let s3 = common::S3Server::start(&env.path("s3data"), common::free_port());
     s3_credentials(&env);
-    let socket = env.path("run/juju-brd.sock");
     let remote = format!(
         "[retention]\nkeep_last = 2\n[scrub]\ninterval = \"2s\"\n\
          [[remote]]\nname = \"offsite\"\nendpoint = \"http://127.0.0.1:{}\"\nbucket = \"{}\"\n\
@@ -1131,13 +939,14 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
         s3.port,
         common::BUCKET
     );
-    daemon_config(&env, &socket, &remote);
-    let d = Daemon::start(&env, &socket);
-    let older = backup_through(&d)["archive"]["name"]
+    config(&env, &remote);
+    let d = Daemon::start(&env);
+    let rt = common::rt();
+    let older = backup_through(&d, &rt)["archive"]["name"]
         .as_str()
         .unwrap()
         .to_string();
-    let newest = backup_through(&d)["archive"]["name"]
+    let newest = backup_through(&d, &rt)["archive"]["name"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1149,7 +958,7 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
     let wait_for = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = d.get_json("/v1/status");
+            let s = d.get::<serde_json::Value>(&rt, "/v1/status");
             if f(&s) {
                 return s;
             }
@@ -1165,7 +974,7 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
     // The first scrubs find everything sound.
     let s = wait_for("sound scrub", &|s| s["scrub"]["state"] == "ok");
     assert!(s["scrub"]["next_run"].is_string(), "{}", s["scrub"]);
-    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    let m = d.send(&rt, hyper::Method::GET, "/metrics", None).1;
     assert!(metric(&m, "juju_brd_scrub_last_success_timestamp_seconds") > 0.0);
     assert_eq!(metric(&m, "juju_brd_scrub_failures_total"), 0.0);
 
@@ -1179,7 +988,7 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
         damaged.contains(&format!("{older} on remote offsite")),
         "{damaged:?}"
     );
-    let m = d.request(hyper::Method::GET, "/metrics", None).1;
+    let m = d.send(&rt, hyper::Method::GET, "/metrics", None).1;
     assert!(metric(&m, "juju_brd_scrub_failures_total") >= 2.0, "{m}");
     assert!(
         d.log().contains("scrub: the archive is damaged"),
@@ -1189,7 +998,7 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
 
     // The rotten archive is failed, so the older one is now the newest verified: the API
     // refuses to delete it without ?force, as retention keeps it.
-    let listed = d.get_json("/v1/backups");
+    let listed = d.get::<serde_json::Value>(&rt, "/v1/backups");
     let rotten = listed
         .as_array()
         .unwrap()
@@ -1197,7 +1006,12 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
         .find(|a| a["name"] == newest.as_str())
         .unwrap();
     assert_eq!(rotten["verification"], "failed");
-    let (code, body) = d.request(hyper::Method::DELETE, &format!("/v1/backups/{older}"), None);
+    let (code, body) = d.send(
+        &rt,
+        hyper::Method::DELETE,
+        &format!("/v1/backups/{older}"),
+        None,
+    );
     assert_eq!(code, hyper::StatusCode::CONFLICT, "{body}");
     assert!(body.contains("newest verified"), "{body}");
     // ...and its damaged remote copy is copied again after the next backup.
@@ -1207,7 +1021,7 @@ fn the_scrub_finds_rot_here_and_on_the_remote_and_acts_on_it() {
         ledger["copies"][&older]["offsite"].is_null(),
         "still counted as copied: {ledger}"
     );
-    backup_through(&d);
+    backup_through(&d, &rt);
     // Replication runs after the job is reported done.
     let sound_copy = || {
         use sha2::Digest;

@@ -7,7 +7,7 @@ pub mod daemon;
 pub mod juju_reader;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_juju-brd");
@@ -68,6 +68,80 @@ impl Env {
             .env_remove("JUJU_ENV")
             .output()
             .unwrap()
+    }
+
+    /// As [`Env::run`], in its own process group, killing the whole group if it has not finished
+    /// within `limit`: its output, or (killed) an error naming the command, with its stderr.
+    pub fn run_bounded(&self, args: &[&str], limit: Duration) -> Result<Output, String> {
+        self.run_bounded_with(&[], &[], args, limit)
+    }
+
+    /// As [`Env::run_bounded`], with `vars` added to the environment and run as `WRAPPER...
+    /// juju-brd ARGS` (a tracer, say; empty for none). Killing the group at `limit` stops a
+    /// tracee that would outlive its killed tracer.
+    pub fn run_bounded_with(
+        &self,
+        wrapper: &[String],
+        vars: &[(&str, &str)],
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<Output, String> {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
+            .args(args)
+            .env("JUJU_BRD_CONFIG", self.path("config.toml"))
+            .env_remove("JUJU_ENV")
+            .envs(vars.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Drain both pipes so a chatty child never blocks on a full pipe.
+        let mut out_pipe = child.stdout.take().unwrap();
+        let mut err_pipe = child.stderr.take().unwrap();
+        let out_reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut out_pipe, &mut v);
+            v
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut err_pipe, &mut v);
+            v
+        });
+        let end = Instant::now() + limit;
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() >= end {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                let err = String::from_utf8_lossy(&err_reader.join().unwrap()).into_owned();
+                return Err(format!(
+                    "`juju-brd {}` still running after {limit:?}; killed. stderr:\n{err}",
+                    args.join(" ")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Output {
+            status,
+            stdout: out_reader.join().unwrap(),
+            stderr: err_reader.join().unwrap(),
+        })
     }
 
     /// Runs `restore --yes --address 10.20.30.40 --target-root TARGET` with `args` after it
