@@ -13,7 +13,7 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # strace (holds open() back in tests/data_safety.rs to widen a race);
 # tar and gzip for all.
 missing=()
-for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace; do
+for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace man-db groff-base zsh fish; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

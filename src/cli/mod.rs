@@ -17,6 +17,7 @@ use crate::snapshot::{self, BackupRequest, Progress};
 
 mod archives;
 mod backup;
+mod docs;
 mod restore;
 mod service;
 
@@ -142,6 +143,19 @@ enum Command {
         #[arg(long)]
         skip_database: bool,
     },
+    /// Print the shell completion script for SHELL to stdout.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: docs::CompletionShell,
+    },
+    /// Print the juju-brd(1) man page to stdout, or with --dir write it and one page per
+    /// subcommand (juju-brd-backup.1, ...) into DIR.
+    Man {
+        /// Write every page into this directory (created if missing) and print their paths.
+        #[arg(long, value_name = "DIR", value_hint = clap::ValueHint::DirPath)]
+        dir: Option<PathBuf>,
+    },
 }
 
 pub fn run() -> ExitCode {
@@ -248,6 +262,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             };
             restore(&cfg, &opts, dry_run, yes)
         }
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man { dir } => docs::man(dir.as_deref()),
     }
 }
 
