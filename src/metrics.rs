@@ -107,6 +107,12 @@ impl Metrics {
         h.count += 1;
     }
 
+    /// The last success and its archive's size as remembered from before a restart.
+    pub fn seed_last_success(&self, unix: f64, size: u64) {
+        self.last_success.store(unix.to_bits(), Ordering::Relaxed);
+        self.last_size.store(size, Ordering::Relaxed);
+    }
+
     pub fn remote_failed(&self, remote: &str) {
         *self
             .remote_failures

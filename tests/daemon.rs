@@ -533,3 +533,25 @@ fn sigterm_interrupts_off_host_copies() {
     );
     assert_eq!(archives(&env).len(), 1, "the local archive is kept");
 }
+
+/// After a restart the metrics still show the last success and its archive's size (from the
+/// daemon's state), so an alert on the age of the last backup does not page on every restart.
+#[test]
+fn the_last_success_survives_a_restart_in_the_metrics() {
+    let env = Env::new(1);
+    config(&env, "");
+    let rt = rt();
+    let d = Daemon::start(&env);
+    let (code, _) = d.post(&rt, "/v1/backups?wait=true");
+    assert_eq!(code, 200);
+    let when = d.metric(&rt, "juju_brd_backup_last_success_timestamp_seconds");
+    let size = d.metric(&rt, "juju_brd_backup_archive_size_bytes");
+    assert!(when > 0.0 && size > 0.0, "{when} {size}");
+    assert!(d.stop().success());
+    let d = Daemon::start_logged(&env, "second.log");
+    assert_eq!(
+        d.metric(&rt, "juju_brd_backup_last_success_timestamp_seconds"),
+        when
+    );
+    assert_eq!(d.metric(&rt, "juju_brd_backup_archive_size_bytes"), size);
+}

@@ -324,7 +324,7 @@ pub fn read_token(path: &Path) -> Result<String, DaemonError> {
 
 /// Start-up on the blocking pool: removes what an interrupted backup left and marks a job the
 /// previous daemon died in as failed; returns the remembered state.
-fn recover(archive_dir: &Path, state_dir: &Path) -> Result<DaemonState, DaemonError> {
+fn recover(archive_dir: &Path, state_dir: &Path) -> Result<(DaemonState, u64), DaemonError> {
     let partials = catalog::remove_partials(archive_dir).map_err(|err| DaemonError::Io {
         what: "remove leftovers in",
         path: archive_dir.to_path_buf(),
@@ -341,7 +341,13 @@ fn recover(archive_dir: &Path, state_dir: &Path) -> Result<DaemonState, DaemonEr
         ));
         state.save(state_dir)?;
     }
-    Ok(state)
+    // The last good archive's size, so the metrics say after a restart what they said before.
+    let last_size = state
+        .last_archive
+        .as_ref()
+        .and_then(|n| archive_dir.join(n).metadata().ok())
+        .map_or(0, |m| m.len());
+    Ok((state, last_size))
 }
 
 /// Binds the API socket: refuses if a daemon answers there, removes a stale socket (a socket
@@ -421,10 +427,17 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     // Leftovers of a crash: a half-written archive, a staging dir, a job marked running.
     let (archive_dir, state_dir) = (cfg.archive_dir.clone(), cfg.state_dir.clone());
-    let state = tokio::task::spawn_blocking(move || recover(&archive_dir, &state_dir))
+    let (state, last_size) = tokio::task::spawn_blocking(move || recover(&archive_dir, &state_dir))
         .await
         .map_err(|e| DaemonError::Panicked(e.to_string()))??;
+    let last_success = state.last_success;
     let (daemon, work_rx) = Daemon::new(config_path, cfg, state);
+    // Alerting on the last success must not page after every restart.
+    if let Some(t) = last_success {
+        daemon
+            .metrics
+            .seed_last_success(t.timestamp_millis() as f64 / 1000.0, last_size);
+    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let router = http::router(daemon.clone());
