@@ -11,16 +11,6 @@ use std::path::{Path, PathBuf};
 use common::{stderr, tree_state, Env};
 use sha2::{Digest, Sha256};
 
-fn restore_config(env: &Env) {
-    env.config(
-        "",
-        &format!(
-            "{}\n[restore]\nstop_commands = []\nstart_commands = []\nprobe_ports = []\n",
-            env.sqlite_section()
-        ),
-    );
-}
-
 /// The members of a gzip'd outer archive, in order.
 fn unpack(archive: &Path) -> Vec<(String, Vec<u8>)> {
     let f = std::fs::File::open(archive).unwrap();
@@ -215,7 +205,7 @@ fn refused(env: &Env, h: &Hosts, archive: &Path, want: &str) {
 #[test]
 fn a_database_path_that_leaves_the_target_is_refused() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let h = hosts(&env);
     let good = env.backup();
     for (i, path) in [
@@ -246,7 +236,7 @@ fn a_database_path_that_leaves_the_target_is_refused() {
 #[test]
 fn the_database_is_never_written_through_a_link_the_archive_plants() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let h = hosts(&env);
     let good = env.backup();
     // An absolute link (meant from the restored root) and a relative one, each with the
@@ -274,7 +264,7 @@ fn the_database_is_never_written_through_a_link_the_archive_plants() {
 #[test]
 fn symlink_chains_are_resolved_as_the_kernel_would() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let h = hosts(&env);
     let good = env.backup();
     let bad = named(&env, "1");
@@ -316,7 +306,7 @@ fn with_member(r: Vec<u8>, name: &str, edit: impl FnOnce(&mut tar::Header)) -> V
 #[test]
 fn numbers_out_of_range_are_refused_before_anything_changes() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let h = hosts(&env);
     let good = env.backup();
     type Edit = fn(&mut tar::Header);
@@ -345,7 +335,7 @@ fn numbers_out_of_range_are_refused_before_anything_changes() {
 #[test]
 fn privileges_are_stripped_unless_kept_and_the_plan_says_so() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let good = env.backup();
     let archive = named(&env, "1");
     forge(
@@ -386,7 +376,7 @@ fn privileges_are_stripped_unless_kept_and_the_plan_says_so() {
 #[test]
 fn the_database_keeps_the_mode_of_the_file_it_replaces() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let archive = env.backup();
     for (name, host_mode, want) in [
         ("private", Some(0o600), 0o600),
@@ -410,7 +400,7 @@ fn the_database_keeps_the_mode_of_the_file_it_replaces() {
 #[test]
 fn a_dot_in_the_outer_path_means_the_same_to_verify_and_restore() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let good = env.backup();
     let archive = named(&env, "1");
     forge(&good, &archive, |_| {}, |r| r, "juju-backup/./root.tar");
@@ -439,7 +429,7 @@ fn a_dot_in_the_outer_path_means_the_same_to_verify_and_restore() {
 #[test]
 fn a_host_link_leading_out_of_the_target_is_refused_in_the_plan() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let h = hosts(&env);
     let archive = env.backup();
     // The host keeps /var/lib/juju elsewhere, as operators do for a bigger disk.
@@ -466,7 +456,7 @@ fn a_host_link_leading_out_of_the_target_is_refused_in_the_plan() {
 #[test]
 fn two_restores_on_one_target_do_not_run_at_once() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let archive = env.backup();
     let t = env.path("t");
     std::fs::create_dir_all(&t).unwrap();
@@ -496,7 +486,7 @@ fn two_restores_on_one_target_do_not_run_at_once() {
 #[test]
 fn restore_extracts_exactly_the_bytes_it_verified() {
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let good = env.backup();
     let cfg = juju_brd::config::Config::load(&env.path("config.toml")).unwrap();
     // A forgery that verify would refuse: it writes through a link to outside the target.

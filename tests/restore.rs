@@ -8,17 +8,6 @@ use std::path::{Path, PathBuf};
 
 use common::{stderr, tree_state, Env};
 
-/// Restore config for host B: nothing to stop or start, probes on `ports`.
-fn restore_config(env: &Env, ports: &[u16], extra: &str) {
-    env.config(
-        "",
-        &format!(
-            "{}\n[restore]\nstop_commands = []\nstart_commands = []\nprobe_ports = {ports:?}\nprobe_timeout = \"300ms\"\n{extra}",
-            env.sqlite_section()
-        ),
-    );
-}
-
 fn host_b(env: &Env) -> PathBuf {
     let b = env.path("hostB");
     std::fs::create_dir_all(&b).unwrap();
@@ -61,7 +50,7 @@ fn backdate(root: &Path) {
 fn round_trip_from_host_a_to_an_empty_host_b() {
     let env = Env::new(3);
     backdate(&env.root());
-    restore_config(&env, &[], "");
+    env.restore_config(&[], "");
     let archive = env.backup();
     let b = host_b(&env);
     let out = restore(&env, &archive, &b, &[]);
@@ -112,7 +101,7 @@ fn a_live_old_server_refuses_and_force_overrides() {
     let env = Env::new(1);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    restore_config(&env, &[port], "");
+    env.restore_config(&[port], "");
     let archive = env.backup();
     let b = host_b(&env);
     let out = restore(&env, &archive, &b, &[]);
@@ -156,7 +145,7 @@ fn populated_host_b(env: &Env) -> PathBuf {
 #[test]
 fn refusals_leave_the_target_unchanged() {
     let env = Env::new(1);
-    restore_config(&env, &[], "");
+    env.restore_config(&[], "");
     let archive = env.backup();
     let b = populated_host_b(&env);
     let before = tree_state(&b, &[]);
@@ -249,7 +238,7 @@ fn juju_archive(path: &Path, root_tar: &[u8]) {
 fn hostile_archives_are_refused_before_anything_changes() {
     use tar::EntryType::*;
     let env = Env::new(1);
-    restore_config(&env, &[], "");
+    env.restore_config(&[], "");
     let b = populated_host_b(&env);
     let before = tree_state(&b, &[]);
     type Build = fn(&mut Vec<u8>);
@@ -318,7 +307,7 @@ fn hostile_archives_are_refused_before_anything_changes() {
 #[test]
 fn a_juju_made_archive_restores_its_files() {
     let env = Env::new(1);
-    restore_config(&env, &[], "");
+    env.restore_config(&[], "");
     let mut root_tar = Vec::new();
     raw_member(
         &mut root_tar,

@@ -8,16 +8,6 @@ use std::process::Command;
 
 use common::{require_root, stderr, tree_state, Env, Tmpfs};
 
-fn restore_config(env: &Env) {
-    env.config(
-        "",
-        &format!(
-            "{}\n[restore]\nstop_commands = []\nstart_commands = []\nprobe_ports = []\n",
-            env.sqlite_section()
-        ),
-    );
-}
-
 /// `chattr +i` on a file until dropped.
 struct Immutable(PathBuf);
 
@@ -40,7 +30,7 @@ impl Drop for Immutable {
 fn an_immutable_file_in_the_way_is_named_and_nothing_is_lost() {
     require_root("chattr +i");
     let env = Env::new(1);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let archive = env.backup();
     let target = env.path("hostB");
     let pem = target.join("var/lib/juju/server.pem");
@@ -64,7 +54,7 @@ fn an_immutable_file_in_the_way_is_named_and_nothing_is_lost() {
 fn a_disk_that_fills_up_during_extraction_is_named_and_rolled_back() {
     require_root("mounts a tmpfs");
     let env = Env::new(6);
-    restore_config(&env);
+    env.restore_config(&[], "");
     let archive = env.backup();
     let target = env.path("small");
     std::fs::create_dir_all(&target).unwrap();

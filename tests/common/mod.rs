@@ -57,6 +57,18 @@ impl Env {
         p
     }
 
+    /// The config a restore test uses: the SQLite engine, nothing to stop or start, probes of
+    /// the recorded addresses on `ports` with a short timeout; `extra` (TOML) follows.
+    pub fn restore_config(&self, ports: &[u16], extra: &str) -> PathBuf {
+        self.config(
+            "",
+            &format!(
+                "{}\n[restore]\nstop_commands = []\nstart_commands = []\nprobe_ports = {ports:?}\nprobe_timeout = \"300ms\"\n{extra}",
+                self.sqlite_section()
+            ),
+        )
+    }
+
     pub fn sqlite_section(&self) -> String {
         "[database]\nengine = \"sqlite\"\npath = \"root/var/lib/juju/db/state.db\"\n".into()
     }
