@@ -17,6 +17,8 @@
 //! - [`remote`]: off-host copies on S3-compatible storage.
 //! - [`scrub`]: reading archives again on a cadence, locally and on remotes, to find rot.
 //! - [`snapshot`]: taking one backup: file capture, hooks, the database dump.
+//! - [`ssh`]: the system's OpenSSH client as a bounded child (host keys always checked).
+//! - [`agents`]: re-pointing the environment's other machines at this state-server over SSH.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
 //! - [`config`]: the TOML file, composed of the sections the modules above own; strictly
 //!   parsed into typed values; errors name file, key and line.
@@ -28,6 +30,7 @@
 //! see the whole file.
 
 pub mod agent_conf;
+pub mod agents;
 pub mod api;
 pub mod archive;
 pub mod catalog;
@@ -49,4 +52,5 @@ pub mod schedule;
 pub mod scrub;
 pub mod snapshot;
 pub mod space;
+pub mod ssh;
 pub mod state;

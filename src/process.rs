@@ -50,6 +50,8 @@ pub enum ProcessError {
         what: String,
         program: String,
         status: String,
+        /// The exit status, when the child exited rather than being killed by a signal.
+        code: Option<i32>,
         stderr: String,
     },
     #[error("{what}: `{program}` timed out after {}s and was killed", .after.as_secs())]
@@ -179,6 +181,12 @@ fn exited(pid: Pid) -> std::io::Result<bool> {
 }
 
 pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
+    run_with_stderr(spec).map(drop)
+}
+
+/// As [`run`], and on success returns the tail of what the child wrote on stderr (redacted), for
+/// callers that read a tool's notices (ssh's "Permanently added ... to the list of known hosts").
+pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
     let program = spec.argv.first().cloned().unwrap_or_default();
     let spawn_err = |err| ProcessError::Spawn {
         what: spec.what.into(),
@@ -239,8 +247,9 @@ pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
     stop_group(pid, &mut child, &output);
     let status = child.wait().map_err(spawn_err)?;
     if status.success() {
-        return Ok(());
+        return Ok(redact(&output.text(), spec.env));
     }
+    let code = status.code();
     let status = match (status.code(), status.signal()) {
         (Some(c), _) => format!("exited with status {c}"),
         (None, Some(s)) => format!("was killed by signal {s}"),
@@ -250,6 +259,7 @@ pub fn run(spec: ChildSpec<'_>) -> Result<(), ProcessError> {
         what: spec.what.into(),
         program,
         status,
+        code,
         stderr: redact(&output.text(), spec.env),
     })
 }

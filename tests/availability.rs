@@ -568,6 +568,7 @@ fn the_sqlite_dump_honours_cancel_and_fails_fast() {
     let engine = SqliteEngine {
         path: db.clone(),
         timeout: Duration::from_secs(30 * 60),
+        inventory_query: None,
     };
     let lock = lock_exclusively(&db);
     let cancel = AtomicBool::new(false);
@@ -594,6 +595,7 @@ fn the_sqlite_dump_honours_cancel_and_fails_fast() {
     let short = SqliteEngine {
         path: db.clone(),
         timeout: Duration::from_secs(1),
+        inventory_query: None,
     };
     let out = tempfile::tempdir().unwrap();
     let e = short.dump(out.path(), &AtomicBool::new(false)).unwrap_err();
@@ -606,6 +608,7 @@ fn the_sqlite_dump_honours_cancel_and_fails_fast() {
     let engine = SqliteEngine {
         path: junk,
         timeout: Duration::from_secs(30 * 60),
+        inventory_query: None,
     };
     let out = tempfile::tempdir().unwrap();
     let started = Instant::now();

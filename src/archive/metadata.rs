@@ -103,6 +103,13 @@ pub struct BrdMetadata {
     pub files: u64,
     pub root_tar_bytes: u64,
     pub dump_bytes: u64,
+    /// The environment's machines, read from the dump in the same snapshot: restore re-points
+    /// the agents of every machine that is not a state-server (`update-agents`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Vec<crate::db::Machine>>,
+    /// Why there is no inventory, when it could not be read (the backup itself succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory_error: Option<String>,
 }
 
 impl Metadata {

@@ -127,8 +127,31 @@ pub(super) fn show(file: &Path, json: bool, identities: Option<&Identities>) -> 
             "Made by:        juju-brd {} (config {})",
             b.tool_version, b.config_digest
         );
+        print_inventory(b);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The machines an archive recorded, one per line; names and addresses come from the archive,
+/// so anything a terminal could act on is shown escaped.
+fn print_inventory(b: &crate::archive::metadata::BrdMetadata) {
+    let plain = |t: &str| t.escape_debug().to_string();
+    match (&b.inventory, &b.inventory_error) {
+        (Some(machines), _) => {
+            println!("Machines:       {}", machines.len());
+            for m in machines {
+                let role = if m.state_server {
+                    " (state-server)"
+                } else {
+                    ""
+                };
+                let addrs: Vec<String> = m.addresses.iter().map(|a| plain(a)).collect();
+                println!("  {:<12} {}{role}", plain(&m.id), addrs.join(", "));
+            }
+        }
+        (None, Some(why)) => println!("Machines:       not recorded: {}", plain(why)),
+        (None, None) => println!("Machines:       not recorded"),
+    }
 }
 
 pub(super) fn list(cfg: &Config, json: bool, verify_now: bool) -> Result<ExitCode> {

@@ -15,6 +15,7 @@ use crate::catalog;
 use crate::config::Config;
 use crate::snapshot::{self, BackupRequest, Progress};
 
+mod agents;
 mod archives;
 mod backup;
 mod docs;
@@ -142,6 +143,39 @@ enum Command {
         /// plan and the summary say so); without it such a restore is refused before any change.
         #[arg(long)]
         skip_database: bool,
+        /// Do not re-point the environment's other machines at this host at the end (run
+        /// `update-agents` later); by default every machine in the archive's inventory is.
+        #[arg(long)]
+        no_update_agents: bool,
+        #[command(flatten)]
+        ssh: agents::SshFlags,
+    },
+    /// Re-point every other machine of the environment at this state-server, over SSH: stop
+    /// its agents, rewrite their agent.conf addresses, start them. Exit 0 when every machine is
+    /// done, 3 when some are unreachable or failed (run it again: done ones are left alone).
+    UpdateAgents {
+        /// Take the machines from this archive's inventory [default: the newest archive].
+        #[arg(long, value_name = "FILE", conflicts_with = "machines")]
+        archive: Option<PathBuf>,
+        /// Take the machines from FILE: JSON (`[{"id": "1", "addresses": ["10.0.0.2"]}]`) or one
+        /// `ID ADDRESS [ADDRESS...]` per line.
+        #[arg(long, value_name = "FILE")]
+        machines: Option<PathBuf>,
+        /// The address to point the agents at [default: this host's, detected].
+        #[arg(long)]
+        address: Option<String>,
+        #[command(flatten)]
+        ssh: agents::SshFlags,
+        /// age identity file, to read an encrypted (`.age`) archive.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+        /// Connect and show what would change on each machine; change nothing (host keys
+        /// learned go to a throwaway copy of known_hosts).
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the shell completion script for SHELL to stdout.
     Completions {
@@ -240,6 +274,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             identity,
             keep_privileges,
             skip_database,
+            no_update_agents,
+            ssh,
         } => {
             let cfg = load_config(config_flag)?;
             let file = fetch_remote_archive(&cfg, &file, remote.as_deref())?;
@@ -259,8 +295,23 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 keep_privileges,
                 model_uuid: cfg.model_uuid(),
                 skip_database,
+                no_update_agents,
             };
-            restore(&cfg, &opts, dry_run, yes)
+            restore(&cfg, &opts, &ssh, dry_run, yes)
+        }
+        Command::UpdateAgents {
+            archive,
+            machines,
+            address,
+            ssh,
+            identity,
+            dry_run,
+            json,
+        } => {
+            let cfg = load_config(config_flag)?;
+            agents::update_agents(
+                &cfg, archive, machines, address, &ssh, identity, dry_run, json,
+            )
         }
         Command::Completions { shell } => docs::completions(shell),
         Command::Man { dir } => docs::man(dir.as_deref()),

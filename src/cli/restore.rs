@@ -52,6 +52,7 @@ pub(super) fn fetch_remote_archive(
 pub(super) fn restore(
     cfg: &Config,
     opts: &crate::restore::RestoreOptions,
+    ssh: &super::agents::SshFlags,
     dry_run: bool,
     yes: bool,
 ) -> Result<ExitCode> {
@@ -113,6 +114,52 @@ pub(super) fn restore(
     if let crate::restore::DbStep::NotRestored(why) = &plan.db {
         println!("THE DATABASE WAS NOT RESTORED (--skip-database): {why}");
     }
+    let code = update_other_machines(cfg, opts, ssh, &plan);
     println!("Next: check `juju status`; for HA, run `juju enable-ha` (or `juju ensure-availability`) again.");
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
+}
+
+/// The last step: the environment's other machines learn this host's address. A machine that
+/// is not done does not undo the restore (the state-server is good): the summary names it and
+/// the command that finishes the job, and the exit status is 3.
+fn update_other_machines(
+    cfg: &Config,
+    opts: &crate::restore::RestoreOptions,
+    flags: &super::agents::SshFlags,
+    plan: &crate::restore::RestorePlan,
+) -> ExitCode {
+    let targets = match &plan.agents {
+        crate::restore::AgentsStep::Skipped(why) => {
+            println!("Other machines NOT updated: {why}.");
+            return ExitCode::SUCCESS;
+        }
+        crate::restore::AgentsStep::Machines(t) if t.is_empty() => return ExitCode::SUCCESS,
+        crate::restore::AgentsStep::Machines(t) => t,
+    };
+    let settings =
+        match super::agents::settings(cfg, flags, &plan.target_root, plan.address.clone(), false) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("juju-brd: cannot update the other machines: {e:#}");
+                return ExitCode::from(super::agents::NOT_ALL_UPDATED);
+            }
+        };
+    println!("Updating the agents of the environment's other machines:");
+    let reports = super::agents::run_and_report(targets, &settings, false);
+    let code = super::agents::exit_for(&reports);
+    if code != ExitCode::SUCCESS {
+        let mut finish = format!(
+            "juju-brd update-agents --archive {} --address {}",
+            opts.archive.display(),
+            plan.address
+        );
+        if plan.target_root != Path::new("/") {
+            finish.push_str(&format!(" --ssh-key {}", settings.ssh.key.display()));
+        }
+        println!(
+            "The state-server is restored, but not every machine was updated. Once they are \
+             reachable, finish with:\n  {finish}"
+        );
+    }
+    code
 }

@@ -89,6 +89,9 @@ pub struct Config {
     pub restore: RestoreConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    /// How `update-agents` (and restore's last step) reaches the environment's other machines.
+    #[serde(default)]
+    pub agents: crate::agents::AgentsConfig,
     #[serde(default)]
     pub encryption: EncryptionConfig,
     /// Off-host copies: `[[remote]]` tables.
@@ -207,6 +210,10 @@ impl Config {
         fix(&mut self.state_dir);
         fix(&mut self.files.root);
         fix(&mut self.api.socket);
+        fix(&mut self.agents.ssh_key);
+        if let Some(p) = self.agents.known_hosts.as_mut() {
+            fix(p);
+        }
         if let Some(p) = self.database.path.as_mut() {
             fix(p);
         }
@@ -265,6 +272,7 @@ impl Config {
                 return Err((key, "a timeout of 0s would fail every time".into()));
             }
         }
+        self.agents.validate()?;
         let b = &self.backup;
         if b.threads > MAX_THREADS {
             return Err((

@@ -20,6 +20,8 @@ pub struct CommandEngine {
     pub environment_file: Option<PathBuf>,
     pub estimate: u64,
     pub timeout: Duration,
+    /// `database.inventory_command`: prints the machines as JSON.
+    pub inventory_argv: Vec<String>,
 }
 
 impl CommandEngine {
@@ -31,6 +33,7 @@ impl CommandEngine {
             environment_file: cfg.environment_file.clone(),
             estimate: cfg.estimate_bytes,
             timeout: cfg.timeout,
+            inventory_argv: cfg.inventory_command.clone(),
         }
     }
 
@@ -78,6 +81,42 @@ impl Engine for CommandEngine {
         file.sync_all()
             .map_err(DbError::io("command", "fsync", &out))?;
         Ok(())
+    }
+
+    fn inventory(&self, _dump_dir: &Path) -> Result<Vec<super::Machine>, DbError> {
+        if self.inventory_argv.is_empty() {
+            return Err(DbError::Unsupported {
+                engine: "command",
+                what: "reading the machine inventory without database.inventory_command",
+            });
+        }
+        let env = self.environment()?;
+        let mut out = tempfile::tempfile().map_err(DbError::io(
+            "command",
+            "create",
+            Path::new("a temporary file"),
+        ))?;
+        let mut spec = ChildSpec::new("inventory command", &self.inventory_argv, self.timeout);
+        spec.env = &env;
+        spec.stdout = Stdio::from(out.try_clone().map_err(DbError::io(
+            "command",
+            "dup",
+            Path::new("a temporary file"),
+        ))?);
+        process::run(spec)?;
+        let mut bytes = Vec::new();
+        use std::io::{Read, Seek};
+        out.rewind()
+            .and_then(|()| (&mut out).take(16 << 20).read_to_end(&mut bytes))
+            .map_err(DbError::io(
+                "command",
+                "read",
+                Path::new("the inventory command's output"),
+            ))?;
+        super::inventory::from_json(&bytes).map_err(|e| DbError::Failed {
+            engine: "command",
+            message: format!("inventory command: {e}"),
+        })
     }
 
     fn plan_restore(&self, input: &RestoreInput) -> Result<String, String> {

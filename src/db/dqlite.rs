@@ -196,6 +196,61 @@ impl DqliteEngine {
     }
 }
 
+/// Juju 4 keeps the controllers' API addresses in `controller_api_address` (`host:port`): the
+/// restored controller's rows (all rows, if none are its) get `address`, ports kept, as Juju's
+/// own restore reset the API host ports. A database without that table is left alone.
+pub fn readdress_juju4(db: &Path, address: &str, controller_id: &str) -> Result<(), String> {
+    let mut conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'controller_api_address'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| e.to_string())?;
+    if has == 0 {
+        return Ok(());
+    }
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let rows: Vec<(String, String, bool, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT controller_id, address, COALESCE(is_agent, 0), scope FROM controller_api_address")
+            .map_err(|e| e.to_string())?;
+        let it = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(|e| e.to_string())?;
+        it.collect::<Result<_, _>>().map_err(|e| e.to_string())?
+    };
+    let ours = rows.iter().any(|r| r.0 == controller_id);
+    let host = if address.contains(':') {
+        format!("[{address}]")
+    } else {
+        address.to_string()
+    };
+    let mut new: Vec<(String, String, bool, String)> = Vec::new();
+    for (id, addr, agent, scope) in rows.into_iter().filter(|r| !ours || r.0 == controller_id) {
+        let port = addr
+            .rsplit_once(':')
+            .map_or("17070", |(_, p)| p)
+            .to_string();
+        let addr = format!("{host}:{port}");
+        match new.iter_mut().find(|n| n.0 == id && n.1 == addr) {
+            Some(n) => n.2 |= agent,
+            None => new.push((id, addr, agent, scope)),
+        }
+    }
+    tx.execute("DELETE FROM controller_api_address", [])
+        .map_err(|e| e.to_string())?;
+    for (id, addr, agent, scope) in &new {
+        tx.execute(
+            "INSERT INTO controller_api_address (controller_id, address, is_agent, scope) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![id, addr, agent, scope],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
 /// Applies the WAL beside `db` and leaves one self-contained file (no -wal, no -shm).
 fn fold_wal(db: &Path) -> Result<(), String> {
     let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
@@ -233,6 +288,34 @@ impl Engine for DqliteEngine {
     }
 
     /// Each dumped database is an SQLite file.
+    fn inventory(&self, dump_dir: &Path) -> Result<Vec<super::Machine>, DbError> {
+        // Juju 4 keeps machines in each model's database: read every dumped one that has them.
+        let mut all = Vec::new();
+        let mut read_any = false;
+        for database in &self.databases {
+            let file = dump_dir.join(DUMP_SUBDIR).join(database);
+            let Ok(conn) = rusqlite::Connection::open_with_flags(
+                &file,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            ) else {
+                continue;
+            };
+            if !super::inventory::has_juju4_schema(&conn) {
+                continue;
+            }
+            read_any = true;
+            all.extend(
+                super::inventory::juju4(&conn).map_err(|e| fail(format!("{database}: {e}")))?,
+            );
+        }
+        if !read_any {
+            return Err(fail(
+                "no dumped database has Juju 4's machine and ip_address tables".into(),
+            ));
+        }
+        Ok(all)
+    }
+
     fn checks_dump_files(&self) -> bool {
         true
     }
@@ -255,6 +338,9 @@ impl Engine for DqliteEngine {
     fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError> {
         for db in dumped_databases(ctx.input.dump_files) {
             let dump = ctx.staged_dump.join(DUMP_SUBDIR).join(db);
+            // The staged copy learns the new address before it is loaded.
+            readdress_juju4(&dump, ctx.address, ctx.machine_id)
+                .map_err(|e| fail(format!("`{db}`: recording the new address: {e}")))?;
             self.load(ctx.staged_dump, db, &dump, ctx.cancel)?;
         }
         Ok(())
@@ -361,6 +447,32 @@ fn sql_literal(v: rusqlite::types::ValueRef<'_>) -> String {
         ValueRef::Real(f) => format!("{f:?}"),
         ValueRef::Text(t) => format!("'{}'", String::from_utf8_lossy(t).replace('\'', "''")),
         ValueRef::Blob(b) => format!("X'{}'", hex::encode(b)),
+    }
+}
+
+#[cfg(test)]
+mod readdress_tests {
+    #[test]
+    fn controller_api_addresses_get_the_new_host_with_their_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("controller");
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE controller_api_address (controller_id TEXT, address TEXT, is_agent BOOLEAN, scope TEXT, PRIMARY KEY (controller_id, address));
+             INSERT INTO controller_api_address VALUES ('0','10.0.0.5:17070',1,'local-cloud'), ('0','203.0.113.5:17070',0,'public'), ('1','10.0.0.6:17070',1,'local-cloud');",
+        )
+        .unwrap();
+        drop(conn);
+        super::readdress_juju4(&db, "10.9.9.9", "0").unwrap();
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let rows: Vec<(String, String, bool)> = conn
+            .prepare("SELECT controller_id, address, is_agent FROM controller_api_address")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(rows, vec![("0".into(), "10.9.9.9:17070".into(), true)]);
     }
 }
 

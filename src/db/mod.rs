@@ -12,6 +12,7 @@
 
 pub mod command;
 pub mod dqlite;
+pub mod inventory;
 pub mod mongo;
 pub mod sqlite;
 
@@ -90,8 +91,12 @@ pub struct RestoreContext<'a> {
     pub input: RestoreInput<'a>,
     /// The dump, staged on the target's filesystem (the archive's `dump/` directory).
     pub staged_dump: &'a Path,
-    /// This host's address, which a clustered database is re-initiated at.
+    /// This host's address, which a clustered database is re-initiated at, and which the
+    /// database's record of the state-server learns (so agents are not sent to the old one).
     pub address: &'a str,
+    /// The restored state-server's machine id and model UUID, as the archive records them.
+    pub machine_id: &'a str,
+    pub model_uuid: &'a str,
     /// Commands that bring the database server up for loading (MongoDB: juju-db).
     pub database_start_commands: &'a [Vec<String>],
     pub files: &'a mut dyn TargetFiles,
@@ -100,6 +105,7 @@ pub struct RestoreContext<'a> {
 
 /// One machine of the environment, as the database records it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Machine {
     pub id: String,
     pub addresses: Vec<String>,
@@ -240,6 +246,14 @@ pub struct DatabaseConfig {
     pub tls_key: Option<std::path::PathBuf>,
     #[serde(default = "default_db_timeout", with = "humantime_serde")]
     pub timeout: std::time::Duration,
+    /// sqlite: the SQL that lists the environment's machines as (id, addresses, state_server),
+    /// run on the dump; without it, Juju 4's own tables are read when the database has them.
+    #[serde(default)]
+    pub inventory_query: Option<String>,
+    /// command: argv run after the dump that prints the machines as JSON
+    /// (`[{"id": "1", "addresses": ["10.0.0.2"], "state_server": false}]`).
+    #[serde(default)]
+    pub inventory_command: Vec<String>,
 }
 
 fn default_db_timeout() -> std::time::Duration {

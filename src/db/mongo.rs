@@ -179,6 +179,15 @@ pub enum RestoreStep {
     Script { name: &'static str, body: String },
 }
 
+/// Where the restored state-server now lives: this host's address, and the machine (and model)
+/// the archive says it is.
+#[derive(Debug, Clone, Copy)]
+pub struct NewHome<'a> {
+    pub address: &'a str,
+    pub machine: &'a str,
+    pub model_uuid: &'a str,
+}
+
 /// The whole restore, in order, as Juju does it: prepare the users and the oplog role, restore
 /// with oplog replay, force the replica set to this host alone.
 pub fn restore_steps(
@@ -187,7 +196,7 @@ pub fn restore_steps(
     config: &Path,
     ca: Option<&Path>,
     dump: &Path,
-    address: &str,
+    home: &NewHome,
 ) -> Vec<RestoreStep> {
     vec![
         RestoreStep::Script {
@@ -197,9 +206,54 @@ pub fn restore_steps(
         RestoreStep::Run(restore_argv(mongorestore, c, config, ca, dump)),
         RestoreStep::Script {
             name: "reinitiate.js",
-            body: reinitiate_script(c, address),
+            body: reinitiate_script(c, home.address),
+        },
+        RestoreStep::Script {
+            name: "readdress.js",
+            body: readdress_script(c, home),
         },
     ]
+}
+
+/// The shell script (fed on stdin) that makes the database record this host as the
+/// state-server, as Juju's restore did (state/backups/restore.go: the machine's provider and
+/// machine addresses, then the API host ports): the restored machine's address documents, and
+/// `apiHostPorts` / `apiHostPortsForAgents` (collection `controllers`, Juju 2+; `stateServers`,
+/// Juju 1.x) with the ports they had. Otherwise the controller hands agents the old address.
+pub fn readdress_script(c: &Credentials, home: &NewHome) -> String {
+    let NewHome {
+        address,
+        machine,
+        model_uuid,
+    } = *home;
+    let js = |s: &str| serde_json::to_string(s).expect("string serialises");
+    let kind = if address.contains(':') {
+        "ipv6"
+    } else {
+        "ipv4"
+    };
+    format!(
+        "db.getSiblingDB(\"admin\").auth({user}, {pw});\n\
+         var j = db.getSiblingDB(\"juju\");\n\
+         var a = {{value: {addr}, addresstype: {kind}, networkscope: \"local-cloud\", origin: \"provider\"}};\n\
+         var m = {{value: {addr}, addresstype: {kind}, networkscope: \"local-cloud\", origin: \"machine\"}};\n\
+         var q = {{machineid: {machine}}};\n\
+         if ({model} !== \"\") {{ q[\"$or\"] = [{{\"model-uuid\": {model}}}, {{\"env-uuid\": {model}}}]; }}\n\
+         j.machines.update(q, {{$set: {{addresses: [a], machineaddresses: [m], preferredprivateaddress: a, preferredpublicaddress: a}}}}, {{multi: true}});\n\
+         [\"controllers\", \"stateServers\"].forEach(function (c) {{\n\
+         \x20 j.getCollection(c).find({{_id: {{$in: [\"apiHostPorts\", \"apiHostPortsForAgents\"]}}}}).forEach(function (d) {{\n\
+         \x20   var port = 17070;\n\
+         \x20   try {{ port = d.apihostports[0][0].port || port; }} catch (e) {{}}\n\
+         \x20   j.getCollection(c).update({{_id: d._id}}, {{$set: {{apihostports: [[{{value: {addr}, addresstype: {kind}, networkscope: \"local-cloud\", port: port}}]]}}}});\n\
+         \x20 }});\n\
+         }});\n",
+        user = js(&c.user),
+        pw = js(&c.password),
+        addr = js(address),
+        kind = js(kind),
+        machine = js(machine),
+        model = js(model_uuid),
+    )
 }
 
 /// The shell script (fed on stdin) that forces juju-db's replica set down to this host alone.
@@ -367,7 +421,7 @@ impl MongoEngine {
     pub fn restore_dump(
         &self,
         dump: &Path,
-        address: &str,
+        home: &NewHome,
         cancel: &AtomicBool,
     ) -> Result<(), DbError> {
         let c = self.credentials()?;
@@ -375,7 +429,7 @@ impl MongoEngine {
         let bin = tool(&["juju-db.mongorestore", "mongorestore"])
             .ok_or_else(|| fail("mongorestore is not installed".into()))?;
         let ca = secrets.ca();
-        for step in restore_steps(&bin, &c, &secrets.config(), ca.as_deref(), dump, address) {
+        for step in restore_steps(&bin, &c, &secrets.config(), ca.as_deref(), dump, home) {
             match step {
                 RestoreStep::Run(argv) => {
                     let mut spec = ChildSpec::new("mongorestore", &argv, self.timeout);
@@ -451,6 +505,10 @@ impl Engine for MongoEngine {
         "mongodb"
     }
 
+    fn inventory(&self, dump_dir: &Path) -> Result<Vec<super::Machine>, DbError> {
+        super::inventory::from_mongo_dump(dump_dir).map_err(fail)
+    }
+
     fn plan_restore(&self, input: &RestoreInput) -> Result<String, String> {
         if !restore_tools_installed() {
             return Err(
@@ -482,7 +540,12 @@ impl Engine for MongoEngine {
                 Duration::from_secs(300),
             ))?;
         }
-        self.restore_dump(ctx.staged_dump, ctx.address, ctx.cancel)
+        let home = NewHome {
+            address: ctx.address,
+            machine: ctx.machine_id,
+            model_uuid: ctx.model_uuid,
+        };
+        self.restore_dump(ctx.staged_dump, &home, ctx.cancel)
     }
 
     /// `db.version()` of the local juju-db, asked at dump time (for restore's check).
@@ -604,7 +667,11 @@ mod tests {
             Path::new("/run/s/tool.yaml"),
             None,
             Path::new("/t/dump"),
-            "10.0.0.9",
+            &NewHome {
+                address: "10.0.0.9",
+                machine: "0",
+                model_uuid: "c0ffee",
+            },
         );
         let shown: Vec<String> = steps
             .iter()
@@ -637,6 +704,21 @@ mod tests {
              var cfg = rs.conf();\n\
              cfg.members = [{_id: 1, host: \"10.0.0.9:37018\"}];\n\
              rs.reconfig(cfg, {force: true});\n",
+            "readdress.js:\n\
+             db.getSiblingDB(\"admin\").auth(\"machine-0\", \"p\\\"a$s w0rd\");\n\
+             var j = db.getSiblingDB(\"juju\");\n\
+             var a = {value: \"10.0.0.9\", addresstype: \"ipv4\", networkscope: \"local-cloud\", origin: \"provider\"};\n\
+             var m = {value: \"10.0.0.9\", addresstype: \"ipv4\", networkscope: \"local-cloud\", origin: \"machine\"};\n\
+             var q = {machineid: \"0\"};\n\
+             if (\"c0ffee\" !== \"\") { q[\"$or\"] = [{\"model-uuid\": \"c0ffee\"}, {\"env-uuid\": \"c0ffee\"}]; }\n\
+             j.machines.update(q, {$set: {addresses: [a], machineaddresses: [m], preferredprivateaddress: a, preferredpublicaddress: a}}, {multi: true});\n\
+             [\"controllers\", \"stateServers\"].forEach(function (c) {\n\
+             \x20 j.getCollection(c).find({_id: {$in: [\"apiHostPorts\", \"apiHostPortsForAgents\"]}}).forEach(function (d) {\n\
+             \x20   var port = 17070;\n\
+             \x20   try { port = d.apihostports[0][0].port || port; } catch (e) {}\n\
+             \x20   j.getCollection(c).update({_id: d._id}, {$set: {apihostports: [[{value: \"10.0.0.9\", addresstype: \"ipv4\", networkscope: \"local-cloud\", port: port}]]}});\n\
+             \x20 });\n\
+             });\n",
         ];
         assert_eq!(shown, want);
         // Only scripts (fed on stdin from private files) hold the password.

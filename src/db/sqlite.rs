@@ -17,6 +17,8 @@ pub struct SqliteEngine {
     /// The live database (backup); restore puts the dump where the archive recorded it.
     pub path: PathBuf,
     pub timeout: Duration,
+    /// `database.inventory_query`, run on the dump.
+    pub inventory_query: Option<String>,
 }
 
 impl SqliteEngine {
@@ -24,6 +26,28 @@ impl SqliteEngine {
         SqliteEngine {
             path: cfg.path.clone().unwrap_or_default(),
             timeout: cfg.timeout,
+            inventory_query: cfg.inventory_query.clone(),
+        }
+    }
+
+    /// The machines, from the dumped copy (the snapshot itself, read-only).
+    fn read_inventory(&self, dump_dir: &Path) -> Result<Vec<super::Machine>, DbError> {
+        let name = self
+            .path
+            .file_name()
+            .map_or("state.db".into(), |n| n.to_string_lossy().into_owned());
+        let copy = dump_dir.join(name);
+        let conn = Connection::open_with_flags(&copy, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| fail(format!("cannot open the dump {}: {e}", copy.display())))?;
+        match &self.inventory_query {
+            Some(q) => super::inventory::from_query(&conn, q).map_err(fail),
+            None if super::inventory::has_juju4_schema(&conn) => {
+                super::inventory::juju4(&conn).map_err(fail)
+            }
+            None => Err(DbError::Unsupported {
+                engine: "sqlite",
+                what: "reading the machine inventory without database.inventory_query",
+            }),
         }
     }
 }
@@ -147,6 +171,10 @@ impl Engine for SqliteEngine {
 
     fn checks_dump_files(&self) -> bool {
         true
+    }
+
+    fn inventory(&self, dump_dir: &Path) -> Result<Vec<super::Machine>, DbError> {
+        self.read_inventory(dump_dir)
     }
 
     fn check_dump_file(&self, file: &Path) -> Result<(), DbError> {

@@ -10,7 +10,6 @@ pub mod beneath;
 pub mod constraints;
 pub mod extract;
 pub mod probe;
-pub mod repoint;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -117,6 +116,17 @@ pub struct RestoreOptions {
     pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
     /// Restore setuid/setgid bits and file capabilities as archived (stripped otherwise).
     pub keep_privileges: bool,
+    /// Skip the last step, re-pointing the environment's other machines (`--no-update-agents`).
+    pub no_update_agents: bool,
+}
+
+/// The last step of a restore: which of the environment's other machines get re-pointed.
+#[derive(Debug, Clone)]
+pub enum AgentsStep {
+    /// These machines, from the archive's inventory.
+    Machines(Vec<crate::agents::Target>),
+    /// None, for this reason (the plan and the summary say how to do it by hand).
+    Skipped(String),
 }
 
 /// The database step of a restore, decided in the plan.
@@ -161,6 +171,8 @@ pub struct RestorePlan {
     pub keep_privileges: bool,
     /// Held from planning to the end of execute: one restore per target at a time.
     pub target_lock: Arc<TargetLock>,
+    /// The environment's other machines, re-pointed at this host once it is up.
+    pub agents: AgentsStep,
 }
 
 /// An exclusive `flock` on the target root directory.
@@ -226,6 +238,27 @@ impl fmt::Display for RestorePlan {
         for c in &self.start {
             writeln!(f, "  start:        {}", c.join(" "))?;
         }
+        match &self.agents {
+            AgentsStep::Machines(m) if m.is_empty() => writeln!(
+                f,
+                "  then:         no other machines to update (the inventory lists only state-servers)"
+            )?,
+            AgentsStep::Machines(m) => {
+                writeln!(
+                    f,
+                    "  then:         update the agents of {} machine(s) over SSH to point at {}:",
+                    m.len(),
+                    self.address
+                )?;
+                for t in m.iter().take(20) {
+                    writeln!(f, "                  machine {} ({})", t.id, t.addresses.join(", "))?;
+                }
+                if m.len() > 20 {
+                    writeln!(f, "                  ... and {} more", m.len() - 20)?;
+                }
+            }
+            AgentsStep::Skipped(why) => writeln!(f, "  then:         other machines NOT updated: {why}")?,
+        }
         if !self.privileged.is_empty() {
             let what = if self.keep_privileges {
                 "KEPT (--keep-privileges)"
@@ -283,7 +316,9 @@ pub fn plan(
             RestoreError::Refused("cannot detect this host's address; pass --address".into())
         })?,
     };
+    let agents = plan_agents(opts, &metadata);
     Ok(RestorePlan {
+        agents,
         archive: opts.archive.clone(),
         files: report.root_members,
         bytes: report.root_bytes,
@@ -304,6 +339,28 @@ pub fn plan(
         keep_privileges: opts.keep_privileges,
         target_lock,
     })
+}
+
+/// Which other machines the restore re-points at the end, from the archive's inventory.
+fn plan_agents(opts: &RestoreOptions, metadata: &Metadata) -> AgentsStep {
+    let by_hand = "run `juju-brd update-agents --machines FILE` once the restore is done";
+    if opts.no_update_agents {
+        return AgentsStep::Skipped(format!("--no-update-agents; {by_hand}"));
+    }
+    let brd = metadata.brd.as_ref();
+    match brd.and_then(|b| b.inventory.as_ref()) {
+        Some(inventory) => match crate::agents::machines::from_inventory(inventory) {
+            Ok(targets) => AgentsStep::Machines(targets),
+            Err(e) => AgentsStep::Skipped(format!(
+                "the archive's inventory is not usable ({e}); {by_hand}"
+            )),
+        },
+        None => AgentsStep::Skipped(format!(
+            "the archive records no inventory of machines ({}); {by_hand}",
+            brd.and_then(|b| b.inventory_error.as_deref())
+                .unwrap_or("not made by juju-brd, or by an older one")
+        )),
+    }
 }
 
 /// Opens the archive once and verifies it from that descriptor; execute reads the same one.
@@ -519,7 +576,7 @@ fn check_host_layout(
 }
 
 /// The first non-loopback IPv4 address of an interface that is up, else any non-loopback one.
-fn detect_address() -> Option<String> {
+pub fn detect_address() -> Option<String> {
     let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
     let pick = |v4: bool| {
         addrs.iter().find_map(|a| {
@@ -712,6 +769,8 @@ fn apply(
             },
             staged_dump: &incoming,
             address: &plan.address,
+            machine_id: &plan.metadata.machine,
+            model_uuid: &plan.metadata.model_uuid,
             database_start_commands: &cfg.database_start_commands,
             files: journal,
             cancel: &never,
@@ -721,6 +780,21 @@ fn apply(
             .map_err(|e| ("restoring the database", e.into()))?;
     }
     let _ = std::fs::remove_dir_all(&incoming);
+    if !cfg.readdress_command.is_empty() && !matches!(plan.db, DbStep::NotRestored(_)) {
+        let argv: Vec<String> = cfg
+            .readdress_command
+            .iter()
+            .map(|a| a.replace("{address}", &plan.address))
+            .collect();
+        let env = [("JUJU_BRD_ADDRESS".to_string(), plan.address.clone())];
+        let mut spec = ChildSpec::new(
+            "telling the database its new address",
+            &argv,
+            Duration::from_secs(300),
+        );
+        spec.env = &env;
+        process::run(spec).map_err(|e| ("telling the database its new address", e.into()))?;
+    }
 
     let repointed = repoint_agent_confs(journal, &plan.target_root, &plan.address)
         .map_err(|e| ("re-pointing agent.conf", e))?;
@@ -769,7 +843,7 @@ fn repoint_agent_confs(
     let mut total = 0;
     for name in names
         .iter()
-        .filter(|n| n.to_string_lossy().starts_with("machine-"))
+        .filter(|n| crate::agents::remote::valid_agent_name(&n.to_string_lossy()))
     {
         let path = agents.join(name).join("agent.conf");
         let mut f = match journal.fs.open_read(&path) {
@@ -781,7 +855,7 @@ fn repoint_agent_confs(
         let mut text = String::new();
         f.read_to_string(&mut text)
             .map_err(StepError::io("read", &path))?;
-        let (new, n) = repoint::rewrite(&text, address);
+        let (new, n) = crate::agent_conf::repoint::rewrite(&text, address);
         if n == 0 {
             continue;
         }
@@ -854,6 +928,11 @@ pub struct RestoreConfig {
     pub probe_ports: Vec<u16>,
     #[serde(default = "default_probe_timeout", with = "humantime_serde")]
     pub probe_timeout: std::time::Duration,
+    /// argv run after the database is restored, so that it records this host's address
+    /// (`{address}` in an argument is replaced; also in `JUJU_BRD_ADDRESS`). For sqlite and
+    /// command databases; MongoDB and dqlite are updated by juju-brd itself.
+    #[serde(default)]
+    pub readdress_command: Vec<String>,
 }
 
 fn default_database_start_commands() -> Vec<Vec<String>> {

@@ -259,6 +259,7 @@ fn snapshot_and_write(
         return Err(SnapshotError::Cancelled);
     }
     let dump = hash_dir(&dump_dir)?;
+    let inventory = read_inventory(engine.as_deref(), &dump_dir);
     for (rel, e) in &dump {
         manifest
             .dump(rel, e)
@@ -270,8 +271,20 @@ fn snapshot_and_write(
         root_tar_bytes,
         dump_bytes: dump.values().map(|e| e.size).sum(),
     };
-    let metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref())?;
-    let meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+    let mut metadata = build_metadata(cfg, req, started, finished, &summary, engine.as_deref())?;
+    if let Some(brd) = metadata.brd.as_mut() {
+        (brd.inventory, brd.inventory_error) = inventory;
+    }
+    let mut meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+    if meta_json.len() as u64 > crate::archive::metadata::MAX_METADATA_BYTES {
+        if let Some(brd) = metadata.brd.as_mut().filter(|b| b.inventory.is_some()) {
+            let n = brd.inventory.take().map_or(0, |m| m.len());
+            let why = format!("{n} machines are too many to record in metadata.json");
+            tracing::warn!("no inventory in this backup: {why}");
+            brd.inventory_error = Some(why);
+            meta_json = serde_json::to_vec_pretty(&metadata).expect("metadata serialises");
+        }
+    }
     // Verify and restore refuse larger metadata: such an archive could never be restored.
     if meta_json.len() as u64 > crate::archive::metadata::MAX_METADATA_BYTES {
         return Err(SnapshotError::Request(format!(
@@ -446,8 +459,34 @@ fn build_metadata(
             files: s.files,
             root_tar_bytes: s.root_tar_bytes,
             dump_bytes: s.dump_bytes,
+            inventory: None,
+            inventory_error: None,
         }),
     })
+}
+
+/// The environment's machines from the dump just taken (the same snapshot as the database), or
+/// why they could not be read: that is logged and recorded, and never fails the backup.
+fn read_inventory(
+    engine: Option<&dyn db::Engine>,
+    dump_dir: &Path,
+) -> (Option<Vec<db::Machine>>, Option<String>) {
+    let Some(engine) = engine else {
+        return (None, None);
+    };
+    match engine.inventory(dump_dir) {
+        Ok(machines) => {
+            tracing::info!(
+                machines = machines.len(),
+                "inventory of the environment's machines recorded"
+            );
+            (Some(machines), None)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no inventory of the environment's machines in this backup: restore cannot re-point the other machines by itself (update-agents --machines FILE can)");
+            (None, Some(e.to_string()))
+        }
+    }
 }
 
 /// `10.0.0.5:17070` -> `10.0.0.5`; `[::1]:17070` -> `::1`; a bare host stays as it is.

@@ -3,6 +3,8 @@
 //!
 //! Read only what juju-brd needs; passwords are kept out of `Debug` so they cannot reach a log line.
 
+pub mod repoint;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
