@@ -11,9 +11,12 @@ export PATH="$HOME/.cargo/bin:$PATH"
 # go-dqlite (dqlite, dqlite-demo), zstd (tar --zstd), systemd (systemd-analyze), python3
 # (/usr/bin/python3 as user nobody), util-linux (setpriv), mount (a tmpfs), e2fsprogs (chattr),
 # strace (holds open() back in tests/data_safety.rs to widen a race);
-# man-db and groff-base (man, groff), zsh, fish (tests/manpages.rs); tar and gzip for all.
+# man-db and groff-base (man, groff), zsh, fish (tests/manpages.rs); iproute2 (ip netns),
+# openssh-server (sshd), openssh-client (ssh, ssh-keygen, ssh-keyscan), sudo (the lab of
+# tests/common/lab.rs: machines as network namespaces running sshd; its sshds listen only there,
+# so an sshd the package's install may start on this machine is no matter); tar and gzip for all.
 missing=()
-for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace man-db groff-base zsh fish; do
+for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace man-db groff-base zsh fish iproute2 openssh-server openssh-client sudo; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,10 +1,11 @@
 //! Shared fixtures for the end-to-end tests: a generated state-server tree and a config for it,
-//! bounded polling, the checks behind `#[ignore = "needs ..."]`, a real S3 server, and (in
-//! `daemon`) the harness for the real daemon.
+//! bounded polling, the checks behind `#[ignore = "needs ..."]`, a real S3 server, (in `daemon`)
+//! the harness for the real daemon, and (in `lab`) machines as network namespaces running sshd.
 #![allow(dead_code)]
 
 pub mod daemon;
 pub mod juju_reader;
+pub mod lab;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
