@@ -77,7 +77,11 @@ impl Machine {
         }
         let rel = juju.join(format!("agents/unit-app-{n}/state/relations/3"));
         std::fs::create_dir_all(&rel).unwrap();
-        std::fs::write(rel.join("db-0"), "change-version: 7\nchanged-pending: false\n").unwrap();
+        std::fs::write(
+            rel.join("db-0"),
+            "change-version: 7\nchanged-pending: false\n",
+        )
+        .unwrap();
         let ctl = juju.join("agentctl");
         std::fs::write(&ctl, AGENTCTL).unwrap();
         std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -87,26 +91,40 @@ impl Machine {
             host,
         };
         for a in m.agents() {
-            let out = m.host.command("/var/lib/juju/agentctl").args(["start", &a]).output().unwrap();
+            let out = m
+                .host
+                .command("/var/lib/juju/agentctl")
+                .args(["start", &a])
+                .output()
+                .unwrap();
             assert!(out.status.success(), "agentctl start: {}", stderr(&out));
         }
         m
     }
 
     fn agents(&self) -> Vec<String> {
-        vec![format!("machine-{}", self.id), format!("unit-app-{}", self.id)]
+        vec![
+            format!("machine-{}", self.id),
+            format!("unit-app-{}", self.id),
+        ]
     }
 
     fn conf(&self, agent: &str) -> String {
-        std::fs::read_to_string(self.host.juju_dir().join("agents").join(agent).join("agent.conf")).unwrap()
-    }
-
-    fn relation(&self) -> String {
         std::fs::read_to_string(
             self.host
                 .juju_dir()
-                .join(format!("agents/unit-app-{}/state/relations/3/db-0", self.id)),
+                .join("agents")
+                .join(agent)
+                .join("agent.conf"),
         )
+        .unwrap()
+    }
+
+    fn relation(&self) -> String {
+        std::fs::read_to_string(self.host.juju_dir().join(format!(
+            "agents/unit-app-{}/state/relations/3/db-0",
+            self.id
+        )))
         .unwrap()
     }
 
@@ -129,24 +147,52 @@ impl Machine {
         for a in self.agents() {
             let want = repointed(&agent_conf(&a, old), old, new);
             assert_eq!(self.conf(&a), want, "machine {} {a}", self.id);
-            let mode = std::fs::metadata(self.host.juju_dir().join("agents").join(&a).join("agent.conf"))
-                .unwrap()
-                .permissions()
-                .mode();
+            let mode = std::fs::metadata(
+                self.host
+                    .juju_dir()
+                    .join("agents")
+                    .join(&a)
+                    .join("agent.conf"),
+            )
+            .unwrap()
+            .permissions()
+            .mode();
             assert_eq!(mode & 0o777, 0o600, "machine {} {a}: mode kept", self.id);
             let log = self.log();
-            assert!(log.contains(&format!("stop {a}\n")), "machine {}: {a} not stopped: {log}", self.id);
-            assert_eq!(log.matches(&format!("start {a}\n")).count(), 2, "machine {}: {a} not restarted once: {log}", self.id);
+            assert!(
+                log.contains(&format!("stop {a}\n")),
+                "machine {}: {a} not stopped: {log}",
+                self.id
+            );
+            assert_eq!(
+                log.matches(&format!("start {a}\n")).count(),
+                2,
+                "machine {}: {a} not restarted once: {log}",
+                self.id
+            );
             assert!(self.running(&a), "machine {}: {a} is not running", self.id);
         }
-        assert!(self.relation().starts_with("change-version: 0\n"), "{}", self.relation());
+        assert!(
+            self.relation().starts_with("change-version: 0\n"),
+            "{}",
+            self.relation()
+        );
     }
 
     /// Nothing on the machine changed: files as written, agents started once, never stopped.
     fn assert_untouched(&self, old: &str) {
         for a in self.agents() {
-            assert_eq!(self.conf(&a), agent_conf(&a, old), "machine {} {a} changed", self.id);
-            assert!(!self.log().contains("stop "), "machine {}: agents were stopped", self.id);
+            assert_eq!(
+                self.conf(&a),
+                agent_conf(&a, old),
+                "machine {} {a} changed",
+                self.id
+            );
+            assert!(
+                !self.log().contains("stop "),
+                "machine {}: agents were stopped",
+                self.id
+            );
         }
         assert!(self.relation().starts_with("change-version: 7\n"));
     }
@@ -178,7 +224,8 @@ impl World {
         let server = lab.host("server");
         // The machines table the inventory query reads.
         let conn = rusqlite::Connection::open(env.root().join("var/lib/juju/db/state.db")).unwrap();
-        conn.execute_batch("CREATE TABLE lab_machines (id TEXT, addrs TEXT, ctl INT);").unwrap();
+        conn.execute_batch("CREATE TABLE lab_machines (id TEXT, addrs TEXT, ctl INT);")
+            .unwrap();
         conn.execute(
             "INSERT INTO lab_machines VALUES ('0', ?1, 1)",
             [old_address(&lab)],
@@ -287,7 +334,11 @@ fn restore_re_points_every_machine_and_a_second_run_finds_them_current() {
     let shown = stdout(&show);
     assert!(shown.contains("Machines:       4"), "{shown}");
     for m in &w.machines {
-        assert!(shown.contains(&m.host.ip()), "show lists machine {}: {shown}", m.id);
+        assert!(
+            shown.contains(&m.host.ip()),
+            "show lists machine {}: {shown}",
+            m.id
+        );
     }
 
     let started = Instant::now();
@@ -295,7 +346,10 @@ fn restore_re_points_every_machine_and_a_second_run_finds_them_current() {
     let took = started.elapsed();
     let text = stdout(&out);
     assert!(out.status.success(), "restore: {text}\n{}", stderr(&out));
-    assert!(text.contains("update the agents of 3 machine(s)"), "the plan lists them: {text}");
+    assert!(
+        text.contains("update the agents of 3 machine(s)"),
+        "the plan lists them: {text}"
+    );
     let new = w.server.ip();
     for m in &w.machines {
         assert!(row(&text, &m.id).contains("updated"), "{text}");
@@ -317,7 +371,10 @@ fn restore_re_points_every_machine_and_a_second_run_finds_them_current() {
         assert!(row(&text, &m.id).contains("already current"), "{text}");
         m.assert_updated(&w.old(), &new);
     }
-    eprintln!("update-agents on 3 current machines took {:?}", started.elapsed());
+    eprintln!(
+        "update-agents on 3 current machines took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -327,9 +384,17 @@ fn an_unreachable_machine_does_not_undo_the_restore_and_a_rerun_finishes_it() {
     w.machines[1].host.stop_sshd();
     let out = w.restore();
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(3), "restore: {text}\n{}", stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "restore: {text}\n{}",
+        stderr(&out)
+    );
     assert!(row(&text, "2").contains("unreachable"), "{text}");
-    assert!(text.contains("juju-brd update-agents --archive"), "names the command that finishes: {text}");
+    assert!(
+        text.contains("juju-brd update-agents --archive"),
+        "names the command that finishes: {text}"
+    );
     // The state-server itself is restored.
     assert!(w.target().join("var/lib/juju/system-identity").exists());
     let new = w.server.ip();
@@ -372,9 +437,14 @@ fn wrong_key_changed_host_key_and_hanging_sshd_fail_alone_within_the_timeout() {
 
     // 1: another key; 2: known, then its host key changes; 3: sshd frozen; 4: fine.
     let (_other, other_public) = Lab::keypair(w.dir.path());
+    w.machines[0].host.stop_sshd();
     w.machines[0].host.start_sshd(&other_public);
     let known = w.env.path("known_hosts");
-    std::fs::write(&known, format!("{}\n", w.machines[1].host.known_hosts_line())).unwrap();
+    std::fs::write(
+        &known,
+        format!("{}\n", w.machines[1].host.known_hosts_line()),
+    )
+    .unwrap();
     w.machines[1].host.regenerate_host_key();
     w.machines[2].host.freeze_sshd();
 
@@ -382,6 +452,7 @@ fn wrong_key_changed_host_key_and_hanging_sshd_fail_alone_within_the_timeout() {
     let out = w.update_agents(&["--connect-timeout", "3s"]);
     let took = started.elapsed();
     let text = stdout(&out);
+    eprintln!("{text}{}", stderr(&out));
     assert_eq!(out.status.code(), Some(3), "{text}\n{}", stderr(&out));
     assert!(row(&text, "1").contains("refused the key"), "{text}");
     assert!(row(&text, "2").contains("host key"), "{text}");
@@ -423,11 +494,18 @@ fn dry_run_and_machines_file_change_nothing_until_asked() {
         assert!(row(&text, &m.id).contains("would update"), "{text}");
         m.assert_untouched(&w.old());
     }
-    assert!(!w.env.path("known_hosts").exists(), "a dry run recorded host keys");
+    assert!(
+        !w.env.path("known_hosts").exists(),
+        "a dry run recorded host keys"
+    );
 
     // A machines file names just one of them.
     let file = w.env.path("machines.txt");
-    std::fs::write(&file, format!("# id address\n2 {}\n", w.machines[1].host.ip())).unwrap();
+    std::fs::write(
+        &file,
+        format!("# id address\n2 {}\n", w.machines[1].host.ip()),
+    )
+    .unwrap();
     let key = target.join("var/lib/juju/system-identity");
     let out = w.on_server(&[
         "update-agents",
@@ -505,7 +583,60 @@ fn the_inventory_is_taken_from_the_same_snapshot_as_the_dump() {
     let mut inv = inventory.clone();
     inv.sort();
     assert_eq!(inv, names, "inventory and dump differ");
-    assert!(names.iter().any(|n| n.starts_with("added-")), "the writer ran during the backup");
+    assert!(
+        names.iter().any(|n| n.starts_with("added-")),
+        "the writer ran during the backup"
+    );
     let text = stdout(&env.run(&["show", archive.to_str().unwrap()]));
-    assert!(text.contains(&format!("Machines:       {}", names.len())), "{text}");
+    assert!(
+        text.contains(&format!("Machines:       {}", names.len())),
+        "{text}"
+    );
+}
+
+/// Figures for the closing note and the README, not a timed assertion: the time to update N
+/// machines at several parallelism bounds (every machine must be updated each time).
+#[test]
+#[ignore = "needs root and ip netns: Debian packages iproute2, openssh-server, openssh-client, sudo"]
+fn figures_time_to_update_n_machines() {
+    let w = World::new(24);
+    let target = w.target();
+    let ip = w.server.ip();
+    let out = w.on_server(&[
+        "restore",
+        "--yes",
+        "--no-update-agents",
+        "--address",
+        &ip,
+        "--target-root",
+        target.to_str().unwrap(),
+        w.archive.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Each round points every machine at a different address, so every round does the work.
+    for (round, parallel) in ["1", "8", "24"].into_iter().enumerate() {
+        let address = format!("192.0.2.{}", round + 10);
+        let key = target.join("var/lib/juju/system-identity");
+        let started = Instant::now();
+        let out = w.on_server(&[
+            "update-agents",
+            "--archive",
+            w.archive.to_str().unwrap(),
+            "--address",
+            &address,
+            "--ssh-key",
+            key.to_str().unwrap(),
+            "--parallel",
+            parallel,
+        ]);
+        let took = started.elapsed();
+        let text = stdout(&out);
+        assert!(out.status.success(), "{text}\n{}", stderr(&out));
+        assert_eq!(text.matches(" updated").count(), 24, "{text}");
+        eprintln!(
+            "figures: 24 machines (2 agents each), parallel {parallel}: {:.2}s ({:.0} ms per machine of wall time)",
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / 24.0
+        );
+    }
 }
