@@ -359,3 +359,48 @@ fn a_failure_in_the_database_step_rolls_back_to_the_exact_previous_tree() {
         "rollback did not restore the exact tree"
     );
 }
+
+/// `restore.readdress_command` tells a sqlite/command database its new address after the load,
+/// with `{address}` replaced and `JUJU_BRD_ADDRESS` set; when it fails, the restore rolls back.
+#[test]
+fn the_database_learns_the_new_address_and_a_failure_rolls_back() {
+    let env = Env::new(1);
+    let marker = env.path("readdressed");
+    env.restore_config(
+        &[],
+        &format!(
+            "readdress_command = [\"sh\", \"-c\", \"echo \\\"$1 $JUJU_BRD_ADDRESS\\\" > {}\", \"sh\", \"{{address}}\"]\n",
+            marker.display()
+        ),
+    );
+    let archive = env.backup();
+    let b = host_b(&env);
+    let out = restore(&env, &archive, &b, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&marker).unwrap(),
+        "10.20.30.40 10.20.30.40\n"
+    );
+
+    env.restore_config(
+        &[],
+        "readdress_command = [\"sh\", \"-c\", \"echo no such table >&2; exit 3\"]\n",
+    );
+    let fresh = env.path("hostC");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let before = tree_state(&fresh, &[]);
+    let out = restore(&env, &archive, &fresh, &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("telling the database its new address"),
+        "{err}"
+    );
+    assert!(err.contains("no such table"), "{err}");
+    assert!(err.contains("rolled back"), "{err}");
+    assert_eq!(
+        tree_state(&fresh, &[]),
+        before,
+        "a failed restore left changes"
+    );
+}
