@@ -20,6 +20,7 @@
 //! - [`ssh`]: the system's OpenSSH client as a bounded child (host keys always checked).
 //! - [`agents`]: re-pointing the environment's other machines at this state-server over SSH.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
+//! - [`drill`]: restore drills: an archive restored into a scratch root and proven usable.
 //! - [`config`]: the TOML file, composed of the sections the modules above own; strictly
 //!   parsed into typed values; errors name file, key and line.
 //! - [`daemon`]: the service: `http` (the API server), `scheduler`, `worker`, systemd notify.
@@ -38,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod drill;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ha;

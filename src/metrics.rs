@@ -32,6 +32,10 @@ pub struct Metrics {
     pub scrub_failures: AtomicU64,
     /// f64 seconds stored as bits: the last scrub that found everything sound.
     scrub_last_success: AtomicU64,
+    /// Restore drills: failed ones, and (f64 bits) the last passed one's time and duration.
+    pub drill_failures: AtomicU64,
+    drill_last_success: AtomicU64,
+    drill_duration: AtomicU64,
 }
 
 /// Connections of one API listener.
@@ -71,6 +75,9 @@ impl Default for Metrics {
             scrub_runs: AtomicU64::default(),
             scrub_failures: AtomicU64::default(),
             scrub_last_success: AtomicU64::default(),
+            drill_failures: AtomicU64::default(),
+            drill_last_success: AtomicU64::default(),
+            drill_duration: AtomicU64::default(),
         }
     }
 }
@@ -144,6 +151,23 @@ impl Metrics {
     /// At start-up, from the state the daemon remembers.
     pub fn set_scrub_last_success(&self, unix: f64) {
         self.scrub_last_success
+            .store(unix.to_bits(), Ordering::Relaxed);
+    }
+
+    /// A drill finished: `passed` at `now_unix`, its restore taking `seconds`.
+    pub fn drill_finished(&self, passed: bool, seconds: f64, now_unix: f64) {
+        self.drill_duration
+            .store(seconds.to_bits(), Ordering::Relaxed);
+        if passed {
+            self.set_drill_last_success(now_unix);
+        } else {
+            self.drill_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// From the daemon's state at start-up, so an alert on drill age does not fire on a restart.
+    pub fn set_drill_last_success(&self, unix: f64) {
+        self.drill_last_success
             .store(unix.to_bits(), Ordering::Relaxed);
     }
 
@@ -226,6 +250,24 @@ impl Metrics {
             "gauge",
             "Unix time of the last scrub that found every archive and copy sound (0 if none).",
             f(&self.scrub_last_success).to_string(),
+        );
+        one(
+            "juju_brd_drill_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last restore drill that passed (0 if none).",
+            f(&self.drill_last_success).to_string(),
+        );
+        one(
+            "juju_brd_drill_duration_seconds",
+            "gauge",
+            "Time the last restore drill took to restore its archive (the RTO to expect).",
+            f(&self.drill_duration).to_string(),
+        );
+        one(
+            "juju_brd_drill_failures_total",
+            "counter",
+            "Restore drills that failed.",
+            self.drill_failures.load(Ordering::Relaxed).to_string(),
         );
         if !remotes.is_empty() {
             let name = "juju_brd_remote_upload_failures_total";

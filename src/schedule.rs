@@ -201,6 +201,24 @@ impl CronExpr {
     pub fn as_str(&self) -> &str {
         &self.text
     }
+
+    /// The schedule read in `tz`, or `None` when the expression is empty.
+    pub fn in_zone(&self, tz: Tz) -> Option<CronSchedule> {
+        Some(CronSchedule {
+            cron: self.cron.clone()?,
+            tz,
+        })
+    }
+}
+
+impl Default for CronExpr {
+    /// None: never fires.
+    fn default() -> Self {
+        CronExpr {
+            text: String::new(),
+            cron: None,
+        }
+    }
 }
 
 impl serde::Serialize for CronExpr {

@@ -640,6 +640,8 @@ fn every_threshold_is_pinned_by_the_rule_tests() {
         ("JujuBrdFreeSpaceCritical", "+ 5 * 2^30", "+ 6 * 2^30"),
         ("JujuBrdScrubOverdue", "> 8 * 86400", "> 9 * 86400"),
         ("JujuBrdScrubOverdue", "> 8 * 86400", "> 7 * 86400"),
+        ("JujuBrdDrillFailing", "> 8 * 24 * 3600", "> 9 * 24 * 3600"),
+        ("JujuBrdDrillFailing", "> 8 * 24 * 3600", "> 7 * 24 * 3600"),
     ];
     let rules = read(&dir().join(RULES));
     let tests = read(&dir().join(RULE_TESTS));

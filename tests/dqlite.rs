@@ -389,3 +389,36 @@ fn ha_one_archive_per_slot_and_takeover_when_the_leader_stops() {
     // The other daemons are killed when `daemons` drops.
     drop(daemons);
 }
+
+/// A drill of a dqlite archive loads every dumped database into a throwaway node of its own, never
+/// the live cluster, and the live cluster is left as it was.
+#[test]
+#[ignore = "needs dqlite, dqlite-demo: Debian package go-dqlite"]
+fn a_drill_loads_the_dump_into_a_throwaway_node_not_the_cluster() {
+    let cluster = Cluster::start(1);
+    let mut setup = String::from("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)\n");
+    for i in 0..50 {
+        setup.push_str(&format!("INSERT INTO t VALUES ({i}, 'row {i}')\n"));
+    }
+    assert!(!cluster.sql("demo", &setup).contains("Error:"));
+    let env = Env::new(1);
+    dqlite_config(&env, &cluster.servers, &["demo"], "");
+    let archive = env.backup();
+    // The live cluster changes after the backup: a drill must not put the old rows back.
+    assert!(!cluster
+        .sql("demo", "DELETE FROM t WHERE id < 10\n")
+        .contains("Error:"));
+    let out = env.run(&["drill", archive.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", common::stderr(&out));
+    assert!(
+        text.contains("loaded into a throwaway dqlite node: demo (50 rows)"),
+        "{text}"
+    );
+    assert!(
+        cluster
+            .sql("demo", "SELECT count(*) FROM t\n")
+            .contains("40"),
+        "the drill touched the live cluster"
+    );
+}

@@ -86,6 +86,21 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/drills`; with `wait`, returns when the drill has finished (passed or not).
+    pub async fn drill(
+        &self,
+        req: &super::types::DrillRequest,
+        wait: bool,
+    ) -> Result<super::types::TriggerResponse, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Http(e.to_string()))?;
+        let path = if wait {
+            "/v1/drills?wait=true"
+        } else {
+            "/v1/drills"
+        };
+        self.call(Method::POST, path, Some(body), wait).await
+    }
+
     /// `POST /v1/prune`: retention applied by the daemon (or only reported, with `dry_run`).
     pub async fn prune(&self, dry_run: bool) -> Result<super::types::PruneResponse, ClientError> {
         let path = format!("/v1/prune?dry_run={dry_run}");

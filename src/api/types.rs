@@ -26,6 +26,48 @@ pub enum JobKind {
     Api,
     Scheduled,
     CatchUp,
+    /// A restore drill asked for on the API (`POST /v1/drills`).
+    Drill,
+    /// A restore drill from `[drill] cron`.
+    ScheduledDrill,
+}
+
+impl JobKind {
+    pub fn is_drill(self) -> bool {
+        matches!(self, JobKind::Drill | JobKind::ScheduledDrill)
+    }
+}
+
+/// `POST /v1/drills`: which archive to drill (default: the newest verified one).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillRequest {
+    #[serde(default)]
+    pub archive: Option<String>,
+}
+
+/// A finished drill as the daemon remembers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillRecord {
+    pub at: DateTime<Utc>,
+    pub passed: bool,
+    pub archive: Option<String>,
+    /// The restore's time (the RTO to expect), when it got that far.
+    pub restore_seconds: Option<f64>,
+    /// Why it failed: the restore's error, or the failed checks.
+    pub error: Option<String>,
+    #[serde(default)]
+    pub report: Option<crate::drill::Report>,
+}
+
+/// `/v1/status`'s drill section.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrillStatus {
+    /// Whether `[drill] cron` schedules drills.
+    pub scheduled: bool,
+    pub next_run: Option<DateTime<Utc>>,
+    pub last: Option<DrillRecord>,
+    pub last_success: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,6 +91,9 @@ pub struct JobInfo {
     pub bytes_estimated: u64,
     pub archive: Option<ArchiveRecord>,
     pub error: Option<String>,
+    /// A drill job's report, once it has finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<crate::drill::Report>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +126,9 @@ pub struct StatusResponse {
     /// The scheduled re-reading of every archive (`[scrub]`).
     #[serde(default)]
     pub scrub: ScrubStatus,
+    /// Restore drills (`[drill]`, `POST /v1/drills`).
+    #[serde(default)]
+    pub drill: DrillStatus,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

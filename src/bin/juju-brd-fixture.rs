@@ -87,6 +87,8 @@ fn main() -> Result<()> {
         "# format 2.0\ntag: machine-0\ndatadir: /var/lib/juju\nlogdir: /var/log/juju\n\
          upgradedToVersion: 2.9.42\napiaddresses:\n- {addr}:17070\nstateaddresses:\n- {addr}:37017\n\
          apiport: 17070\nstateport: 37017\nstatepassword: {pw}\napipassword: {pw}\n\
+         controllercert: |\n  -----BEGIN CERTIFICATE-----\n  MIIBfixturecontrollercert\n  -----END CERTIFICATE-----\n\
+         controllerkey: |\n  -----BEGIN PRIVATE KEY-----\n  MIIEfixturecontrollerkey\n  -----END PRIVATE KEY-----\n\
          controller: controller-6a3a9d1c-1f7e-4c3e-8f6b-2d0c1f0e9a11\n\
          model: model-0b8e5d3a-7c2f-4a9e-9d1b-3e4f5a6b7c8d\nvalues:\n  AGENT_SERVICE_NAME: jujud-machine-0\n",
         addr = a.address,

@@ -101,3 +101,60 @@ pub(super) fn prune(cfg: &Config, dry_run: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `drill [ARCHIVE]`: in this process holding the state lock, or through the running daemon
+/// (which runs it between backups). Exit 0 when the drill passed, 1 when it failed.
+pub(super) fn drill(cfg: &Config, archive: Option<PathBuf>, json: bool) -> Result<ExitCode> {
+    let report = match lock_or_daemon(cfg, "drill")? {
+        Some(_lock) => {
+            let result = match &archive {
+                Some(path) => cfg
+                    .drill_settings(path.clone())
+                    .and_then(|s| crate::drill::run(&s)),
+                None => crate::daemon::drills::drill_now(cfg, ""),
+            };
+            result.map_err(|e| anyhow::anyhow!("drill failed: {e}"))?
+        }
+        None => {
+            let name = match &archive {
+                None => None,
+                Some(p) => {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+                    anyhow::ensure!(
+                        p.parent()
+                            .is_none_or(|d| d.as_os_str().is_empty() || d == cfg.archive_dir),
+                        "the daemon drills archives in {} only; give the archive's name",
+                        cfg.archive_dir.display()
+                    );
+                    Some(name.to_string())
+                }
+            };
+            let client = crate::api::client::Client::new(&cfg.api.socket);
+            let resp = runtime()?
+                .block_on(client.drill(&crate::api::types::DrillRequest { archive: name }, true))?;
+            if !resp.created {
+                eprintln!(
+                    "a drill was already queued or running (job {}); waited for it",
+                    resp.job.id
+                );
+            }
+            match resp.job.drill {
+                Some(r) => r,
+                None => anyhow::bail!(
+                    "drill failed: {}",
+                    resp.job.error.unwrap_or_else(|| "unknown error".into())
+                ),
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::drill::render(&report));
+    }
+    Ok(if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

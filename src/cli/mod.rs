@@ -23,7 +23,7 @@ mod restore;
 mod service;
 
 use archives::{list, list_remote, remote_named, show, verify_cmd};
-use backup::{backup_offline, backup_via_daemon, prune};
+use backup::{backup_offline, backup_via_daemon, drill, prune};
 use restore::{fetch_remote_archive, restore};
 use service::{check_config, daemon, status};
 
@@ -149,6 +149,17 @@ enum Command {
         no_update_agents: bool,
         #[command(flatten)]
         ssh: agents::SshFlags,
+    },
+    /// Restore an archive into a private scratch root on this host and prove it usable (files
+    /// against the manifest, the database's own check, agent.conf, the inventory); print the
+    /// time the restore took. Changes nothing outside the scratch root, which is removed. Exit 0
+    /// when the drill passed, 1 when it failed.
+    Drill {
+        /// The archive [default: the newest verified archive in archive_dir].
+        archive: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-point every other machine of the environment at this state-server, over SSH: stop
     /// its agents, rewrite their agent.conf addresses, start them. Exit 0 when every machine is
@@ -296,9 +307,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 model_uuid: cfg.model_uuid(),
                 skip_database,
                 no_update_agents,
+                drill: false,
             };
             restore(&cfg, &opts, &ssh, dry_run, yes)
         }
+        Command::Drill { archive, json } => drill(&load_config(config_flag)?, archive, json),
         Command::UpdateAgents {
             archive,
             machines,

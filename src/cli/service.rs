@@ -73,6 +73,25 @@ pub(super) fn status(cfg: &Config, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    let dr = &s.drill;
+    let next = dr.next_run.map_or("not scheduled".into(), |t| {
+        format!("next {}", t.format("%Y-%m-%d %H:%M:%S UTC"))
+    });
+    match &dr.last {
+        None => println!("drill:         none yet, {next}"),
+        Some(l) if l.passed => println!(
+            "drill:         passed {} ({}, restore {:.1}s), {next}",
+            when(Some(l.at)),
+            l.archive.as_deref().unwrap_or("-"),
+            l.restore_seconds.unwrap_or(0.0)
+        ),
+        Some(l) => println!(
+            "drill:         FAILED {}: {}; last passed {}, {next}",
+            when(Some(l.at)),
+            l.error.as_deref().unwrap_or("unknown"),
+            when(dr.last_success)
+        ),
+    }
     for a in &s.future_dated_archives {
         println!("FUTURE-DATED:  {a} (named after now: was the clock ahead? kept, not counted as newest)");
     }

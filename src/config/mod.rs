@@ -89,6 +89,9 @@ pub struct Config {
     pub restore: RestoreConfig,
     #[serde(default)]
     pub ha: HaConfig,
+    /// Restore drills: when the daemon runs them.
+    #[serde(default)]
+    pub drill: crate::drill::DrillConfig,
     /// How `update-agents` (and restore's last step) reaches the environment's other machines.
     #[serde(default)]
     pub agents: crate::agents::AgentsConfig,
@@ -465,6 +468,28 @@ impl Config {
             timezone: self.schedule.timezone,
             remote_names: self.remotes.iter().map(|r| r.name.clone()).collect(),
         }
+    }
+
+    /// What one restore drill of `archive` needs: it restores into a scratch root under the
+    /// state directory, reading encrypted archives with `encryption.identity_file`.
+    pub fn drill_settings(
+        &self,
+        archive: std::path::PathBuf,
+    ) -> Result<crate::drill::Settings, String> {
+        let identities = match &self.encryption.identity_file {
+            Some(p) => Some(std::sync::Arc::new(
+                crate::archive::encryption::Identities::load(p)?,
+            )),
+            None => None,
+        };
+        Ok(crate::drill::Settings {
+            archive,
+            scratch_parent: self.state_dir.join("drills"),
+            environment: self.effective_environment(),
+            model_uuid: self.model_uuid(),
+            database: self.database.clone(),
+            identities,
+        })
     }
 
     /// What one backup needs, borrowed from this config.

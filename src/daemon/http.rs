@@ -55,6 +55,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/status", get(status))
         .route("/v1/prune", post(prune))
+        .route("/v1/drills", post(drill))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn(read_body_in_time))
@@ -190,6 +191,41 @@ async fn trigger(
         }),
     )
         .into_response())
+}
+
+/// `POST /v1/drills[?wait=true]` with an optional `{"archive": NAME}`: a restore drill (the
+/// newest verified archive by default); single flight among drills, queued behind a backup.
+async fn drill(
+    State(d): Shared,
+    Query(q): Query<TriggerQuery>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: crate::api::types::DrillRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        Default::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))?
+    };
+    let archive = req.archive.unwrap_or_default();
+    if !archive.is_empty() && crate::archive::name::ArchiveName::parse(&archive).is_none() {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("`{}` is not an archive name", archive.escape_debug()),
+        ));
+    }
+    let (job, created) = d.trigger(JobKind::Drill, archive).ok_or_else(|| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is stopping".into(),
+        )
+    })?;
+    // A finished drill is answered 200 whatever it found: its state and report say.
+    let (code, info) = if q.wait {
+        (StatusCode::OK, job.finished().await)
+    } else {
+        (StatusCode::ACCEPTED, job.info())
+    };
+    Ok((code, Json(TriggerResponse { created, job: info })).into_response())
 }
 
 async fn list(State(d): Shared) -> Result<Response, ApiError> {
@@ -353,10 +389,10 @@ async fn status(State(d): Shared) -> Result<Response, ApiError> {
     Ok(Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").into(),
         environment: cfg.effective_environment(),
-        state: if current.is_some() {
-            "backing-up".into()
-        } else {
-            "idle".into()
+        state: match (&current, d.current_drill().map(|j| j.info().state)) {
+            (Some(_), _) => "backing-up".into(),
+            (None, Some(JobState::Running)) => "drilling".into(),
+            _ => "idle".into(),
         },
         last_attempt: s.last_attempt,
         last_success: s.last_success,
@@ -384,6 +420,12 @@ async fn status(State(d): Shared) -> Result<Response, ApiError> {
             next_run: d.next_scrub(),
             damaged: s.scrub_damaged.clone(),
             error: s.scrub_error.clone(),
+        },
+        drill: crate::api::types::DrillStatus {
+            scheduled: !cfg.drill.cron.is_empty(),
+            next_run: d.next_drill(),
+            last: s.last_drill.clone(),
+            last_success: s.last_drill_success,
         },
     })
     .into_response())

@@ -24,6 +24,7 @@ use chrono::{DateTime, Utc};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, watch, Notify};
 
+pub mod drills;
 pub mod http;
 mod scheduler;
 pub mod serve;
@@ -75,7 +76,10 @@ impl Job {
 
 #[derive(Default)]
 struct Jobs {
+    /// The backup queued or running (one at a time).
     current: Option<Arc<Job>>,
+    /// The drill queued or running (one at a time; the worker runs it between backups).
+    drill: Option<Arc<Job>>,
     recent: VecDeque<Arc<Job>>,
 }
 
@@ -88,6 +92,8 @@ pub struct Daemon {
     next_run: Mutex<Option<DateTime<Utc>>>,
     /// When the worker will scrub next (`None`: scrubbing is off).
     next_scrub: Mutex<Option<DateTime<Utc>>>,
+    /// When the next scheduled drill is due (`None`: `[drill] cron` is empty).
+    next_drill: Mutex<Option<DateTime<Utc>>>,
     pub metrics: Metrics,
     reloaded: Notify,
     stopping: AtomicBool,
@@ -136,6 +142,7 @@ impl Daemon {
             state: Mutex::new(state),
             next_run: Mutex::new(None),
             next_scrub: Mutex::new(None),
+            next_drill: Mutex::new(None),
             metrics: Metrics::default(),
             reloaded: Notify::new(),
             stopping: AtomicBool::new(false),
@@ -164,23 +171,39 @@ impl Daemon {
         self.jobs.lock().expect("jobs lock").current.clone()
     }
 
+    pub fn next_drill(&self) -> Option<DateTime<Utc>> {
+        *self.next_drill.lock().expect("next_drill lock")
+    }
+
+    pub fn current_drill(&self) -> Option<Arc<Job>> {
+        self.jobs.lock().expect("jobs lock").drill.clone()
+    }
+
     pub fn job(&self, id: &str) -> Option<Arc<Job>> {
         let jobs = self.jobs.lock().expect("jobs lock");
         jobs.current
             .iter()
+            .chain(jobs.drill.iter())
             .chain(jobs.recent.iter())
             .find(|j| j.id == id)
             .cloned()
     }
 
     /// Starts a backup unless one is queued or running, in which case that job is returned.
-    /// Returns `None` while the daemon is stopping.
+    /// Returns `None` while the daemon is stopping. A drill kind queues a drill instead, single
+    /// flight among drills (`notes` then names the archive, empty for the newest verified one);
+    /// the one worker never runs a drill and a backup at once.
     pub fn trigger(&self, kind: JobKind, notes: String) -> Option<(Arc<Job>, bool)> {
         if self.stopping.load(Ordering::Relaxed) {
             return None;
         }
         let mut jobs = self.jobs.lock().expect("jobs lock");
-        if let Some(j) = &jobs.current {
+        let slot = if kind.is_drill() {
+            &mut jobs.drill
+        } else {
+            &mut jobs.current
+        };
+        if let Some(j) = slot {
             return Some((j.clone(), false));
         }
         let (done, _) = watch::channel(false);
@@ -199,10 +222,11 @@ impl Daemon {
                 bytes_estimated: 0,
                 archive: None,
                 error: None,
+                drill: None,
             }),
             done,
         });
-        jobs.current = Some(job.clone());
+        *slot = Some(job.clone());
         self.work.send(job.clone()).ok()?;
         Some((job, true))
     }
@@ -437,6 +461,12 @@ pub async fn run(
         daemon
             .metrics
             .seed_last_success(t.timestamp_millis() as f64 / 1000.0, last_size);
+    }
+
+    if let Some(t) = daemon.state().last_drill_success {
+        daemon
+            .metrics
+            .set_drill_last_success(t.timestamp_millis() as f64 / 1000.0);
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);

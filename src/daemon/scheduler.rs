@@ -31,7 +31,15 @@ pub(super) fn catch_up(daemon: &Daemon) {
     }
 }
 
-pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+/// The scheduler task: backups on `schedule.cron`, drills on `drill.cron`.
+pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
+    tokio::join!(
+        backup_schedule_loop(daemon.clone(), stop.clone()),
+        super::drills::drill_scheduler_loop(daemon, stop),
+    );
+}
+
+async fn backup_schedule_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     loop {
         let cfg = daemon.config();
         let sched = cfg.schedule.schedule();

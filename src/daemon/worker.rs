@@ -43,6 +43,9 @@ pub(super) async fn worker_loop(
         let until_due = due.map(|d| (d - Utc::now()).to_std().unwrap_or(Duration::ZERO));
         tokio::select! {
             job = jobs.recv() => match job {
+                Some(job) if job.info().kind.is_drill() => {
+                    super::drills::run_drill(&daemon, job, &mut tick, pinging).await
+                }
                 Some(job) => run_job(&daemon, job, &mut tick, pinging, &mut stop).await,
                 None => return,
             },
@@ -103,7 +106,11 @@ async fn run_queued(
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     while let Ok(job) = jobs.try_recv() {
-        run_job(daemon, job, tick, pinging, stop).await;
+        if job.info().kind.is_drill() {
+            super::drills::run_drill(daemon, job, tick, pinging).await;
+        } else {
+            run_job(daemon, job, tick, pinging, stop).await;
+        }
     }
     !*stop.borrow()
 }

@@ -309,9 +309,10 @@ impl Engine for DqliteEngine {
             );
         }
         if !read_any {
-            return Err(fail(
-                "no dumped database has Juju 4's machine and ip_address tables".into(),
-            ));
+            return Err(DbError::Unsupported {
+                engine: ENGINE,
+                what: "reading the machine inventory from databases without Juju 4's machine and ip_address tables",
+            });
         }
         Ok(all)
     }

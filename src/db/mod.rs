@@ -145,6 +145,12 @@ pub trait Engine: Send + Sync + fmt::Debug {
     /// host cannot load it (nothing has changed yet when that is reported).
     fn plan_restore(&self, input: &RestoreInput) -> Result<String, String>;
 
+    /// Whether [`Engine::restore`] writes only beneath the target root (a database file), and
+    /// so may run in a drill; engines that load into a server (MongoDB, dqlite, a command) do not.
+    fn restores_beneath_target(&self) -> bool {
+        false
+    }
+
     /// Loads the staged dump. Files under the target change only through `ctx.files`.
     fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError>;
 

@@ -177,6 +177,10 @@ impl Engine for SqliteEngine {
         self.read_inventory(dump_dir)
     }
 
+    fn restores_beneath_target(&self) -> bool {
+        true
+    }
+
     fn check_dump_file(&self, file: &Path) -> Result<(), DbError> {
         integrity_check(file).map_err(|e| fail(format!("fails the SQLite integrity check: {e}")))
     }

@@ -118,6 +118,10 @@ pub struct RestoreOptions {
     pub keep_privileges: bool,
     /// Skip the last step, re-pointing the environment's other machines (`--no-update-agents`).
     pub no_update_agents: bool,
+    /// A rehearsal into a scratch target (`juju-brd drill`): nothing outside the target is
+    /// touched. No probes, no services, no re-pointing; the database is loaded only by an engine
+    /// that writes beneath the target (sqlite), and the staged dump is kept for the caller.
+    pub drill: bool,
 }
 
 /// The last step of a restore: which of the environment's other machines get re-pointed.
@@ -173,6 +177,8 @@ pub struct RestorePlan {
     pub target_lock: Arc<TargetLock>,
     /// The environment's other machines, re-pointed at this host once it is up.
     pub agents: AgentsStep,
+    /// A rehearsal (see [`RestoreOptions::drill`]).
+    pub drill: bool,
 }
 
 /// An exclusive `flock` on the target root directory.
@@ -308,7 +314,12 @@ pub fn plan(
     }
     check_host_layout(&opts.target_root, &report)?;
     let mut warnings = check_host(opts, &report)?;
-    let forced_past = probe_old_servers(cfg, opts, &report, &mut warnings)?;
+    // A drill runs beside the live state-server: probing it would only find it alive.
+    let forced_past = if opts.drill {
+        Vec::new()
+    } else {
+        probe_old_servers(cfg, opts, &report, &mut warnings)?
+    };
     let db = plan_database(database, opts, &report, &mut warnings)?;
     let address = match &opts.address {
         Some(a) => a.clone(),
@@ -327,8 +338,17 @@ pub fn plan(
         address,
         dump_files: report.dump_files.clone(),
         db,
-        stop: cfg.stop_commands.clone(),
-        start: cfg.start_commands.clone(),
+        stop: if opts.drill {
+            Vec::new()
+        } else {
+            cfg.stop_commands.clone()
+        },
+        start: if opts.drill {
+            Vec::new()
+        } else {
+            cfg.start_commands.clone()
+        },
+        drill: opts.drill,
         forced_past,
         warnings,
         identities: opts.identities.clone(),
@@ -344,6 +364,9 @@ pub fn plan(
 /// Which other machines the restore re-points at the end, from the archive's inventory.
 fn plan_agents(opts: &RestoreOptions, metadata: &Metadata) -> AgentsStep {
     let by_hand = "run `juju-brd update-agents --machines FILE` once the restore is done";
+    if opts.drill {
+        return AgentsStep::Skipped("a drill touches no other machine".into());
+    }
     if opts.no_update_agents {
         return AgentsStep::Skipped(format!("--no-update-agents; {by_hand}"));
     }
@@ -504,6 +527,12 @@ fn plan_database(
             "no restore engine for `{}` dumps",
             metadata.engine()
         )),
+        Some(engine) if opts.drill && !engine.restores_beneath_target() => {
+            DbStep::NotRestored(format!(
+                "a drill does not load a `{}` dump into the live database server",
+                engine.name()
+            ))
+        }
         Some(engine) => match engine.plan_restore(&input) {
             Ok(description) => DbStep::Load {
                 engine: engine.into(),
@@ -513,7 +542,7 @@ fn plan_database(
         },
     };
     if let DbStep::NotRestored(why) = &db {
-        if !opts.skip_database {
+        if !opts.skip_database && !opts.drill {
             return Err(RestoreError::Refused(format!(
                 "the database in this archive cannot be restored on this host: {why}. Nothing was \
                  changed. Fix that, or pass --skip-database to restore the files alone"
@@ -599,6 +628,8 @@ pub struct Summary {
     pub bytes: u64,
     pub rollback_dir: PathBuf,
     pub repointed: usize,
+    /// A drill's staged dump (the archive's `dump/`), left for the caller to check.
+    pub staged_dump: Option<PathBuf>,
 }
 
 fn run_commands(
@@ -779,6 +810,15 @@ fn apply(
             .restore(&mut ctx)
             .map_err(|e| ("restoring the database", e.into()))?;
     }
+    if plan.drill {
+        return Ok(Summary {
+            files: extracted.files,
+            bytes: extracted.bytes,
+            rollback_dir: PathBuf::new(),
+            repointed: 0,
+            staged_dump: Some(incoming),
+        });
+    }
     let _ = std::fs::remove_dir_all(&incoming);
     if !cfg.readdress_command.is_empty() && !matches!(plan.db, DbStep::NotRestored(_)) {
         let argv: Vec<String> = cfg
@@ -814,6 +854,7 @@ fn apply(
         bytes: extracted.bytes,
         rollback_dir: PathBuf::new(),
         repointed,
+        staged_dump: None,
     })
 }
 
@@ -933,6 +974,22 @@ pub struct RestoreConfig {
     /// command databases; MongoDB and dqlite are updated by juju-brd itself.
     #[serde(default)]
     pub readdress_command: Vec<String>,
+}
+
+impl RestoreConfig {
+    /// For a drill: nothing to stop, start, probe or wait for, no command run.
+    pub fn drill() -> RestoreConfig {
+        RestoreConfig {
+            stop_commands: Vec::new(),
+            start_commands: Vec::new(),
+            health_command: Vec::new(),
+            health_timeout: default_health_timeout(),
+            database_start_commands: Vec::new(),
+            probe_ports: Vec::new(),
+            probe_timeout: default_probe_timeout(),
+            readdress_command: Vec::new(),
+        }
+    }
 }
 
 fn default_database_start_commands() -> Vec<Vec<String>> {

@@ -28,6 +28,12 @@ pub struct DaemonState {
     /// What kept the last scrub from reading something (a remote down), if anything.
     #[serde(default)]
     pub scrub_error: Option<String>,
+    /// The last restore drill's report, and when it ran.
+    #[serde(default)]
+    pub last_drill: Option<crate::api::types::DrillRecord>,
+    /// When the last drill that passed finished.
+    #[serde(default)]
+    pub last_drill_success: Option<DateTime<Utc>>,
 }
 
 const FILE: &str = "state.json";
