@@ -41,6 +41,9 @@ pub struct Settings {
     pub model_uuid: Option<String>,
     pub database: crate::db::DatabaseConfig,
     pub identities: Option<std::sync::Arc<crate::archive::encryption::Identities>>,
+    /// Remove the scratch root on a thread of its own after the report (the daemon: its worker,
+    /// which a backup may be waiting for, is free at once; deleting a large tree takes a while).
+    pub clean_up_in_background: bool,
 }
 
 /// One thing a drill checks.
@@ -109,14 +112,32 @@ pub fn run(s: &Settings) -> Result<Report, String> {
             )
         })?;
     let result = drill_into(s, scratch.path(), started);
-    // The scratch root goes whatever happened (TempDir's drop, made explicit to report failure).
-    if let Err(e) = scratch.close() {
-        tracing::warn!(error = %e, "cannot remove a drill's scratch root");
+    // The scratch root goes whatever happened. A drill killed before this is cleaned up by the
+    // next one (remove_leftovers).
+    if s.clean_up_in_background {
+        let path = scratch.keep();
+        std::thread::spawn(move || remove_scratch(&path));
+    } else {
+        remove_scratch(&scratch.keep());
     }
     result.map(|mut r| {
         r.seconds = started.elapsed().as_secs_f64();
         r
     })
+}
+
+fn remove_scratch(path: &Path) {
+    let t = Instant::now();
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => tracing::info!(
+            seconds = t.elapsed().as_secs_f64(),
+            "drill: scratch root removed"
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a drill's scratch root")
+        }
+    }
 }
 
 /// Scratch roots of drills that did not end (the process was killed): one drill runs at a time
@@ -152,14 +173,24 @@ fn drill_into(s: &Settings, scratch: &Path, started: Instant) -> Result<Report, 
     let plan = restore::plan(&cfg, &s.database, &opts).map_err(|e| e.to_string())?;
     let summary = restore::execute(&cfg, &plan, &mut |_, _| {}).map_err(|e| e.to_string())?;
     let restore_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        seconds = restore_seconds,
+        files = summary.files,
+        "drill: restored into the scratch root; checking"
+    );
+    let timed = |name: &str, f: &dyn Fn() -> Result<String, Outcome>| {
+        let t = Instant::now();
+        let c = Check::new(name, f());
+        tracing::info!(check = name, result = %c.result, seconds = t.elapsed().as_secs_f64(), "drill check");
+        c
+    };
     let checks = vec![
-        Check::new("files match the manifest", check_files(&plan, scratch)),
-        Check::new(
-            "database",
-            check_database(&plan, scratch, summary.staged_dump.as_deref(), &s.database),
-        ),
-        Check::new("agent.conf", check_agent_conf(scratch)),
-        Check::new("inventory of machines", check_inventory(&plan.metadata)),
+        timed("files match the manifest", &|| check_files(&plan, scratch)),
+        timed("database", &|| {
+            check_database(&plan, scratch, summary.staged_dump.as_deref(), &s.database)
+        }),
+        timed("agent.conf", &|| check_agent_conf(scratch)),
+        timed("inventory of machines", &|| check_inventory(&plan.metadata)),
     ];
     Ok(Report {
         archive: s

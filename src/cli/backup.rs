@@ -111,7 +111,7 @@ pub(super) fn drill(cfg: &Config, archive: Option<PathBuf>, json: bool) -> Resul
                 Some(path) => cfg
                     .drill_settings(path.clone())
                     .and_then(|s| crate::drill::run(&s)),
-                None => crate::daemon::drills::drill_now(cfg, ""),
+                None => crate::daemon::drills::drill_now(cfg, "", false),
             };
             result.map_err(|e| anyhow::anyhow!("drill failed: {e}"))?
         }

@@ -489,6 +489,7 @@ impl Config {
             model_uuid: self.model_uuid(),
             database: self.database.clone(),
             identities,
+            clean_up_in_background: false,
         })
     }
 

@@ -36,10 +36,16 @@ fn pick_archive(cfg: &Config, wanted: &str) -> Result<std::path::PathBuf, String
         .ok_or_else(|| "no verified archive to drill".to_string())
 }
 
-/// The whole drill, on the blocking pool: which archive, then [`crate::drill::run`].
-pub fn drill_now(cfg: &Config, wanted: &str) -> Result<crate::drill::Report, String> {
+/// The whole drill, on the blocking pool: which archive, then [`crate::drill::run`]. In the
+/// daemon (`background`) the scratch root is removed on a thread of its own after the report.
+pub fn drill_now(
+    cfg: &Config,
+    wanted: &str,
+    background: bool,
+) -> Result<crate::drill::Report, String> {
     let archive = pick_archive(cfg, wanted)?;
-    let settings = cfg.drill_settings(archive)?;
+    let mut settings = cfg.drill_settings(archive)?;
+    settings.clean_up_in_background = background;
     crate::drill::run(&settings)
 }
 
@@ -85,7 +91,7 @@ pub(super) async fn run_drill(
     let wanted = job.info().notes;
     tracing::info!(job = %job.id, archive = %if wanted.is_empty() { "newest verified" } else { wanted.as_str() }, "restore drill started");
     let c = cfg.clone();
-    let mut handle = tokio::task::spawn_blocking(move || drill_now(&c, &wanted));
+    let mut handle = tokio::task::spawn_blocking(move || drill_now(&c, &wanted, true));
     let result = loop {
         tokio::select! {
             r = &mut handle => break r.unwrap_or_else(|e| Err(format!("the drill panicked: {e}"))),
