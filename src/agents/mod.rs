@@ -359,7 +359,7 @@ fn on_address(
     learned: &mut bool,
 ) -> Result<Outcome, MachineError> {
     let shell = remote_shell(&settings.ssh.user);
-    let cap = (remote::MAX_AGENTS * (remote::MAX_CONF_BYTES + 256)) as u64;
+    let cap = remote::MAX_LISTING_BYTES;
     let started = Instant::now();
     let listing = settings
         .ssh

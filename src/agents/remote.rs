@@ -16,9 +16,11 @@ use super::AgentCommands;
 
 /// Where Juju keeps its agents on every machine.
 pub const AGENTS_DIR: &str = "/var/lib/juju/agents";
-/// Caps on what a machine may send back.
+/// Caps on what a machine may send back (an agent.conf is a few KiB).
 pub const MAX_AGENTS: usize = 512;
-pub const MAX_CONF_BYTES: usize = 1 << 20;
+pub const MAX_CONF_BYTES: usize = 256 << 10;
+/// All of a machine's listing; more is refused as cut short, never held in memory.
+pub const MAX_LISTING_BYTES: u64 = 16 << 20;
 
 /// Prints `juju-brd-agent SIZE NAME` then the file's bytes for each agent, then `juju-brd-end`.
 pub const LIST_SCRIPT: &str = r#"set -u
