@@ -40,6 +40,28 @@ pub fn takes_scheduled_slot(
     }
 }
 
+/// Which node takes scheduled backups, as this node sees it: `None` when this one does (or it
+/// cannot tell, and so takes them too), else the database address of the one that does, and why.
+/// A backup asked for from a workstation goes to that node.
+pub fn backup_node(
+    ha: &HaConfig,
+    engine: Option<&dyn crate::db::Engine>,
+) -> Option<(String, String)> {
+    let me = ha.self_address.as_deref()?;
+    if let Some(prefer) = ha.prefer.as_deref().filter(|p| !p.is_empty() && *p != me) {
+        if answers(prefer, ha.probe_timeout) {
+            return Some((
+                prefer.to_string(),
+                format!("the preferred node {prefer} is up"),
+            ));
+        }
+    }
+    match leader(ha, engine) {
+        Ok(l) if l != me => Some((l.clone(), format!("the database leader is {l}"))),
+        _ => None,
+    }
+}
+
 fn answers(addr: &str, timeout: Duration) -> bool {
     use std::net::ToSocketAddrs;
     addr.to_socket_addrs()
