@@ -150,6 +150,8 @@ struct Received {
     header_sha256: String,
     sidecar: String,
     created: bool,
+    /// From the header to the last byte.
+    transfer: Duration,
     staged: Staged,
 }
 
@@ -219,6 +221,10 @@ fn receive(
         } => (name, size, sha256, sidecar, created),
     };
     header_seen.set(true);
+    let transfer_started = Instant::now();
+    // Two environments backed up into one directory in the same second share a name: the
+    // second gets `-2` (as the daemon does), and its sidecar is rewritten to name it.
+    let name = local_name(dir, &name);
     let part = dir.join(format!("{name}.part"));
     // A part left by an earlier run killed outright is stale: replaced.
     match std::fs::remove_file(&part) {
@@ -267,8 +273,35 @@ fn receive(
         header_sha256,
         sidecar,
         created,
+        transfer: transfer_started.elapsed(),
         staged,
     }))
+}
+
+/// `name`, or when it (or its sidecar) is already in `dir`, the first free `-N` of its second.
+fn local_name(dir: &Path, name: &str) -> String {
+    use crate::archive::name::{ArchiveName, SIDECAR_SUFFIX};
+    let taken = |n: &str| {
+        dir.join(n).symlink_metadata().is_ok()
+            || dir
+                .join(format!("{n}{SIDECAR_SUFFIX}"))
+                .symlink_metadata()
+                .is_ok()
+    };
+    if !taken(name) {
+        return name.to_string();
+    }
+    match ArchiveName::parse(name) {
+        Some(p) => {
+            let mut n =
+                ArchiveName::first_free(dir, p.started.and_utc(), p.compression, p.encrypted);
+            while taken(&n.to_string()) {
+                n = ArchiveName::new(p.started.and_utc(), n.seq + 1, p.compression, p.encrypted);
+            }
+            n.to_string()
+        }
+        None => name.to_string(),
+    }
 }
 
 /// `juju-brd backup` from a workstation.
@@ -370,11 +403,13 @@ fn fetch(
                 match s.value {
                     Attempt::Received(r) => {
                         let secs = started.elapsed().as_secs_f64();
+                        let t = r.transfer.as_secs_f64().max(0.001);
                         eprintln!(
-                            "received {} ({}) from {host} in {secs:.1}s{}",
+                            "received {} ({}) from {host} in {secs:.1}s (transfer {t:.1}s, {}/s){}",
                             r.name,
                             human_bytes(r.size),
-                            if r.created { "" } else { " (a backup already running there)" }
+                            human_bytes((r.size as f64 / t) as u64),
+                            if r.created { "" } else { "; a backup already running there" }
                         );
                         return Ok((r, host));
                     }
