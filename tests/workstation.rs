@@ -276,28 +276,19 @@ fn assert_landed(ws: &Workstation, server: &Server, name: &str) {
     assert!(out.status.success(), "verify {name}: {}", stderr(&out));
 }
 
-/// A throttled remote juju-brd: the real one with its stdout through a pipe that passes 64 KiB
-/// every 20 ms (about 3 MiB/s), so a transfer can be cut in the middle.
-fn slow_remote(dir: &Path) -> String {
-    let path = dir.join("slow-juju-brd");
-    std::fs::write(
-        &path,
-        format!(
-            "#!/bin/bash\nset -o pipefail\n'{BIN}' \"$@\" | python3 -c '\n\
-import sys, time\n\
-i, o = sys.stdin.buffer, sys.stdout.buffer\n\
-while True:\n\
-    b = i.read1(65536)\n\
-    if not b:\n\
-        break\n\
-    o.write(b)\n\
-    o.flush()\n\
-    time.sleep(0.02)\n'\n"
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.display().to_string()
+/// Slows the state-server's outgoing traffic to 16 Mbit/s (a token bucket on its link, `tc` of
+/// iproute2), so a transfer can be cut in the middle; `None` lifts it.
+fn throttle(host: &Host, rate: Option<&str>) {
+    let mut cmd = host.command("tc");
+    match rate {
+        Some(r) => cmd.args([
+            "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", r, "burst", "64kb",
+            "latency", "2s",
+        ]),
+        None => cmd.args(["qdisc", "del", "dev", "eth0", "root"]),
+    };
+    let out = output_within(&mut cmd, Duration::from_secs(10)).unwrap();
+    assert!(out.status.success(), "tc: {}", stderr(&out));
 }
 
 #[test]
@@ -382,16 +373,16 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     let mut prod = Server::new(&lab, "prod-0", "prod", 24, &public);
     let other = Server::new(&lab, "other-0", "other", 0, &public);
     let ws = Workstation::new(&lab, &key, &prod, &other);
-    let slow = slow_remote(ws.dir.path());
+    throttle(&prod.host, Some("16mbit"));
 
     let mut cmd = ws.host.command("sh");
-    cmd.args(["-c", &ws.line(&slow, &prod, "")])
+    cmd.args(["-c", &ws.line(BIN, &prod, "")])
         .env("HOME", ws.home())
         .env_remove("JUJU_BRD_CONFIG")
         .env_remove("JUJU_ENV")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn().unwrap();
     // Wait until a few MiB of the archive are here, then kill every sshd of the state-server.
     let part = || {
         ws.files()
@@ -399,9 +390,19 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
             .find(|f| f.ends_with(".part"))
             .map(|f| std::fs::metadata(ws.cwd().join(f)).map_or(0, |m| m.len()))
     };
+    let mut ended = None;
     wait_until(Duration::from_secs(120), "2 MiB of the transfer", || {
-        part().is_some_and(|n| n > 2 << 20)
+        ended = child.try_wait().unwrap();
+        ended.is_some() || part().is_some_and(|n| n > 2 << 20)
     });
+    if ended.is_some() {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the backup ended before the cut ({}): {}",
+            out.status,
+            stderr(&out)
+        );
+    }
     let cut_at = part().unwrap();
     prod.kill_all_sshd();
     let out = child.wait_with_output().unwrap();
@@ -418,7 +419,8 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
         err.lines().last().unwrap_or("")
     );
 
-    // Again, with sshd back: succeeds.
+    // Again, with sshd back (and the link at full speed): succeeds.
+    throttle(&prod.host, None);
     prod.host.start_sshd(&public);
     let out = ws.backup(BIN, &prod, &[]);
     assert!(out.status.success(), "re-run: {}", stderr(&out));
