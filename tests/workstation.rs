@@ -30,11 +30,20 @@ struct Server {
     daemon: Child,
 }
 
+/// Where every state-server keeps its juju-brd config, as in a real deployment: one path on
+/// each host (the host's own /var/lib/juju), so one `--remote-config` serves them all.
+const REMOTE_CONFIG: &str = "/var/lib/juju/juju-brd.toml";
+
 impl Server {
-    /// A state-server of environment `name` with `blob_mib` MiB of incompressible data among
-    /// its tools (so the archive has a known, large size).
+    /// A state-server of environment `name` on a new host of the lab.
     fn new(lab: &Lab, host_name: &str, name: &str, blob_mib: u64, authorized: &str) -> Server {
-        let mut host = lab.host(host_name);
+        Server::on(lab.host(host_name), name, blob_mib, authorized, "")
+    }
+
+    /// A state-server of environment `name` on `host`, with `blob_mib` MiB of incompressible
+    /// data among its tools (so the archive has a known, large size) and `extra` config (TOML
+    /// tables).
+    fn on(host: Host, name: &str, blob_mib: u64, authorized: &str, extra: &str) -> Server {
         let env = Env::new(2);
         if blob_mib > 0 {
             let blob = env
@@ -50,23 +59,22 @@ impl Server {
                 .unwrap();
             assert!(st.success());
         }
+        let d = env.dir.path().display();
         let text = format!(
-            "environment = \"{name}\"\narchive_dir = \"archives\"\nstate_dir = \"state\"\n\
+            "environment = \"{name}\"\narchive_dir = \"{d}/archives\"\nstate_dir = \"{d}/state\"\n\
              [controller]\nmodel_uuid = \"{}\"\n\
              [backup]\nlevel = 1\n\
-             [files]\nroot = \"root\"\n\n{}\n[api]\nsocket = \"{}\"\nsocket_mode = \"0600\"\n\
-             [schedule]\ncron = \"\"\n[retention]\nkeep_last = 10\n",
+             [files]\nroot = \"{d}/root\"\n\n\
+             [database]\nengine = \"sqlite\"\npath = \"{d}/root/var/lib/juju/db/state.db\"\n\
+             [api]\nsocket = \"{d}/juju-brd.sock\"\nsocket_mode = \"0600\"\n\
+             [schedule]\ncron = \"\"\n[retention]\nkeep_last = 10\n{extra}",
             uuid_of(name),
-            env.sqlite_section(),
-            env.path("juju-brd.sock").display()
         );
-        std::fs::write(env.path("config.toml"), text).unwrap();
+        std::fs::write(host.juju_dir().join("juju-brd.toml"), text).unwrap();
         let log = std::fs::File::create(env.path("daemon.log")).unwrap();
         let daemon = host
             .command(BIN)
-            .arg("--config")
-            .arg(env.path("config.toml"))
-            .arg("daemon")
+            .args(["--config", REMOTE_CONFIG, "daemon"])
             .env_remove("JUJU_ENV")
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
@@ -75,11 +83,19 @@ impl Server {
             .spawn()
             .unwrap();
         let sock = env.path("juju-brd.sock");
+        let mut d = Server { host, env, daemon };
+        let mut exited = None;
         wait_until(Duration::from_secs(30), "the daemon's socket", || {
-            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            exited = d.daemon.try_wait().unwrap();
+            exited.is_some() || std::os::unix::net::UnixStream::connect(&sock).is_ok()
         });
-        host.start_sshd(authorized);
-        Server { host, env, daemon }
+        assert!(
+            exited.is_none(),
+            "the daemon exited: {}",
+            std::fs::read_to_string(d.env.path("daemon.log")).unwrap_or_default()
+        );
+        d.host.start_sshd(authorized);
+        d
     }
 
     fn archives(&self) -> Vec<String> {
@@ -88,10 +104,6 @@ impl Server {
             .into_iter()
             .filter(|n| n.ends_with(".tar.gz"))
             .collect()
-    }
-
-    fn config(&self) -> String {
-        self.env.path("config.toml").display().to_string()
     }
 
     /// SIGKILL to every sshd of the host, the sessions' too (after the listener is stopped).
@@ -137,6 +149,11 @@ struct Workstation {
 
 impl Workstation {
     fn new(lab: &Lab, key: &Path, prod: &Server, other: &Server) -> Workstation {
+        Workstation::with(lab, key, &[prod.host.ip()], &other.host.ip())
+    }
+
+    /// A workstation whose `prod` environment records `prod_ips` and `other` `other_ip`.
+    fn with(lab: &Lab, key: &Path, prod_ips: &[String], other_ip: &str) -> Workstation {
         let host = lab.host("ws");
         let dir = tempfile::tempdir().unwrap();
         let home = dir.path().join("home");
@@ -155,10 +172,13 @@ impl Workstation {
             juju1.join("environments/prod.jenv"),
             format!(
                 "user: admin\npassword: not-used-here\nenviron-uuid: {}\n\
-                 state-servers:\n- {}:17070\nca-cert: |\n  -----BEGIN CERTIFICATE-----\n  MIIB\n  -----END CERTIFICATE-----\n\
+                 state-servers:\n{}ca-cert: |\n  -----BEGIN CERTIFICATE-----\n  MIIB\n  -----END CERTIFICATE-----\n\
                  bootstrap-config:\n  name: prod\n  type: manual\n",
                 uuid_of("prod"),
-                prod.host.ip()
+                prod_ips
+                    .iter()
+                    .map(|ip| format!("- {ip}:17070\n"))
+                    .collect::<String>()
             ),
         )
         .unwrap();
@@ -168,7 +188,7 @@ impl Workstation {
             format!(
                 "controllers:\n  other:\n    uuid: {}\n    api-endpoints: ['{}:17070']\n    ca-cert: |\n      -----BEGIN CERTIFICATE-----\n      -----END CERTIFICATE-----\n    cloud: manual\n",
                 uuid_of("other"),
-                other.host.ip()
+                other_ip
             ),
         )
         .unwrap();
@@ -200,7 +220,7 @@ impl Workstation {
 
     /// The `sh -c` line that runs `juju-brd backup ARGS` in the working directory, as an
     /// operator would: no juju-brd config, HOME with the Juju client files.
-    fn line(&self, remote_bin: &str, server: &Server, args: &str) -> String {
+    fn line(&self, remote_bin: &str, args: &str) -> String {
         // The machine running the tests has no /etc/juju-brd/juju-brd.toml, so no flag is needed
         // to be a workstation; where it has one, --client says so.
         let client = if Path::new("/etc/juju-brd/juju-brd.toml").exists() {
@@ -209,15 +229,14 @@ impl Workstation {
             ""
         };
         format!(
-            "cd '{}' && exec '{BIN}' backup{client} --remote-juju-brd '{remote_bin}' --remote-config '{}' {args}",
+            "cd '{}' && exec '{BIN}' backup{client} --remote-juju-brd '{remote_bin}' --remote-config {REMOTE_CONFIG} {args}",
             self.cwd().display(),
-            server.config()
         )
     }
 
-    fn backup(&self, remote_bin: &str, server: &Server, vars: &[(&str, &str)]) -> Output {
+    fn backup(&self, remote_bin: &str, vars: &[(&str, &str)]) -> Output {
         let mut cmd = self.host.command("sh");
-        cmd.args(["-c", &self.line(remote_bin, server, "")])
+        cmd.args(["-c", &self.line(remote_bin, "")])
             .env("HOME", self.home())
             .env_remove("JUJU_BRD_CONFIG")
             .env_remove("JUJU_ENV")
@@ -304,7 +323,7 @@ fn backup_from_a_workstation_current_env_juju_env_unknown_env_and_changed_host_k
 
     // The current environment (Juju 1.x `juju switch prod`): the archive lands here.
     let started = Instant::now();
-    let out = ws.backup(BIN, &prod, &[]);
+    let out = ws.backup(BIN, &[]);
     assert!(out.status.success(), "backup: {}", stderr(&out));
     let name = last_line(&out);
     assert_landed(&ws, &prod, &name);
@@ -323,7 +342,7 @@ fn backup_from_a_workstation_current_env_juju_env_unknown_env_and_changed_host_k
 
     // JUJU_ENV=other: the Juju 2 controller's state-server, not prod's.
     let before_prod = prod.archives();
-    let out = ws.backup(BIN, &other, &[("JUJU_ENV", "other")]);
+    let out = ws.backup(BIN, &[("JUJU_ENV", "other")]);
     assert!(
         out.status.success(),
         "backup JUJU_ENV=other: {}",
@@ -339,7 +358,7 @@ fn backup_from_a_workstation_current_env_juju_env_unknown_env_and_changed_host_k
 
     // An unknown environment: refused, naming the known ones; nothing written.
     let files = ws.files();
-    let out = ws.backup(BIN, &prod, &[("JUJU_ENV", "staging")]);
+    let out = ws.backup(BIN, &[("JUJU_ENV", "staging")]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -353,7 +372,7 @@ fn backup_from_a_workstation_current_env_juju_env_unknown_env_and_changed_host_k
     // backup asked for, nothing written.
     prod.host.regenerate_host_key();
     let before = prod.archives();
-    let out = ws.backup(BIN, &prod, &[]);
+    let out = ws.backup(BIN, &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -376,7 +395,7 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     throttle(&prod.host, Some("16mbit"));
 
     let mut cmd = ws.host.command("sh");
-    cmd.args(["-c", &ws.line(BIN, &prod, "")])
+    cmd.args(["-c", &ws.line(BIN, "")])
         .env("HOME", ws.home())
         .env_remove("JUJU_BRD_CONFIG")
         .env_remove("JUJU_ENV")
@@ -422,7 +441,7 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     // Again, with sshd back (and the link at full speed): succeeds.
     throttle(&prod.host, None);
     prod.host.start_sshd(&public);
-    let out = ws.backup(BIN, &prod, &[]);
+    let out = ws.backup(BIN, &[]);
     assert!(out.status.success(), "re-run: {}", stderr(&out));
     let name = last_line(&out);
     assert_landed(&ws, &prod, &name);
@@ -442,7 +461,7 @@ fn figures_a_200_mib_archive_to_the_workstation() {
     let ws = Workstation::new(&lab, &key, &prod, &other);
 
     let mut cmd = ws.host.command("sh");
-    cmd.args(["-c", &ws.line(BIN, &prod, "")])
+    cmd.args(["-c", &ws.line(BIN, "")])
         .env("HOME", ws.home())
         .env_remove("JUJU_BRD_CONFIG")
         .env_remove("JUJU_ENV")
@@ -489,4 +508,33 @@ fn figures_a_200_mib_archive_to_the_workstation() {
     assert!(size > 190 << 20, "archive only {size} bytes");
     assert!(peak_kib > 0, "peak RSS never read");
     assert!(peak_kib < 100 * 1024, "peak RSS {peak_kib} KiB: buffered?");
+}
+
+#[test]
+#[ignore = "needs root and ip netns: Debian packages iproute2, openssh-server, openssh-client, sudo"]
+fn under_ha_a_node_that_does_not_take_backups_sends_the_workstation_to_the_one_that_does() {
+    let lab = Lab::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (key, public) = Lab::keypair(keys.path());
+    let (a, b) = (lab.host("prod-0"), lab.host("prod-1"));
+    let (a_ip, b_ip) = (a.ip(), b.ip());
+    // Two state-servers of `prod`; prod-1 is `ha.prefer` (its address answers: its sshd).
+    let ha = |me: &str| format!("[ha]\nself_address = \"{me}:22\"\nprefer = \"{b_ip}:22\"\n");
+    let first = Server::on(a, "prod", 0, &public, &ha(&a_ip));
+    let second = Server::on(b, "prod", 0, &public, &ha(&b_ip));
+    let other = Server::new(&lab, "other-0", "other", 0, &public);
+    // The .jenv lists prod-0 first, so it is asked first.
+    let ws = Workstation::with(&lab, &key, &[a_ip.clone(), b_ip.clone()], &other.host.ip());
+    let out = ws.backup(BIN, &[]);
+    assert!(out.status.success(), "backup: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{a_ip} does not take backups (the preferred node {b_ip}:22 is up); going to {b_ip}"
+        )),
+        "{err}"
+    );
+    let name = last_line(&out);
+    assert_landed(&ws, &second, &name);
+    assert!(first.archives().is_empty(), "prod-0 took a backup");
 }
