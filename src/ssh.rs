@@ -55,6 +55,8 @@ pub enum SshError {
         code: Option<i32>,
         message: String,
     },
+    #[error("{host}: stopped on request; the connection was closed")]
+    Cancelled { host: String },
     /// The remote command's output stream was cut short or was not what was expected.
     #[error("{host}: {reason}")]
     Stream { host: String, reason: String },
@@ -175,15 +177,18 @@ impl Ssh {
     /// Runs `command` on `host` with `input` on its stdin and hands its stdout, as it arrives,
     /// to `consume` (nothing is buffered here: an archive streams straight to its file). The
     /// whole call is bounded by `timeout`: past it ssh's process group is killed, so `consume`
-    /// sees the end of the stream, and the call fails with [`SshError::Timeout`]. A `consume`
-    /// that fails stops ssh; ssh's own failure (host key, refused key, unreachable, the remote
-    /// command's exit status and stderr) is reported before the consumer's.
+    /// sees the end of the stream, and the call fails with [`SshError::Timeout`]; `cancel`, once
+    /// set, does the same ([`SshError::Cancelled`]). A `consume` that fails stops ssh; ssh's own
+    /// failure (host key, refused key, unreachable, the remote command's exit status and
+    /// stderr) is reported before the consumer's. ssh is stopped with SIGKILL: a caller may
+    /// have blocked the other signals, which its children inherit.
     pub fn stream<T>(
         &self,
         host: &str,
         command: &str,
         input: &[u8],
         timeout: Duration,
+        cancel: Option<&'static std::sync::atomic::AtomicBool>,
         consume: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
     ) -> Result<Streamed<T>, SshError> {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -218,26 +223,37 @@ impl Ssh {
         // the group is never signalled once its id may have been reused.
         let reaped = Arc::new(Mutex::new(false));
         let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let deadline = std::time::Instant::now().checked_add(timeout);
         let watchdog = {
-            let (reaped, timed_out) = (reaped.clone(), timed_out.clone());
-            std::thread::spawn(move || {
-                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(timeout)
-                {
-                    let reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
-                    if !*reaped {
-                        timed_out.store(true, std::sync::atomic::Ordering::SeqCst);
-                        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
-                    }
+            let (reaped, timed_out, cancelled) =
+                (reaped.clone(), timed_out.clone(), cancelled.clone());
+            std::thread::spawn(move || loop {
+                match stopped.recv_timeout(Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
                 }
+                let why = if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+                    &cancelled
+                } else if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    &timed_out
+                } else {
+                    continue;
+                };
+                let reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
+                if !*reaped {
+                    why.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                }
+                return;
             })
         };
         let mut out = child.stdout.take().expect("stdout is piped");
         let consumed = consume(&mut out);
         drop(out);
         if consumed.is_err() {
-            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         }
         // Wait for the exit without reaping, then reap under the lock.
         let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
@@ -259,6 +275,9 @@ impl Ssh {
                 host: host_s,
                 after: timeout,
             });
+        }
+        if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SshError::Cancelled { host: host_s });
         }
         let learned_host_key = err_text.contains("Permanently added");
         match (consumed, status.code()) {

@@ -385,7 +385,7 @@ fn backup_from_a_workstation_current_env_juju_env_unknown_env_and_changed_host_k
 
 #[test]
 #[ignore = "needs root and ip netns: Debian packages iproute2, openssh-server, openssh-client, sudo"]
-fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
+fn ctrl_c_or_sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     let lab = Lab::new();
     let keys = tempfile::tempdir().unwrap();
     let (key, public) = Lab::keypair(keys.path());
@@ -394,35 +394,25 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     let ws = Workstation::new(&lab, &key, &prod, &other);
     throttle(&prod.host, Some("16mbit"));
 
-    let mut cmd = ws.host.command("sh");
-    cmd.args(["-c", &ws.line(BIN, "")])
-        .env("HOME", ws.home())
-        .env_remove("JUJU_BRD_CONFIG")
-        .env_remove("JUJU_ENV")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    // Wait until a few MiB of the archive are here, then kill every sshd of the state-server.
-    let part = || {
-        ws.files()
-            .into_iter()
-            .find(|f| f.ends_with(".part"))
-            .map(|f| std::fs::metadata(ws.cwd().join(f)).map_or(0, |m| m.len()))
-    };
-    let mut ended = None;
-    wait_until(Duration::from_secs(120), "2 MiB of the transfer", || {
-        ended = child.try_wait().unwrap();
-        ended.is_some() || part().is_some_and(|n| n > 2 << 20)
-    });
-    if ended.is_some() {
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "the backup ended before the cut ({}): {}",
-            out.status,
-            stderr(&out)
-        );
-    }
-    let cut_at = part().unwrap();
+    // Ctrl-C on the workstation mid-transfer: nothing left.
+    let (child, cut_at) = start_and_wait_for_part(&ws);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "the interrupted transfer succeeded");
+    let err = stderr(&out);
+    assert!(err.contains("interrupted by signal 2"), "{err}");
+    assert!(ws.files().is_empty(), "left after Ctrl-C: {:?}", ws.files());
+    eprintln!(
+        "Ctrl-C at {cut_at} bytes: {}",
+        err.lines().last().unwrap_or("")
+    );
+
+    // Every sshd of the state-server killed mid-transfer: nothing left.
+    let (child, cut_at) = start_and_wait_for_part(&ws);
     prod.kill_all_sshd();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success(), "the cut transfer succeeded");
@@ -446,6 +436,40 @@ fn sshd_killed_mid_transfer_leaves_no_archive_and_a_rerun_succeeds() {
     let name = last_line(&out);
     assert_landed(&ws, &prod, &name);
     assert_eq!(ws.files(), [name.clone(), format!("{name}.sha256")]);
+}
+
+/// Starts `juju-brd backup` on the workstation and returns once more than 2 MiB of the archive
+/// have arrived (in its `.part`), with how much.
+fn start_and_wait_for_part(ws: &Workstation) -> (Child, u64) {
+    let mut cmd = ws.host.command("sh");
+    cmd.args(["-c", &ws.line(BIN, "")])
+        .env("HOME", ws.home())
+        .env_remove("JUJU_BRD_CONFIG")
+        .env_remove("JUJU_ENV")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let part = || {
+        ws.files()
+            .into_iter()
+            .find(|f| f.ends_with(".part"))
+            .map(|f| std::fs::metadata(ws.cwd().join(f)).map_or(0, |m| m.len()))
+    };
+    let mut ended = None;
+    wait_until(Duration::from_secs(120), "2 MiB of the transfer", || {
+        ended = child.try_wait().unwrap();
+        ended.is_some() || part().is_some_and(|n| n > 2 << 20)
+    });
+    if ended.is_some() {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the backup ended before the cut ({}): {}",
+            out.status,
+            stderr(&out)
+        );
+    }
+    let at = part().unwrap_or(0);
+    (child, at)
 }
 
 /// The closing figures: a ~200 MiB archive from the state-server to the workstation, its

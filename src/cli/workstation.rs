@@ -17,6 +17,31 @@ use super::*;
 use crate::juju_client::{ClientFiles, Environment, Selection};
 use crate::ssh::{Ssh, SshError};
 
+/// Set when SIGINT, SIGTERM or SIGHUP asked this process to stop; ssh is then killed, so the
+/// transfer ends and what it wrote is removed.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Which signal it was.
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Ctrl-C (or SIGTERM, SIGHUP) during a backup ends it cleanly: the signals are blocked here
+/// (before any thread starts, so every thread has them blocked) and a thread waits for them.
+fn catch_stop_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    if set.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            if let Ok(sig) = set.wait() {
+                STOP_SIGNAL.store(sig as i32, std::sync::atomic::Ordering::SeqCst);
+                STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+    }
+}
+
 /// How many times a state-server may send the backup on to another node.
 const MAX_REDIRECTS: usize = 3;
 
@@ -354,6 +379,7 @@ pub(super) fn backup_from_workstation(flags: &ClientFlags, notes: String) -> Res
         notes,
     })?;
     let dir = std::env::current_dir().context("the current directory")?;
+    catch_stop_signals();
     let deadline = Instant::now() + timeout;
     let received = fetch(&env, &ssh, &command, &request, &dir, deadline)?;
     finish(received, &dir)
@@ -389,7 +415,7 @@ fn fetch(
         );
         let header_seen = std::cell::Cell::new(false);
         let started = Instant::now();
-        let result = ssh.stream(&host, command, request, left, |out| {
+        let result = ssh.stream(&host, command, request, left, Some(&STOP), |out| {
             receive(out, dir, &header_seen)
         });
         match result {
@@ -427,6 +453,12 @@ fn fetch(
                         queue.push_front(node);
                     }
                 }
+            }
+            Err(e) if STOP.load(std::sync::atomic::Ordering::SeqCst) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "interrupted by signal {}; nothing is left under the archive's name (a backup the state-server finished stays there)",
+                    STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst)
+                )))
             }
             Err(e) if e.is_unreachable() && !header_seen.get() => {
                 eprintln!("{host}: {e}; trying the next address");
