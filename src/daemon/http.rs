@@ -609,6 +609,23 @@ mod tests {
         .await;
         assert_eq!((code, body.as_str()), (StatusCode::OK, "not really gzip"));
 
+        // Its sidecar: 404 while there is none, then its text.
+        let sidecar = format!("/v1/backups/{ARCHIVE}/sidecar");
+        let (code, _) = call(r.clone(), Method::GET, &sidecar, "").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let text = format!("{}  {ARCHIVE}\n", "ab".repeat(32));
+        std::fs::write(format!("{}.sha256", path.display()), &text).unwrap();
+        let (code, body) = call(r.clone(), Method::GET, &sidecar, "").await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, text.as_str()));
+        let (code, _) = call(
+            r.clone(),
+            Method::GET,
+            "/v1/backups/..%2Fconfig.toml/sidecar",
+            "",
+        )
+        .await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+
         // A damaged archive's metadata cannot be read: an error, with the reason.
         let (code, body) = call(
             r.clone(),
