@@ -40,6 +40,28 @@ pub fn takes_scheduled_slot(
     }
 }
 
+/// Which node takes scheduled backups, as this node sees it: `None` when this one does (or it
+/// cannot tell, and so takes them too), else the database address of the one that does, and why.
+/// A backup asked for from a workstation goes to that node.
+pub fn backup_node(
+    ha: &HaConfig,
+    engine: Option<&dyn crate::db::Engine>,
+) -> Option<(String, String)> {
+    let me = ha.self_address.as_deref()?;
+    if let Some(prefer) = ha.prefer.as_deref().filter(|p| !p.is_empty() && *p != me) {
+        if answers(prefer, ha.probe_timeout) {
+            return Some((
+                prefer.to_string(),
+                format!("the preferred node {prefer} is up"),
+            ));
+        }
+    }
+    match leader(ha, engine) {
+        Ok(l) if l != me => Some((l.clone(), format!("the database leader is {l}"))),
+        _ => None,
+    }
+}
+
 fn answers(addr: &str, timeout: Duration) -> bool {
     use std::net::ToSocketAddrs;
     addr.to_socket_addrs()
@@ -72,4 +94,32 @@ pub struct HaConfig {
 
 fn default_probe_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ha(me: Option<&str>, prefer: Option<&str>) -> HaConfig {
+        HaConfig {
+            self_address: me.map(String::from),
+            prefer: prefer.map(String::from),
+            probe_timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[test]
+    fn the_node_that_takes_backups_is_named_unless_it_is_this_one() {
+        let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = up.local_addr().unwrap().to_string();
+        // Single node, or this node preferred: here.
+        assert_eq!(backup_node(&ha(None, Some(&up)), None), None);
+        assert_eq!(backup_node(&ha(Some(&up), Some(&up)), None), None);
+        // Another node preferred and up: that one.
+        let (node, why) = backup_node(&ha(Some("10.9.9.9:1"), Some(&up)), None).unwrap();
+        assert_eq!(node, up);
+        assert!(why.contains("preferred"), "{why}");
+        // The leader cannot be told (no engine): here, so a backup is never refused.
+        assert_eq!(backup_node(&ha(Some("10.9.9.9:1"), None), None), None);
+    }
 }

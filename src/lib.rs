@@ -18,6 +18,8 @@
 //! - [`scrub`]: reading archives again on a cadence, locally and on remotes, to find rot.
 //! - [`snapshot`]: taking one backup: file capture, hooks, the database dump.
 //! - [`ssh`]: the system's OpenSSH client as a bounded child (host keys always checked).
+//! - [`juju_client`]: what Juju's own client records on a workstation (current environment,
+//!   state-server addresses), read for `juju-brd backup` run there.
 //! - [`agents`]: re-pointing the environment's other machines at this state-server over SSH.
 //! - [`restore`]: rebuilding a state-server from an archive (plan, then execute, with rollback).
 //! - [`drill`]: restore drills: an archive restored into a scratch root and proven usable.
@@ -43,6 +45,7 @@ pub mod drill;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ha;
+pub mod juju_client;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

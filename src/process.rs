@@ -106,6 +106,12 @@ impl<'a> ChildSpec<'a> {
     }
 }
 
+/// The scrubbed environment every child of this module gets (the passed basics of ours), for a
+/// caller that spawns a child itself (`ssh::Ssh::stream` reads its stdout as it comes).
+pub fn base_environment() -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+    child_environment(&[])
+}
+
 /// The environment a child starts with: the passed basics of ours, then `extra` (the config's).
 fn child_environment(extra: &[(String, String)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
     let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()

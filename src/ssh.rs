@@ -55,6 +55,11 @@ pub enum SshError {
         code: Option<i32>,
         message: String,
     },
+    #[error("{host}: stopped on request; the connection was closed")]
+    Cancelled { host: String },
+    /// The remote command's output stream was cut short or was not what was expected.
+    #[error("{host}: {reason}")]
+    Stream { host: String, reason: String },
     #[error("{what}: {err}")]
     Local {
         what: &'static str,
@@ -141,16 +146,7 @@ impl Ssh {
             return Err(SshError::BadHost { host: host.into() });
         }
         let local = |what| move |err| SshError::Local { what, err };
-        if let Some(dir) = self
-            .known_hosts
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .create(dir)
-                .map_err(local("creating the known_hosts directory"))?;
-        }
+        self.make_known_hosts_dir()?;
         // Anonymous files (O_TMPFILE): never visible under a name, gone when closed.
         let mut stdin = tempfile::tempfile().map_err(local("creating a temporary file"))?;
         stdin
@@ -178,6 +174,158 @@ impl Ssh {
         })
     }
 
+    /// Runs `command` on `host` with `input` on its stdin and hands its stdout, as it arrives,
+    /// to `consume` (nothing is buffered here: an archive streams straight to its file). The
+    /// whole call is bounded by `timeout`: past it ssh's process group is killed, so `consume`
+    /// sees the end of the stream, and the call fails with [`SshError::Timeout`]; `cancel`, once
+    /// set, does the same ([`SshError::Cancelled`]). A `consume` that fails stops ssh; ssh's own
+    /// failure (host key, refused key, unreachable, the remote command's exit status and
+    /// stderr) is reported before the consumer's. ssh is stopped with SIGKILL: a caller may
+    /// have blocked the other signals, which its children inherit.
+    pub fn stream<T>(
+        &self,
+        host: &str,
+        command: &str,
+        input: &[u8],
+        timeout: Duration,
+        cancel: Option<&'static std::sync::atomic::AtomicBool>,
+        consume: impl FnOnce(&mut dyn Read) -> std::io::Result<T>,
+    ) -> Result<Streamed<T>, SshError> {
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::sync::{Arc, Mutex};
+        if !valid_host(host) {
+            return Err(SshError::BadHost { host: host.into() });
+        }
+        let local = |what| move |err| SshError::Local { what, err };
+        self.make_known_hosts_dir()?;
+        let mut stdin = tempfile::tempfile().map_err(local("creating a temporary file"))?;
+        stdin
+            .write_all(input)
+            .and_then(|()| stdin.rewind())
+            .map_err(local("writing a temporary file"))?;
+        let mut stderr = tempfile::tempfile().map_err(local("creating a temporary file"))?;
+        let err_for_child = stderr
+            .try_clone()
+            .map_err(local("creating a temporary file"))?;
+        let argv = self.argv(host, command);
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err_for_child))
+            .process_group(0)
+            .env_clear()
+            .envs(process::base_environment())
+            .spawn()
+            .map_err(local("starting ssh"))?;
+        let pgid = nix::unistd::Pid::from_raw(child.id() as i32);
+        // `reaped` is set before the child is reaped, under the lock the watchdog kills under:
+        // the group is never signalled once its id may have been reused.
+        let reaped = Arc::new(Mutex::new(false));
+        let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cancelled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let deadline = std::time::Instant::now().checked_add(timeout);
+        let watchdog = {
+            let (reaped, timed_out, cancelled) =
+                (reaped.clone(), timed_out.clone(), cancelled.clone());
+            std::thread::spawn(move || loop {
+                match stopped.recv_timeout(Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                let why = if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::SeqCst)) {
+                    &cancelled
+                } else if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    &timed_out
+                } else {
+                    continue;
+                };
+                let reaped = reaped.lock().unwrap_or_else(|e| e.into_inner());
+                if !*reaped {
+                    why.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+                }
+                return;
+            })
+        };
+        let mut out = child.stdout.take().expect("stdout is piped");
+        let consumed = consume(&mut out);
+        drop(out);
+        if consumed.is_err() {
+            let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        }
+        // Wait for the exit without reaping, then reap under the lock.
+        let flags = nix::sys::wait::WaitPidFlag::WEXITED | nix::sys::wait::WaitPidFlag::WNOWAIT;
+        while let Err(nix::errno::Errno::EINTR) =
+            nix::sys::wait::waitid(nix::sys::wait::Id::Pid(pgid), flags)
+        {}
+        let status = {
+            let mut r = reaped.lock().unwrap_or_else(|e| e.into_inner());
+            *r = true;
+            child.wait()
+        };
+        let _ = stop.send(());
+        let _ = watchdog.join();
+        let status = status.map_err(local("waiting for ssh"))?;
+        let err_text = tail_of(&mut stderr);
+        let host_s = host.to_string();
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SshError::Timeout {
+                host: host_s,
+                after: timeout,
+            });
+        }
+        if cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(SshError::Cancelled { host: host_s });
+        }
+        let learned_host_key = err_text.contains("Permanently added");
+        match (consumed, status.code()) {
+            (Ok(value), Some(0)) => Ok(Streamed {
+                value,
+                learned_host_key,
+            }),
+            (_, Some(code)) if code != 0 => Err(self.classify(
+                host,
+                ProcessError::Failed {
+                    what: "ssh".into(),
+                    program: "ssh".into(),
+                    status: format!("exited with status {code}"),
+                    code: Some(code),
+                    stderr: err_text,
+                },
+            )),
+            (Err(e), _) => Err(SshError::Stream {
+                host: host_s,
+                reason: e.to_string(),
+            }),
+            (Ok(_), _) => Err(SshError::Ssh {
+                host: host_s,
+                reason: format!(
+                    "was killed by signal {}",
+                    status.signal().unwrap_or_default()
+                ),
+            }),
+        }
+    }
+
+    fn make_known_hosts_dir(&self) -> Result<(), SshError> {
+        if let Some(dir) = self
+            .known_hosts
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .create(dir)
+                .map_err(|err| SshError::Local {
+                    what: "creating the known_hosts directory",
+                    err,
+                })?;
+        }
+        Ok(())
+    }
+
     /// Turns a failed ssh child into what happened, from its exit status and stderr.
     fn classify(&self, host: &str, e: ProcessError) -> SshError {
         let host = host.to_string();
@@ -199,6 +347,56 @@ impl Ssh {
             },
         }
     }
+}
+
+/// What [`Ssh::stream`] gave back: the consumer's result.
+#[derive(Debug)]
+pub struct Streamed<T> {
+    pub value: T,
+    /// The host's key was not in known_hosts before this call and has now been recorded.
+    pub learned_host_key: bool,
+}
+
+/// The last 64 KiB of what ssh wrote to stderr (its file), as text.
+fn tail_of(file: &mut std::fs::File) -> String {
+    const TAIL: u64 = 64 << 10;
+    let len = file.seek(std::io::SeekFrom::End(0)).unwrap_or(0);
+    let _ = file.seek(std::io::SeekFrom::Start(len.saturating_sub(TAIL)));
+    let mut bytes = Vec::new();
+    let _ = file.take(TAIL).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Copies exactly `len` bytes from `from` into `to`, a megabyte at a time, showing each chunk to
+/// `seen` (a hasher) and the running total to `progress`. Fails when the stream ends early.
+pub fn copy_exact(
+    from: &mut dyn Read,
+    to: &mut dyn Write,
+    len: u64,
+    seen: &mut dyn FnMut(&[u8]),
+    progress: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(buf.len() as u64)).unwrap_or(buf.len());
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the stream ended after {done} of {len} bytes"),
+                ))
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        seen(&buf[..n]);
+        to.write_all(&buf[..n])?;
+        done += n as u64;
+        progress(done);
+    }
+    Ok(())
 }
 
 /// ssh's own failures (exit status 255), by what it printed.

@@ -101,6 +101,74 @@ impl Client {
         self.call(Method::POST, path, Some(body), wait).await
     }
 
+    /// `GET /v1/backups/{name}/sidecar`: the archive's `NAME.sha256` text (a few hundred bytes;
+    /// refused beyond 64 KiB).
+    pub async fn sidecar(&self, name: &str) -> Result<String, ClientError> {
+        let path = format!("/v1/backups/{name}/sidecar");
+        let (status, bytes) = request(&self.socket, Method::GET, &path, None).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<super::types::ErrorBody>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            return Err(ClientError::Refused { status, message });
+        }
+        if bytes.len() > 64 << 10 {
+            return Err(ClientError::Http(
+                "the sidecar is larger than 64 KiB".into(),
+            ));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ClientError::Http("the sidecar is not UTF-8".into()))
+    }
+
+    /// `GET /v1/backups/{name}/archive`, handed to `sink` chunk by chunk as it arrives (never
+    /// held whole); returns the number of bytes.
+    pub async fn download(
+        &self,
+        name: &str,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|_| ClientError::NoDaemon(self.socket.clone()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/backups/{name}/archive"))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Http(e.to_string()))?
+                .to_bytes();
+            return Err(ClientError::Refused {
+                status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                sink(&data).map_err(|e| ClientError::Http(format!("writing the archive: {e}")))?;
+                total += data.len() as u64;
+            }
+        }
+        Ok(total)
+    }
+
     /// `POST /v1/prune`: retention applied by the daemon (or only reported, with `dry_run`).
     pub async fn prune(&self, dry_run: bool) -> Result<super::types::PruneResponse, ClientError> {
         let path = format!("/v1/prune?dry_run={dry_run}");

@@ -21,6 +21,8 @@ mod backup;
 mod docs;
 mod restore;
 mod service;
+mod stream;
+mod workstation;
 
 use archives::{list, list_remote, remote_named, show, verify_cmd};
 use backup::{backup_offline, backup_via_daemon, drill, prune};
@@ -43,7 +45,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Take a backup now and print the archive's path (last line of stdout).
+    /// Take a backup now and print the archive's path (last line of stdout). On a machine
+    /// without a juju-brd config (a workstation), or with --client: ask the current Juju
+    /// environment's state-server over SSH (JUJU_ENV names another) and copy the archive into
+    /// the current directory, printing its name last, as `juju backup` did.
     Backup {
         /// Take the backup in this process instead of asking the running daemon (when a daemon
         /// runs, it holds the state lock and is asked after all, and this says so).
@@ -52,7 +57,13 @@ enum Command {
         /// Free text stored in the archive's metadata.
         #[arg(long, default_value = "")]
         notes: String,
+        #[command(flatten)]
+        client: workstation::ClientFlags,
     },
+    /// The state-server's half of a backup taken from a workstation: reads the request on
+    /// stdin, asks the daemon for a backup, writes a header and the archive to stdout.
+    #[command(name = "_stream-backup", hide = true)]
+    StreamBackup,
     /// Check an archive completely; exit 0 if sound, 1 naming the first problem otherwise.
     Verify {
         file: PathBuf,
@@ -232,7 +243,25 @@ fn load_identities(flag: Option<PathBuf>) -> Result<Option<Arc<Identities>>> {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     let config_flag = cli.config.as_deref();
     match cli.command {
-        Command::Backup { offline, notes } => {
+        Command::Backup {
+            offline,
+            notes,
+            client,
+        } => {
+            if workstation::is_client_mode(&client, offline, config_flag) {
+                if !client.client {
+                    eprintln!(
+                        "juju-brd: no juju-brd config on this machine; backing up the Juju environment from here over SSH"
+                    );
+                }
+                return workstation::backup_from_workstation(&client, notes);
+            }
+            let stray = client.client_only_flags();
+            anyhow::ensure!(
+                stray.is_empty(),
+                "{} only apply to a backup from a workstation (--client)",
+                stray.join(", ")
+            );
             let cfg = load_config(config_flag)?;
             cfg.check_juju_env().map_err(anyhow::Error::msg)?;
             if offline {
@@ -241,6 +270,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 backup_via_daemon(&cfg, notes)
             }
         }
+        Command::StreamBackup => stream::stream_backup(config_flag),
         Command::Verify {
             file,
             json,

@@ -52,6 +52,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/backups", post(trigger).get(list))
         .route("/v1/backups/{name}", get(show).delete(remove))
         .route("/v1/backups/{name}/archive", get(download))
+        .route("/v1/backups/{name}/sidecar", get(sidecar))
         .route("/v1/jobs/{id}", get(job))
         .route("/v1/status", get(status))
         .route("/v1/prune", post(prune))
@@ -294,6 +295,28 @@ async fn download(State(d): Shared, Path(name): Path<String>) -> Result<Response
     );
     let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
     Ok((headers, body).into_response())
+}
+
+/// `GET /v1/backups/{name}/sidecar`: the archive's `NAME.sha256`, as written beside it.
+async fn sidecar(State(d): Shared, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let a = find(&d, &name).await?;
+    let path = d
+        .config()
+        .archive_dir
+        .join(format!("{}{SIDECAR_SUFFIX}", a.name));
+    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            ApiError(StatusCode::NOT_FOUND, format!("`{name}` has no sidecar"))
+        } else {
+            internal(e)
+        }
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("valid"),
+    );
+    Ok((headers, text).into_response())
 }
 
 #[derive(Deserialize)]
@@ -627,6 +650,23 @@ mod tests {
         )
         .await;
         assert_eq!((code, body.as_str()), (StatusCode::OK, "not really gzip"));
+
+        // Its sidecar: 404 while there is none, then its text.
+        let sidecar = format!("/v1/backups/{ARCHIVE}/sidecar");
+        let (code, _) = call(r.clone(), Method::GET, &sidecar, "").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let text = format!("{}  {ARCHIVE}\n", "ab".repeat(32));
+        std::fs::write(format!("{}.sha256", path.display()), &text).unwrap();
+        let (code, body) = call(r.clone(), Method::GET, &sidecar, "").await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, text.as_str()));
+        let (code, _) = call(
+            r.clone(),
+            Method::GET,
+            "/v1/backups/..%2Fconfig.toml/sidecar",
+            "",
+        )
+        .await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
 
         // A damaged archive's metadata cannot be read: an error, with the reason.
         let (code, body) = call(
