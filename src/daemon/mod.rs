@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 pub mod http;
 mod scheduler;
@@ -89,7 +89,9 @@ pub struct Daemon {
     /// When the worker will scrub next (`None`: scrubbing is off).
     next_scrub: Mutex<Option<DateTime<Utc>>>,
     pub metrics: Metrics,
-    reloaded: Notify,
+    /// Bumped by each accepted reload. The worker and the scheduler each watch it (a change made
+    /// while they were busy is still seen next time they wait, unlike a `Notify`).
+    reloaded: watch::Sender<u64>,
     stopping: AtomicBool,
     /// Serialises retention runs (after a backup, and `POST /v1/prune`): two never delete at once.
     prune_lock: tokio::sync::Mutex<()>,
@@ -137,7 +139,7 @@ impl Daemon {
             next_run: Mutex::new(None),
             next_scrub: Mutex::new(None),
             metrics: Metrics::default(),
-            reloaded: Notify::new(),
+            reloaded: watch::channel(0).0,
             stopping: AtomicBool::new(false),
             prune_lock: tokio::sync::Mutex::new(()),
         });
@@ -234,7 +236,7 @@ impl Daemon {
             tracing::warn!("api.socket and state_dir changes take effect only after a restart");
         }
         *self.cfg.write().expect("config lock") = Arc::new(new);
-        self.reloaded.notify_waiters();
+        self.reloaded.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -463,12 +465,13 @@ pub async fn run(
         work_rx,
         stop_rx.clone(),
     ));
-    let mut scheduler = tokio::spawn(scheduler::scheduler_loop(daemon.clone(), stop_rx.clone()));
-    scheduler::catch_up(&daemon);
+    let (mut scheduler, status) = scheduler::start(&daemon, stop_rx.clone());
 
-    notify(&[sd_notify::NotifyState::Ready]);
-    notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
-    tracing::info!(status = %daemon.status_line(), "juju-brd daemon ready");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    tracing::info!(status = %status, "juju-brd daemon ready");
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signal)?;
@@ -480,10 +483,16 @@ pub async fn run(
                 let d = daemon.clone();
                 let reloaded = tokio::task::spawn_blocking(move || d.reload()).await;
                 match reloaded.unwrap_or_else(|e| Err(crate::config::ConfigError::Panicked(e.to_string()))) {
-                    Ok(()) => tracing::info!("configuration reloaded"),
-                    Err(e) => tracing::error!(error = %e, "new configuration rejected; keeping the old one"),
+                    // The scheduler plans the next run of the new config and sends the status.
+                    Ok(()) => {
+                        tracing::info!("configuration reloaded");
+                        notify(&[sd_notify::NotifyState::Ready]);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new configuration rejected; keeping the old one");
+                        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&daemon.status_line())]);
+                    }
                 }
-                notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&daemon.status_line())]);
             }
             ended = first_to_end(&mut worker, &mut scheduler) => break Some(ended),
             _ = &mut shutdown => break None,
@@ -570,6 +579,29 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 item 3, defect 6: with a cron set, the status sent with READY=1 names the next
+    /// run. (The scheduler task used to record it, racing that status, which then said "no
+    /// schedule" until the next event. On this single-threaded runtime a spawned task cannot
+    /// run before the test awaits, so the race would lose every time.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_status_sent_with_ready_names_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("juju-brd.toml");
+        let cfg = Config::parse(
+            "environment = \"p\"\nstate_dir = \"state\"\n[schedule]\ncron = \"0 3 * * *\"\n",
+            &path,
+        )
+        .unwrap();
+        let (daemon, _work) = Daemon::new(path, cfg, DaemonState::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (scheduler, status) = scheduler::start(&daemon, stop_rx);
+        assert!(status.starts_with("idle, no backup yet, next "), "{status}");
+        assert_eq!(daemon.status_line(), status);
+        let next = daemon.next_run().expect("the next run is planned");
+        assert_eq!(next.format("%H:%M").to_string(), "03:00");
+        scheduler.abort();
+    }
 
     /// A task that dies is noticed at once, by name, with its panic message; the live one is
     /// left alone.

@@ -8,11 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{stopped, Daemon};
+use super::{notify, stopped, Daemon};
 use crate::api::types::JobKind;
 
 /// Takes one backup at start-up if a scheduled run was due while the daemon was down.
-pub(super) fn catch_up(daemon: &Daemon) {
+fn catch_up(daemon: &Daemon) {
     let cfg = daemon.config();
     if !cfg.schedule.catch_up {
         return;
@@ -31,17 +31,57 @@ pub(super) fn catch_up(daemon: &Daemon) {
     }
 }
 
-pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+/// Plans the first slot, starts the scheduler task, and takes a missed run; returns the task and
+/// the status line for READY=1. The first slot is recorded here, before the task starts: when the
+/// task did it, it raced the READY=1 status, which then said "no schedule" with a cron set until
+/// the next event changed the status.
+pub(super) fn start(
+    daemon: &Arc<Daemon>,
+    stop: watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, String) {
+    // Watching reloads from before the first plan: none is missed in between.
+    let reloads = daemon.reloaded.subscribe();
+    let first = plan_next(daemon);
+    let task = tokio::spawn(scheduler_loop(daemon.clone(), stop, reloads, first));
+    catch_up(daemon);
+    (task, daemon.status_line())
+}
+
+/// The next slot of the current config (with its jitter), recorded for the status, `/v1/status`
+/// and the metrics.
+fn plan_next(daemon: &Daemon) -> Option<DateTime<Utc>> {
+    let cfg = daemon.config();
+    let next = cfg
+        .schedule
+        .schedule()
+        .and_then(|s| s.next_after(Utc::now()))
+        .map(|n| with_jitter(n, cfg.schedule.jitter));
+    *daemon.next_run.lock().expect("next_run lock") = next;
+    daemon
+        .metrics
+        .set_next_run(next.map(|n| n.timestamp_millis() as f64 / 1000.0));
+    next
+}
+
+/// Waits for each slot (`first`, planned by [`start`], then the next ones) and asks the worker for
+/// a backup when this node takes it. Every new plan (after a slot, after a reload) is sent to
+/// systemd's status at once, not left for the next backup to show.
+async fn scheduler_loop(
+    daemon: Arc<Daemon>,
+    mut stop: watch::Receiver<bool>,
+    mut reloads: watch::Receiver<u64>,
+    first: Option<DateTime<Utc>>,
+) {
+    let mut planned = Some(first);
     loop {
-        let cfg = daemon.config();
-        let sched = cfg.schedule.schedule();
-        let next = sched
-            .and_then(|s| s.next_after(Utc::now()))
-            .map(|n| with_jitter(n, cfg.schedule.jitter));
-        *daemon.next_run.lock().expect("next_run lock") = next;
-        daemon
-            .metrics
-            .set_next_run(next.map(|n| n.timestamp_millis() as f64 / 1000.0));
+        let next = match planned.take() {
+            Some(first) => first,
+            None => {
+                let next = plan_next(&daemon);
+                notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
+                next
+            }
+        };
         let wait = next.map_or(Duration::from_secs(3600), |n| {
             (n - Utc::now()).to_std().unwrap_or(Duration::ZERO)
         });
@@ -71,7 +111,7 @@ pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receive
                     tokio::time::sleep(wait).await;
                 }
             }
-            _ = daemon.reloaded.notified() => {}
+            _ = reloads.changed() => {}
             _ = stopped(&mut stop) => return,
         }
     }
