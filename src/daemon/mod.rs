@@ -536,9 +536,10 @@ pub async fn run(
                 .is_err()
             {
                 // Something in the backup ignores cancellation: exit anyway, inside systemd's
-                // stop timeout; the next start removes the partial files and records the job
-                // as interrupted.
+                // stop timeout, without leaving its staging folder or partial archive behind (the
+                // next start records the job as interrupted).
                 tracing::error!(job = %job.id, "backup ignored cancellation; exiting without it");
+                remove_leftovers(&daemon).await;
             }
         }
     }
@@ -549,6 +550,21 @@ pub async fn run(
         let _ = s.await;
     }
     Ok(())
+}
+
+/// Removes what a backup still running at exit would leave: its staging folder and `.part`
+/// archive (the backup's own writes into them fail from then on).
+async fn remove_leftovers(daemon: &Daemon) {
+    let dir = daemon.config().archive_dir.clone();
+    match tokio::task::spawn_blocking(move || catalog::remove_partials(&dir)).await {
+        Ok(Ok(removed)) => {
+            for p in removed {
+                tracing::warn!(path = %p.display(), "removed the leftover of the abandoned backup");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot remove the abandoned backup's files"),
+        Err(e) => tracing::error!(error = %e, "removing the abandoned backup's files panicked"),
+    }
 }
 
 /// Resolves when the worker or the scheduler task ends (neither should before shutdown), with its
@@ -601,6 +617,35 @@ mod tests {
         let next = daemon.next_run().expect("the next run is planned");
         assert_eq!(next.format("%H:%M").to_string(), "03:00");
         scheduler.abort();
+    }
+
+    /// A stop that gives up on a backup removes its staging folder and partial archive.
+    #[tokio::test]
+    async fn an_abandoned_backup_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("juju-brd.toml");
+        let cfg = Config::parse(
+            "environment = \"p\"\narchive_dir = \"archives\"\nstate_dir = \"state\"\n",
+            &path,
+        )
+        .unwrap();
+        let archives = dir.path().join("archives");
+        let staging = archives.join(".staging-0123.part");
+        std::fs::create_dir_all(staging.join("dump")).unwrap();
+        std::fs::write(staging.join("root.tar"), b"x").unwrap();
+        std::fs::write(
+            archives.join("juju-backup-20261125-120000.tar.gz.part"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(archives.join("juju-backup-20261124-120000.tar.gz"), b"x").unwrap();
+        let (daemon, _work) = Daemon::new(path, cfg, DaemonState::default());
+        remove_leftovers(&daemon).await;
+        let left: Vec<String> = std::fs::read_dir(&archives)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["juju-backup-20261124-120000.tar.gz"]);
     }
 
     /// A task that dies is noticed at once, by name, with its panic message; the live one is
