@@ -2,9 +2,9 @@
 //!
 //! A minimal Debian root of the host's own suite and architecture (`debootstrap --variant=minbase`
 //! from the mirror in the host's apt sources, plus systemd, curl and sqlite3; no procps) is cached
-//! as a tarball under `/var/cache/juju-brd-tests/` and unpacked afresh for each run, booted with
-//! `systemd-nspawn -b --register=no --keep-unit --private-network`, and driven through `nsenter`
-//! into the container's PID 1. Inside: a fake Juju state-server (the fixture's tree; a
+//! as a tarball under `/var/cache/juju-brd-tests/` and unpacked afresh onto a tmpfs for each run,
+//! booted with `systemd-nspawn -b --register=no --keep-unit --private-network`, and driven through
+//! `nsenter` into the container's PID 1. Inside: a fake Juju state-server (the fixture's tree; a
 //! `jujud-machine-0` unit holding its SQLite database open in WAL mode and writing to it, a
 //! `juju-db` unit), the `.deb` that `packaging/build-deb.sh` builds (or `$JUJU_BRD_DEB`), and:
 //!
@@ -279,16 +279,61 @@ fn package() -> PathBuf {
     PathBuf::from(deb)
 }
 
-/// A booted container; powered off (then killed, if need be) and removed when dropped.
+/// The directory of one run, with a tmpfs on it: the root unpacks and goes in moments, whatever
+/// else the disk is doing. Unmounted and removed when dropped.
+struct RunDir(tempfile::TempDir);
+
+impl RunDir {
+    fn new() -> RunDir {
+        let dir = tempfile::Builder::new()
+            .prefix("juju-brd-nspawn-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let out = bounded(
+            "mount -t tmpfs",
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1g,mode=0755", "tmpfs"])
+                .arg(dir.path()),
+            Duration::from_secs(30),
+        );
+        assert!(out.status.success(), "mount: {}", text(&out.stderr));
+        RunDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let out = bounded(
+            "umount",
+            Command::new("umount").arg(self.0.path()),
+            Duration::from_secs(60),
+        );
+        if !out.status.success() {
+            // Still busy (a process of a container that would not die): detach it.
+            let _ = bounded(
+                "umount --lazy",
+                Command::new("umount").arg("--lazy").arg(self.0.path()),
+                Duration::from_secs(60),
+            );
+        }
+    }
+}
+
+/// A booted container; killed when dropped.
 struct Container {
-    root: tempfile::TempDir,
+    /// Holds `root/` (the container's) and nspawn's log.
+    root: Option<RunDir>,
     nspawn: Child,
     pid1: i32,
     log: PathBuf,
 }
 
 impl Container {
-    fn boot(root: tempfile::TempDir, name: &str) -> Container {
+    fn boot(root: RunDir, name: &str) -> Container {
         let log = root.path().join("nspawn.log");
         let nspawn = Command::new("systemd-nspawn")
             .arg("--directory")
@@ -308,7 +353,7 @@ impl Container {
             .spawn()
             .expect("systemd-nspawn");
         let mut c = Container {
-            root,
+            root: Some(root),
             nspawn,
             pid1: 0,
             log,
@@ -354,7 +399,7 @@ impl Container {
     }
 
     fn rootfs(&self) -> PathBuf {
-        self.root.path().join("root")
+        self.root.as_ref().expect("running").path().join("root")
     }
 
     /// `script` run by /bin/sh inside the container (every namespace of its PID 1) with a clean
@@ -497,10 +542,16 @@ impl Container {
     }
 }
 
-impl Drop for Container {
+impl Container {
+    /// Ends the container; its root directory is removed when the returned value is dropped.
+    fn kill(mut self) -> RunDir {
+        self.end();
+        self.root.take().expect("the root is kept until now")
+    }
+
     /// No clean shutdown (nothing in it is kept): killing the namespace's init ends every process
     /// in it, and nspawn with them.
-    fn drop(&mut self) {
+    fn end(&mut self) {
         if self.pid1 != 0 {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(self.pid1),
@@ -515,6 +566,13 @@ impl Drop for Container {
             kill_group(&self.nspawn);
             let _ = self.nspawn.wait();
         }
+        self.pid1 = 0;
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -620,11 +678,8 @@ fn the_package_under_a_booted_systemd() {
         if warm { "cached" } else { "debootstrapped now" }
     ));
 
-    // A fresh copy of the root for this run, on disk (not a tmpfs: it holds a whole system).
-    let dir = tempfile::Builder::new()
-        .prefix("juju-brd-nspawn-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
+    // A fresh copy of the root for this run.
+    let dir = RunDir::new();
     let root = dir.path().join("root");
     std::fs::create_dir(&root).unwrap();
     let out = bounded(
@@ -851,8 +906,10 @@ fn the_package_under_a_booted_systemd() {
     c.ok(&format!("! test -e {CONFIG}"));
     steps.done("dpkg -r, dpkg -P: the archives stay");
 
-    drop(c);
-    steps.done("container killed and removed");
+    let dir = c.kill();
+    steps.done("container killed");
+    drop(dir);
+    steps.done("its root removed");
     println!(
         "total {:.1} s ({} root)",
         steps.started.elapsed().as_secs_f64(),
