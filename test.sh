@@ -19,6 +19,11 @@ missing=()
 for pkg in age prometheus go-dqlite zstd systemd python3 util-linux mount e2fsprogs tar gzip strace man-db groff-base zsh fish iproute2 openssh-server openssh-client sudo; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
+# tests/systemd_real.rs boots the .deb under a real systemd: debootstrap (a minimal root of this
+# host's suite, from the mirror in its apt sources), systemd-container (systemd-nspawn).
+for pkg in debootstrap systemd-container; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=()
   [ "$(id -u)" -eq 0 ] || sudo=(sudo)

@@ -22,13 +22,26 @@ use crate::archive::manifest::Kind;
 use crate::restore::{self, RestoreConfig, RestoreOptions};
 
 /// The `[drill]` config section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrillConfig {
-    /// When the daemon runs a drill of the newest verified archive (5 or 6 cron fields); empty:
-    /// never (drills run only on `juju-brd drill` and `POST /v1/drills`).
-    #[serde(default)]
+    /// When the daemon runs a drill of the newest verified archive (5 or 6 cron fields), weekly
+    /// by default; empty: never (drills run only on `juju-brd drill` and `POST /v1/drills`).
+    #[serde(default = "default_cron")]
     pub cron: crate::schedule::CronExpr,
+}
+
+/// Sundays at 04:00, an hour after the default backup.
+fn default_cron() -> crate::schedule::CronExpr {
+    crate::schedule::CronExpr::parse("0 4 * * 0").expect("the default drill cron parses")
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        DrillConfig {
+            cron: default_cron(),
+        }
+    }
 }
 
 /// Everything one drill needs.

@@ -213,6 +213,9 @@ fn human(d: chrono::Duration) -> String {
 }
 
 // The `[retention]` config section, owned here; `config` composes the sections and validates them.
+/// A policy. A `[retention]` table is the whole policy: a `keep_*` key it leaves out is 0 (so
+/// `Default` keeps nothing, and is refused). A config without the table gets
+/// [`RetentionConfig::default_policy`], the one `config/juju-brd.toml` shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionConfig {
@@ -233,9 +236,82 @@ pub struct RetentionConfig {
     pub min_free_space: Option<crate::space::ByteSize>,
 }
 
+impl RetentionConfig {
+    /// The policy of a config without a `[retention]` table: a week of daily archives (and the
+    /// last 7 of any kind), 4 weekly, 6 monthly. The shipped configs and the README say so;
+    /// a test holds them to it.
+    pub fn default_policy() -> Self {
+        RetentionConfig {
+            keep_last: 7,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 6,
+            ..RetentionConfig::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `keep_NAME = N` pairs stated in `text` (a comment line or a README row), as a policy.
+    fn stated_policy(text: &str) -> RetentionConfig {
+        let words: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '`' || c == '(' || c == ')')
+            .filter(|w| !w.is_empty())
+            .collect();
+        let mut p = RetentionConfig::default();
+        for w in words.windows(3) {
+            let (key, eq, value) = (w[0], w[1], w[2]);
+            let Some(n) = (eq == "=").then(|| value.parse::<u32>().ok()).flatten() else {
+                continue;
+            };
+            match key {
+                "keep_last" => p.keep_last = n,
+                "keep_hourly" => p.keep_hourly = n,
+                "keep_daily" => p.keep_daily = n,
+                "keep_weekly" => p.keep_weekly = n,
+                "keep_monthly" => p.keep_monthly = n,
+                "keep_yearly" => p.keep_yearly = n,
+                other => panic!("unknown key {other} in `{text}`"),
+            }
+        }
+        p
+    }
+
+    fn repo_file(rel: &str) -> String {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)).unwrap()
+    }
+
+    /// Issue 14 item 3, defect 7: the default policy is the one the shipped configs' comments and
+    /// the README's config table state, and config/juju-brd.toml's own `[retention]` values are
+    /// that policy. (That a config without the table gets it, and that a table is the whole
+    /// policy, is tested on `Config` in tests/config_defaults.rs: `config` sits above this module.)
+    #[test]
+    fn the_default_policy_is_what_the_shipped_configs_and_readme_say() {
+        let policy = RetentionConfig::default_policy();
+        assert!(plan(&policy, &cands(TIMES), &ctx(Tz::UTC, 0)).is_ok());
+        for file in ["config/juju-brd.toml", "config/local.toml"] {
+            let text = repo_file(file);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("# Without a [retention] table the policy is"))
+                .unwrap_or_else(|| panic!("{file} does not state the default policy"));
+            assert_eq!(stated_policy(line), policy, "{file}: {line}");
+        }
+        let readme = repo_file("README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with("| `retention.keep_last/"))
+            .expect("the README's row for retention.keep_*");
+        let before_table = row.split("a `[retention]` table is").next().unwrap();
+        assert_eq!(stated_policy(before_table), policy, "README: {row}");
+        // The shipped [retention] values are the default policy.
+        let shipped: toml::Table = toml::from_str(&repo_file("config/juju-brd.toml")).unwrap();
+        let shipped: RetentionConfig = shipped["retention"].clone().try_into().unwrap();
+        assert_eq!(shipped, policy);
+    }
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

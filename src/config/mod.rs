@@ -79,7 +79,7 @@ pub struct Config {
     pub controller: ControllerOverrides,
     #[serde(default)]
     pub schedule: ScheduleConfig,
-    #[serde(default)]
+    #[serde(default = "RetentionConfig::default_policy")]
     pub retention: RetentionConfig,
     #[serde(default)]
     pub scrub: ScrubConfig,

@@ -144,7 +144,11 @@ pub(super) async fn run_drill(
 }
 
 /// Queues a drill at each `[drill] cron` time (read in `schedule.timezone`).
-pub(super) async fn drill_scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn drill_scheduler_loop(
+    daemon: Arc<Daemon>,
+    mut stop: watch::Receiver<bool>,
+    mut reloads: watch::Receiver<u64>,
+) {
     loop {
         let cfg = daemon.config();
         let next = cfg
@@ -168,7 +172,7 @@ pub(super) async fn drill_scheduler_loop(daemon: Arc<Daemon>, mut stop: watch::R
                 let wait = (n - Utc::now()).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(5);
                 tokio::time::sleep(wait).await;
             }
-            _ = daemon.reloaded.notified() => {}
+            r = reloads.changed() => if r.is_err() { return },
             _ = stopped(&mut stop) => return,
         }
     }

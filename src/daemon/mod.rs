@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
 pub mod drills;
 pub mod http;
@@ -95,7 +95,9 @@ pub struct Daemon {
     /// When the next scheduled drill is due (`None`: `[drill] cron` is empty).
     next_drill: Mutex<Option<DateTime<Utc>>>,
     pub metrics: Metrics,
-    reloaded: Notify,
+    /// Bumped by each accepted reload. The worker and the scheduler each watch it (a change made
+    /// while they were busy is still seen next time they wait, unlike a `Notify`).
+    reloaded: watch::Sender<u64>,
     stopping: AtomicBool,
     /// Serialises retention runs (after a backup, and `POST /v1/prune`): two never delete at once.
     prune_lock: tokio::sync::Mutex<()>,
@@ -144,7 +146,7 @@ impl Daemon {
             next_scrub: Mutex::new(None),
             next_drill: Mutex::new(None),
             metrics: Metrics::default(),
-            reloaded: Notify::new(),
+            reloaded: watch::channel(0).0,
             stopping: AtomicBool::new(false),
             prune_lock: tokio::sync::Mutex::new(()),
         });
@@ -258,7 +260,7 @@ impl Daemon {
             tracing::warn!("api.socket and state_dir changes take effect only after a restart");
         }
         *self.cfg.write().expect("config lock") = Arc::new(new);
-        self.reloaded.notify_waiters();
+        self.reloaded.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -493,12 +495,13 @@ pub async fn run(
         work_rx,
         stop_rx.clone(),
     ));
-    let mut scheduler = tokio::spawn(scheduler::scheduler_loop(daemon.clone(), stop_rx.clone()));
-    scheduler::catch_up(&daemon);
+    let (mut scheduler, status) = scheduler::start(&daemon, stop_rx.clone());
 
-    notify(&[sd_notify::NotifyState::Ready]);
-    notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
-    tracing::info!(status = %daemon.status_line(), "juju-brd daemon ready");
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
+    tracing::info!(status = %status, "juju-brd daemon ready");
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(DaemonError::Signal)?;
@@ -510,10 +513,16 @@ pub async fn run(
                 let d = daemon.clone();
                 let reloaded = tokio::task::spawn_blocking(move || d.reload()).await;
                 match reloaded.unwrap_or_else(|e| Err(crate::config::ConfigError::Panicked(e.to_string()))) {
-                    Ok(()) => tracing::info!("configuration reloaded"),
-                    Err(e) => tracing::error!(error = %e, "new configuration rejected; keeping the old one"),
+                    // The scheduler plans the next run of the new config and sends the status.
+                    Ok(()) => {
+                        tracing::info!("configuration reloaded");
+                        notify(&[sd_notify::NotifyState::Ready]);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new configuration rejected; keeping the old one");
+                        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&daemon.status_line())]);
+                    }
                 }
-                notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&daemon.status_line())]);
             }
             ended = first_to_end(&mut worker, &mut scheduler) => break Some(ended),
             _ = &mut shutdown => break None,
@@ -557,9 +566,10 @@ pub async fn run(
                 .is_err()
             {
                 // Something in the backup ignores cancellation: exit anyway, inside systemd's
-                // stop timeout; the next start removes the partial files and records the job
-                // as interrupted.
+                // stop timeout, without leaving its staging folder or partial archive behind (the
+                // next start records the job as interrupted).
                 tracing::error!(job = %job.id, "backup ignored cancellation; exiting without it");
+                remove_leftovers(&daemon).await;
             }
         }
     }
@@ -570,6 +580,21 @@ pub async fn run(
         let _ = s.await;
     }
     Ok(())
+}
+
+/// Removes what a backup still running at exit would leave: its staging folder and `.part`
+/// archive (the backup's own writes into them fail from then on).
+async fn remove_leftovers(daemon: &Daemon) {
+    let dir = daemon.config().archive_dir.clone();
+    match tokio::task::spawn_blocking(move || catalog::remove_partials(&dir)).await {
+        Ok(Ok(removed)) => {
+            for p in removed {
+                tracing::warn!(path = %p.display(), "removed the leftover of the abandoned backup");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot remove the abandoned backup's files"),
+        Err(e) => tracing::error!(error = %e, "removing the abandoned backup's files panicked"),
+    }
 }
 
 /// Resolves when the worker or the scheduler task ends (neither should before shutdown), with its
@@ -600,6 +625,58 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14 item 3, defect 6: with a cron set, the status sent with READY=1 names the next
+    /// run. (The scheduler task used to record it, racing that status, which then said "no
+    /// schedule" until the next event. On this single-threaded runtime a spawned task cannot
+    /// run before the test awaits, so the race would lose every time.)
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_status_sent_with_ready_names_the_next_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("juju-brd.toml");
+        let cfg = Config::parse(
+            "environment = \"p\"\nstate_dir = \"state\"\n[schedule]\ncron = \"0 3 * * *\"\n",
+            &path,
+        )
+        .unwrap();
+        let (daemon, _work) = Daemon::new(path, cfg, DaemonState::default());
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (scheduler, status) = scheduler::start(&daemon, stop_rx);
+        assert!(status.starts_with("idle, no backup yet, next "), "{status}");
+        assert_eq!(daemon.status_line(), status);
+        let next = daemon.next_run().expect("the next run is planned");
+        assert_eq!(next.format("%H:%M").to_string(), "03:00");
+        scheduler.abort();
+    }
+
+    /// A stop that gives up on a backup removes its staging folder and partial archive.
+    #[tokio::test]
+    async fn an_abandoned_backup_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("juju-brd.toml");
+        let cfg = Config::parse(
+            "environment = \"p\"\narchive_dir = \"archives\"\nstate_dir = \"state\"\n",
+            &path,
+        )
+        .unwrap();
+        let archives = dir.path().join("archives");
+        let staging = archives.join(".staging-0123.part");
+        std::fs::create_dir_all(staging.join("dump")).unwrap();
+        std::fs::write(staging.join("root.tar"), b"x").unwrap();
+        std::fs::write(
+            archives.join("juju-backup-20261125-120000.tar.gz.part"),
+            b"x",
+        )
+        .unwrap();
+        std::fs::write(archives.join("juju-backup-20261124-120000.tar.gz"), b"x").unwrap();
+        let (daemon, _work) = Daemon::new(path, cfg, DaemonState::default());
+        remove_leftovers(&daemon).await;
+        let left: Vec<String> = std::fs::read_dir(&archives)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["juju-backup-20261124-120000.tar.gz"]);
+    }
 
     /// A task that dies is noticed at once, by name, with its panic message; the live one is
     /// left alone.

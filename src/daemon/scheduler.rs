@@ -8,11 +8,11 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{stopped, Daemon};
+use super::{notify, stopped, Daemon};
 use crate::api::types::JobKind;
 
 /// Takes one backup at start-up if a scheduled run was due while the daemon was down.
-pub(super) fn catch_up(daemon: &Daemon) {
+fn catch_up(daemon: &Daemon) {
     let cfg = daemon.config();
     if !cfg.schedule.catch_up {
         return;
@@ -31,25 +31,66 @@ pub(super) fn catch_up(daemon: &Daemon) {
     }
 }
 
-/// The scheduler task: backups on `schedule.cron`, drills on `drill.cron`.
-pub(super) async fn scheduler_loop(daemon: Arc<Daemon>, stop: watch::Receiver<bool>) {
-    tokio::join!(
-        backup_schedule_loop(daemon.clone(), stop.clone()),
-        super::drills::drill_scheduler_loop(daemon, stop),
-    );
+/// Plans the first slot, starts the scheduler task, and takes a missed run; returns the task and
+/// the status line for READY=1. The first slot is recorded here, before the task starts: when the
+/// task did it, it raced the READY=1 status, which then said "no schedule" with a cron set until
+/// the next event changed the status.
+pub(super) fn start(
+    daemon: &Arc<Daemon>,
+    stop: watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, String) {
+    // Watching reloads from before the first plan: none is missed in between.
+    let reloads = daemon.reloaded.subscribe();
+    let drill_reloads = daemon.reloaded.subscribe();
+    let first = plan_next(daemon);
+    // Drills on `drill.cron` run in the same task: if either loop ended, the task would.
+    let (d, drill_stop) = (daemon.clone(), stop.clone());
+    let backups = scheduler_loop(daemon.clone(), stop, reloads, first);
+    let task = tokio::spawn(async move {
+        tokio::join!(
+            backups,
+            super::drills::drill_scheduler_loop(d, drill_stop, drill_reloads)
+        );
+    });
+    catch_up(daemon);
+    (task, daemon.status_line())
 }
 
-async fn backup_schedule_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
+/// The next slot of the current config (with its jitter), recorded for the status, `/v1/status`
+/// and the metrics.
+fn plan_next(daemon: &Daemon) -> Option<DateTime<Utc>> {
+    let cfg = daemon.config();
+    let next = cfg
+        .schedule
+        .schedule()
+        .and_then(|s| s.next_after(Utc::now()))
+        .map(|n| with_jitter(n, cfg.schedule.jitter));
+    *daemon.next_run.lock().expect("next_run lock") = next;
+    daemon
+        .metrics
+        .set_next_run(next.map(|n| n.timestamp_millis() as f64 / 1000.0));
+    next
+}
+
+/// Waits for each slot (`first`, planned by [`start`], then the next ones) and asks the worker for
+/// a backup when this node takes it. Every new plan (after a slot, after a reload) is sent to
+/// systemd's status at once, not left for the next backup to show.
+async fn scheduler_loop(
+    daemon: Arc<Daemon>,
+    mut stop: watch::Receiver<bool>,
+    mut reloads: watch::Receiver<u64>,
+    first: Option<DateTime<Utc>>,
+) {
+    let mut planned = Some(first);
     loop {
-        let cfg = daemon.config();
-        let sched = cfg.schedule.schedule();
-        let next = sched
-            .and_then(|s| s.next_after(Utc::now()))
-            .map(|n| with_jitter(n, cfg.schedule.jitter));
-        *daemon.next_run.lock().expect("next_run lock") = next;
-        daemon
-            .metrics
-            .set_next_run(next.map(|n| n.timestamp_millis() as f64 / 1000.0));
+        let next = match planned.take() {
+            Some(first) => first,
+            None => {
+                let next = plan_next(&daemon);
+                notify(&[sd_notify::NotifyState::Status(&daemon.status_line())]);
+                next
+            }
+        };
         let wait = next.map_or(Duration::from_secs(3600), |n| {
             (n - Utc::now()).to_std().unwrap_or(Duration::ZERO)
         });
@@ -79,7 +120,7 @@ async fn backup_schedule_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<boo
                     tokio::time::sleep(wait).await;
                 }
             }
-            _ = daemon.reloaded.notified() => {}
+            _ = reloads.changed() => {}
             _ = stopped(&mut stop) => return,
         }
     }

@@ -33,6 +33,7 @@ pub(super) async fn worker_loop(
     let pinging = period.is_some();
     let mut tick = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
     let started = Utc::now();
+    let mut reloads = daemon.reloaded.subscribe();
     if let Some(t) = daemon.state().last_scrub_success {
         daemon
             .metrics
@@ -54,7 +55,7 @@ pub(super) async fn worker_loop(
                 scrub(&daemon, &mut jobs, &mut tick, pinging, &mut stop).await;
             }
             // A new scrub.interval takes effect at once.
-            _ = daemon.reloaded.notified() => {}
+            _ = reloads.changed() => {}
             _ = stopped(&mut stop) => return,
         }
     }

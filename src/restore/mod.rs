@@ -10,6 +10,7 @@ pub mod beneath;
 pub mod constraints;
 pub mod extract;
 pub mod probe;
+pub mod services;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -632,17 +633,6 @@ pub struct Summary {
     pub staged_dump: Option<PathBuf>,
 }
 
-fn run_commands(
-    what: &'static str,
-    cmds: &[Vec<String>],
-    timeout: Duration,
-) -> Result<(), process::ProcessError> {
-    for argv in cmds.iter().filter(|c| !c.is_empty()) {
-        process::run(ChildSpec::new(what, argv, timeout))?;
-    }
-    Ok(())
-}
-
 /// Carries out a plan. `progress` receives (files, bytes) as files are written.
 pub fn execute(
     cfg: &RestoreConfig,
@@ -650,8 +640,10 @@ pub fn execute(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Summary, RestoreError> {
     let timeout = Duration::from_secs(300);
-    if let Err(e) = run_commands("stopping the state-server", &plan.stop, timeout) {
-        let restarted = run_commands("starting the state-server", &plan.start, timeout);
+    // The units a `systemctl stop` stops are the ones started again (see `services`).
+    let mut services = services::Services::new(&plan.stop, &plan.start);
+    if let Err(e) = services.stop(timeout) {
+        let restarted = services.start(timeout);
         return Err(RestoreError::Failed {
             step: "stopping the services",
             error: e.into(),
@@ -669,7 +661,7 @@ pub fn execute(
             error: StepError::io("create a rollback directory under", &plan.target_root)(e),
             rollback: "nothing was changed".into(),
         })?;
-    let result = apply(cfg, plan, &mut journal, progress);
+    let result = apply(cfg, plan, &mut journal, progress, &services);
     match result {
         Ok(mut summary) => {
             summary.rollback_dir = journal.rollback_dir.clone();
@@ -677,7 +669,7 @@ pub fn execute(
         }
         Err((step, error)) => {
             let undone = journal.rollback();
-            let restarted = run_commands("starting the state-server", &plan.start, timeout);
+            let restarted = services.start(timeout);
             let rollback = match (undone, restarted) {
                 (Ok(()), Ok(())) => "rolled back: the previous files are back and the services were started again".to_string(),
                 (Ok(()), Err(e)) => format!("rolled back the files, but starting the services failed: {e}"),
@@ -700,6 +692,7 @@ fn apply(
     plan: &RestorePlan,
     journal: &mut extract::Journal,
     progress: &mut dyn FnMut(u64, u64),
+    services: &services::Services,
 ) -> Result<Summary, Failure> {
     let incoming = journal.rollback_dir.join(".incoming-dump");
     let staging = "staging the dump";
@@ -839,12 +832,9 @@ fn apply(
     let repointed = repoint_agent_confs(journal, &plan.target_root, &plan.address)
         .map_err(|e| ("re-pointing agent.conf", e))?;
 
-    run_commands(
-        "starting the state-server",
-        &plan.start,
-        Duration::from_secs(300),
-    )
-    .map_err(|e| ("starting the services", e.into()))?;
+    services
+        .start(Duration::from_secs(300))
+        .map_err(|e| ("starting the services", e.into()))?;
     if !cfg.health_command.is_empty() {
         wait_healthy(&cfg.health_command, cfg.health_timeout)
             .map_err(|e| ("waiting for the state-server to come up", e))?;
