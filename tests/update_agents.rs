@@ -640,3 +640,34 @@ fn figures_time_to_update_n_machines() {
         );
     }
 }
+
+/// The command engine records what `inventory_command` prints; when that command fails, the
+/// backup still succeeds, and the archive and `show` say why there is no inventory.
+#[test]
+fn the_command_engine_records_its_inventory_command_and_survives_its_failure() {
+    let env = Env::new(1);
+    let json = r#"[{"id": "0", "addresses": ["10.2.0.1"], "state_server": true}, {"id": "7", "addresses": ["10.2.0.7", "10.3.0.7"]}]"#;
+    env.config(
+        "",
+        &format!(
+            "[database]\nengine = \"command\"\ncommand = [\"sh\", \"-c\", \"echo dumped\"]\n\
+             inventory_command = [\"sh\", \"-c\", {:?}]\n",
+            format!("printf '%s' '{json}'")
+        ),
+    );
+    let archive = env.backup();
+    let text = stdout(&env.run(&["show", archive.to_str().unwrap()]));
+    assert!(text.contains("Machines:       2"), "{text}");
+    assert!(text.contains("10.2.0.7, 10.3.0.7"), "{text}");
+    assert!(text.contains("(state-server)"), "{text}");
+
+    env.config(
+        "",
+        "[database]\nengine = \"command\"\ncommand = [\"sh\", \"-c\", \"echo dumped\"]\n\
+         inventory_command = [\"sh\", \"-c\", \"echo no machines table >&2; exit 5\"]\n",
+    );
+    let archive = env.backup();
+    let text = stdout(&env.run(&["show", archive.to_str().unwrap()]));
+    assert!(text.contains("Machines:       not recorded:"), "{text}");
+    assert!(text.contains("no machines table"), "{text}");
+}
