@@ -59,31 +59,18 @@ pub struct Settings {
     pub clean_up_in_background: bool,
 }
 
-/// One thing a drill checks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    /// `passed`, `failed` or `not checked`.
-    pub result: String,
-    pub detail: String,
-}
+pub use crate::api::types::{DrillCheck as Check, DrillReport as Report};
 
-impl Check {
-    fn new(name: &str, outcome: Result<String, Outcome>) -> Check {
-        let (result, detail) = match outcome {
-            Ok(d) => ("passed", d),
-            Err(Outcome::Failed(d)) => ("failed", d),
-            Err(Outcome::NotChecked(d)) => ("not checked", d),
-        };
-        Check {
-            name: name.into(),
-            result: result.into(),
-            detail,
-        }
-    }
-
-    pub fn failed(&self) -> bool {
-        self.result == "failed"
+fn check(name: &str, outcome: Result<String, Outcome>) -> Check {
+    let (result, detail) = match outcome {
+        Ok(d) => ("passed", d),
+        Err(Outcome::Failed(d)) => ("failed", d),
+        Err(Outcome::NotChecked(d)) => ("not checked", d),
+    };
+    Check {
+        name: name.into(),
+        result: result.into(),
+        detail,
     }
 }
 
@@ -91,20 +78,6 @@ impl Check {
 enum Outcome {
     Failed(String),
     NotChecked(String),
-}
-
-/// What a drill found.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Report {
-    pub archive: String,
-    pub passed: bool,
-    /// Verify, extract and load: what a real restore of this archive would take here.
-    pub restore_seconds: f64,
-    /// The whole drill, checks and clean-up included.
-    pub seconds: f64,
-    pub files: u64,
-    pub bytes: u64,
-    pub checks: Vec<Check>,
 }
 
 /// Runs a drill. An `Err` is a drill that could not restore at all (the archive refused, no
@@ -193,7 +166,7 @@ fn drill_into(s: &Settings, scratch: &Path, started: Instant) -> Result<Report, 
     );
     let timed = |name: &str, f: &dyn Fn() -> Result<String, Outcome>| {
         let t = Instant::now();
-        let c = Check::new(name, f());
+        let c = check(name, f());
         tracing::info!(check = name, result = %c.result, seconds = t.elapsed().as_secs_f64(), "drill check");
         c
     };

@@ -57,7 +57,36 @@ pub struct DrillRecord {
     /// Why it failed: the restore's error, or the failed checks.
     pub error: Option<String>,
     #[serde(default)]
-    pub report: Option<crate::drill::Report>,
+    pub report: Option<DrillReport>,
+}
+
+/// One thing a drill checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrillCheck {
+    pub name: String,
+    /// `passed`, `failed` or `not checked`.
+    pub result: String,
+    pub detail: String,
+}
+
+impl DrillCheck {
+    pub fn failed(&self) -> bool {
+        self.result == "failed"
+    }
+}
+
+/// What a restore drill found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub archive: String,
+    pub passed: bool,
+    /// Verify, extract and load: what a real restore of this archive would take here.
+    pub restore_seconds: f64,
+    /// The whole drill, checks included.
+    pub seconds: f64,
+    pub files: u64,
+    pub bytes: u64,
+    pub checks: Vec<DrillCheck>,
 }
 
 /// `/v1/status`'s drill section.
@@ -93,7 +122,7 @@ pub struct JobInfo {
     pub error: Option<String>,
     /// A drill job's report, once it has finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drill: Option<crate::drill::Report>,
+    pub drill: Option<DrillReport>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
