@@ -132,6 +132,23 @@ impl Ssh {
         a
     }
 
+    /// What every call needs first: a host ssh cannot read as an option, the known_hosts
+    /// directory, and `input` in an anonymous file (O_TMPFILE: never visible under a name, gone
+    /// when closed) for the child's stdin.
+    fn prepare(&self, host: &str, input: &[u8]) -> Result<std::fs::File, SshError> {
+        if !valid_host(host) {
+            return Err(SshError::BadHost { host: host.into() });
+        }
+        let local = |what| move |err| SshError::Local { what, err };
+        self.make_known_hosts_dir()?;
+        let mut stdin = tempfile::tempfile().map_err(local("creating a temporary file"))?;
+        stdin
+            .write_all(input)
+            .and_then(|()| stdin.rewind())
+            .map_err(local("writing a temporary file"))?;
+        Ok(stdin)
+    }
+
     /// Runs `command` on `host` with `input` on its stdin; the whole call (connecting included)
     /// is bounded by `timeout`, and at most `max_stdout` bytes of output are kept.
     pub fn run(
@@ -142,17 +159,8 @@ impl Ssh {
         timeout: Duration,
         max_stdout: u64,
     ) -> Result<Reply, SshError> {
-        if !valid_host(host) {
-            return Err(SshError::BadHost { host: host.into() });
-        }
         let local = |what| move |err| SshError::Local { what, err };
-        self.make_known_hosts_dir()?;
-        // Anonymous files (O_TMPFILE): never visible under a name, gone when closed.
-        let mut stdin = tempfile::tempfile().map_err(local("creating a temporary file"))?;
-        stdin
-            .write_all(input)
-            .and_then(|()| stdin.rewind())
-            .map_err(local("writing a temporary file"))?;
+        let stdin = self.prepare(host, input)?;
         let mut stdout = tempfile::tempfile().map_err(local("creating a temporary file"))?;
         let out_for_child = stdout
             .try_clone()
@@ -193,16 +201,8 @@ impl Ssh {
     ) -> Result<Streamed<T>, SshError> {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
         use std::sync::{Arc, Mutex};
-        if !valid_host(host) {
-            return Err(SshError::BadHost { host: host.into() });
-        }
         let local = |what| move |err| SshError::Local { what, err };
-        self.make_known_hosts_dir()?;
-        let mut stdin = tempfile::tempfile().map_err(local("creating a temporary file"))?;
-        stdin
-            .write_all(input)
-            .and_then(|()| stdin.rewind())
-            .map_err(local("writing a temporary file"))?;
+        let stdin = self.prepare(host, input)?;
         let mut stderr = tempfile::tempfile().map_err(local("creating a temporary file"))?;
         let err_for_child = stderr
             .try_clone()

@@ -284,18 +284,25 @@ impl World {
             .unwrap()
     }
 
-    fn restore(&self) -> Output {
+    /// `restore --yes` of the archive onto the new state-server, with `flags` before the archive.
+    fn restore_with(&self, flags: &[&str]) -> Output {
         let target = self.target();
         let ip = self.server.ip();
-        self.on_server(&[
+        let mut args = vec![
             "restore",
             "--yes",
             "--address",
             &ip,
             "--target-root",
             target.to_str().unwrap(),
-            self.archive.to_str().unwrap(),
-        ])
+        ];
+        args.extend_from_slice(flags);
+        args.push(self.archive.to_str().unwrap());
+        self.on_server(&args)
+    }
+
+    fn restore(&self) -> Output {
+        self.restore_with(&[])
     }
 
     fn update_agents(&self, extra: &[&str]) -> Output {
@@ -420,18 +427,7 @@ fn an_unreachable_machine_does_not_undo_the_restore_and_a_rerun_finishes_it() {
 fn wrong_key_changed_host_key_and_hanging_sshd_fail_alone_within_the_timeout() {
     let mut w = World::new(4);
     // Restore without the last step, so that each machine's trouble can be set up first.
-    let target = w.target();
-    let ip = w.server.ip();
-    let out = w.on_server(&[
-        "restore",
-        "--yes",
-        "--no-update-agents",
-        "--address",
-        &ip,
-        "--target-root",
-        target.to_str().unwrap(),
-        w.archive.to_str().unwrap(),
-    ]);
+    let out = w.restore_with(&["--no-update-agents"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("Other machines NOT updated: --no-update-agents"));
 
@@ -474,18 +470,8 @@ fn wrong_key_changed_host_key_and_hanging_sshd_fail_alone_within_the_timeout() {
 #[ignore = "needs root and ip netns: Debian packages iproute2, openssh-server, openssh-client, sudo"]
 fn dry_run_and_machines_file_change_nothing_until_asked() {
     let w = World::new(2);
-    let target = w.target();
-    let ip = w.server.ip();
-    let out = w.on_server(&[
-        "restore",
-        "--yes",
-        "--no-update-agents",
-        "--address",
-        &ip,
-        "--target-root",
-        target.to_str().unwrap(),
-        w.archive.to_str().unwrap(),
-    ]);
+    let (target, ip) = (w.target(), w.server.ip());
+    let out = w.restore_with(&["--no-update-agents"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = w.update_agents(&["--dry-run"]);
     let text = stdout(&out);
@@ -601,17 +587,7 @@ fn the_inventory_is_taken_from_the_same_snapshot_as_the_dump() {
 fn figures_time_to_update_n_machines() {
     let w = World::new(24);
     let target = w.target();
-    let ip = w.server.ip();
-    let out = w.on_server(&[
-        "restore",
-        "--yes",
-        "--no-update-agents",
-        "--address",
-        &ip,
-        "--target-root",
-        target.to_str().unwrap(),
-        w.archive.to_str().unwrap(),
-    ]);
+    let out = w.restore_with(&["--no-update-agents"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Each round points every machine at a different address, so every round does the work.
     for (round, parallel) in ["1", "8", "24"].into_iter().enumerate() {
