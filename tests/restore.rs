@@ -404,3 +404,32 @@ fn the_database_learns_the_new_address_and_a_failure_rolls_back() {
         "a failed restore left changes"
     );
 }
+
+/// The address restore writes into agent.conf (and sends to other machines) must be an IP address
+/// or a host name: anything else is refused before the archive is even read.
+#[test]
+fn an_address_that_is_not_one_is_refused_before_anything_changes() {
+    let env = Env::new(1);
+    env.restore_config(&[], "");
+    let archive = env.backup();
+    let b = host_b(&env);
+    let before = tree_state(&b, &[]);
+    for bad in ["10.0.0.1\nstatepassword: x", "-oProxyCommand=x", "a b"] {
+        let flag = format!("--address={bad}");
+        let out = env.run(&[
+            "restore",
+            "--yes",
+            &flag,
+            "--target-root",
+            b.to_str().unwrap(),
+            archive.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+        assert!(
+            stderr(&out).contains("is not an IP address or host name"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(tree_state(&b, &[]), before);
+}

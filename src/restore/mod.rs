@@ -303,6 +303,17 @@ pub fn plan(
             opts.target_root.display()
         )));
     }
+    // It goes into every agent.conf (and to other machines): an IP address or a host name only.
+    if let Some(a) = opts
+        .address
+        .as_deref()
+        .filter(|a| !crate::ssh::valid_host(a))
+    {
+        return Err(RestoreError::Refused(format!(
+            "--address {:?} is not an IP address or host name",
+            a
+        )));
+    }
     let target_lock = Arc::new(TargetLock::take(&opts.target_root)?);
     let (archive_file, report) = open_and_verify(opts)?;
     let metadata = report.metadata.clone();
