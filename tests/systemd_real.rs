@@ -24,7 +24,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,42 +42,9 @@ const ARCHIVES: &str = "/var/lib/juju-brd/archives";
 const DB: &str = "/var/lib/juju/db/state.db";
 
 /// Runs `cmd` in its own process group with both pipes drained; kills the group and panics naming
-/// `what` if it has not finished within `limit`.
+/// `what` if it has not finished within `limit` (the lab's bounded runner).
 fn bounded(what: &str, cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{what}: cannot start: {e}"));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = pipe.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let end = Instant::now() + limit;
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() >= end {
-            kill_group(&child);
-            let _ = child.wait();
-            let err = String::from_utf8_lossy(&err.join().unwrap()).into_owned();
-            panic!("{what}: still running after {limit:?}; killed. stderr:\n{err}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+    common::lab::output_within(cmd, limit).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 fn kill_group(child: &Child) {

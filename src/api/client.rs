@@ -66,13 +66,23 @@ impl Client {
         req: &super::types::TriggerRequest,
         wait: bool,
     ) -> Result<super::types::TriggerResponse, ClientError> {
+        self.post_job("/v1/backups", req, wait).await
+    }
+
+    /// POSTs `req` to a route that queues a job; with `wait`, the answer comes when it is done.
+    async fn post_job(
+        &self,
+        route: &str,
+        req: &impl serde::Serialize,
+        wait: bool,
+    ) -> Result<super::types::TriggerResponse, ClientError> {
         let body = serde_json::to_vec(req).map_err(|e| ClientError::Http(e.to_string()))?;
         let path = if wait {
-            "/v1/backups?wait=true"
+            format!("{route}?wait=true")
         } else {
-            "/v1/backups"
+            route.to_string()
         };
-        self.call(Method::POST, path, Some(body), wait).await
+        self.call(Method::POST, &path, Some(body), wait).await
     }
 
     /// `GET /v1/status`.
@@ -92,13 +102,7 @@ impl Client {
         req: &super::types::DrillRequest,
         wait: bool,
     ) -> Result<super::types::TriggerResponse, ClientError> {
-        let body = serde_json::to_vec(req).map_err(|e| ClientError::Http(e.to_string()))?;
-        let path = if wait {
-            "/v1/drills?wait=true"
-        } else {
-            "/v1/drills"
-        };
-        self.call(Method::POST, path, Some(body), wait).await
+        self.post_job("/v1/drills", req, wait).await
     }
 
     /// `GET /v1/backups/{name}/sidecar`: the archive's `NAME.sha256` text (a few hundred bytes;
