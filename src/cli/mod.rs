@@ -296,6 +296,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 model_uuid: cfg.model_uuid(),
                 skip_database,
                 no_update_agents,
+                // A dry run only verifies; a restore verifies and extracts in one pass.
+                single_pass: !dry_run,
             };
             restore(&cfg, &opts, &ssh, dry_run, yes)
         }
