@@ -482,8 +482,8 @@ pub struct Staging {
     /// Directories known to exist under `files/`.
     made: std::collections::HashSet<PathBuf>,
     current: Option<(PathBuf, io::BufWriter<File>)>,
-    /// root.tar's members in order (relative path, kind), and directories' archived metadata.
-    members: Vec<(PathBuf, crate::archive::manifest::Kind)>,
+    /// Directories' metadata to set once everything is in place: as archived, or for one root.tar
+    /// does not list, 0755 (as on a Juju host), owned by this process.
     dirs: Vec<(PathBuf, DirMeta)>,
     pub files: u64,
     pub bytes: u64,
@@ -512,7 +512,6 @@ impl Staging {
             is_root: nix::unistd::geteuid().is_root(),
             made: std::collections::HashSet::new(),
             current: None,
-            members: Vec::new(),
             dirs: Vec::new(),
             files: 0,
             bytes: 0,
@@ -536,10 +535,23 @@ impl Staging {
         }
         let path = self.staged(rel);
         self.tree.create_dir_all(&path, 0o700)?;
+        let mut new = Vec::new();
         for a in rel.ancestors() {
             if a.as_os_str().is_empty() || !self.made.insert(a.to_path_buf()) {
                 break;
             }
+            new.push(a.to_path_buf());
+        }
+        for d in new.into_iter().rev() {
+            self.dirs.push((
+                d,
+                DirMeta {
+                    mode: 0o755,
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    mtime: SystemTime::now(),
+                },
+            ));
         }
         Ok(())
     }
@@ -581,22 +593,34 @@ impl Staging {
         journal: &mut Journal,
         progress: OnProgress<'_>,
     ) -> io::Result<Extracted> {
-        use crate::archive::manifest::Kind;
-        let mut moved_whole: Option<PathBuf> = None;
-        let members = std::mem::take(&mut self.members);
-        for (rel, kind) in &members {
-            if moved_whole.as_ref().is_some_and(|d| rel.starts_with(d)) {
-                continue;
-            }
-            let dest = self.root.join(rel);
-            let src = self.staged(rel);
-            if let Some(parent) = dest.parent() {
-                journal.create_dirs(parent)?;
-            }
-            if *kind == Kind::Dir {
+        self.install_dir(journal, Path::new(""))?;
+        // Children are all in place: set the directories' metadata (later entries win).
+        for (rel, meta) in &self.dirs {
+            meta.apply(&journal.fs, &self.root.join(rel))?;
+        }
+        journal.fs.sync()?;
+        self.installed = true;
+        progress(self.files, self.bytes);
+        Ok(Extracted {
+            files: self.files,
+            bytes: self.bytes,
+        })
+    }
+
+    /// Moves what is staged under `rel` into place, recursing only into directories the target
+    /// already has.
+    fn install_dir(&self, journal: &mut Journal, rel: &Path) -> io::Result<()> {
+        let mut names = self.tree.read_dir(&self.staged(rel))?;
+        names.sort();
+        for name in names {
+            let rel = rel.join(&name);
+            let src = self.staged(&rel);
+            let dest = self.root.join(&rel);
+            if self.tree.kind(&src)? == Some(rustix::fs::FileType::Directory) {
                 match journal.fs.kind(&dest)? {
                     Some(rustix::fs::FileType::Directory) => {
                         journal.remember_dir(&dest);
+                        self.install_dir(journal, &rel)?;
                         continue;
                     }
                     Some(_) => journal.move_aside(&dest)?,
@@ -607,23 +631,13 @@ impl Staging {
                 }
                 journal.fs.rename(&src, &dest)?;
                 journal.created_trees.push(dest);
-                moved_whole = Some(rel.clone());
                 continue;
             }
             journal.move_aside(&dest)?;
             journal.fs.rename(&src, &dest)?;
             journal.created_file(&dest);
         }
-        for (rel, meta) in self.dirs.iter().rev() {
-            meta.apply(&journal.fs, &self.root.join(rel))?;
-        }
-        journal.fs.sync()?;
-        self.installed = true;
-        progress(self.files, self.bytes);
-        Ok(Extracted {
-            files: self.files,
-            bytes: self.bytes,
-        })
+        Ok(())
     }
 }
 
@@ -686,7 +700,6 @@ impl crate::archive::verify::Stage for Staging {
                 self.tree.hard_link(&target, &dest).map_err(err)?;
             }
         }
-        self.members.push((rel, entry.kind));
         Ok(())
     }
 
