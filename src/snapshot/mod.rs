@@ -436,10 +436,11 @@ pub fn disk_needed(files: u64, members: u64, dump: u64) -> u64 {
     // A manifest line per member: path, size, SHA-256.
     let manifest = members.saturating_mul(256);
     let archive = files.saturating_add(headers).saturating_add(dump);
+    // And the first staged member and filesystem slack.
     archive
         .saturating_add(dump)
         .saturating_add(manifest)
-        .saturating_add(8 << 20)
+        .saturating_add(1 << 20)
 }
 
 struct Summary {
