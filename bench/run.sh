@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Benchmark: juju-brd offline backup vs tar czf / tar -I pigz / tar --zstd on the same generated
-# state-server data set, and juju-brd restore vs tar xzf + sync, alternating, in one run. Prints a
-# Markdown table; "vs tar czf" is the speed ratio to tar czf (for the restore rows, to tar xzf+sync).
+# Benchmark: juju-brd offline backup (gzip with the default verification, gzip without it, zstd
+# with it) vs tar czf / tar -I pigz / tar -I 'zstd -3 -T0' on the same generated state-server data
+# set, and juju-brd restore vs tar xzf + sync, alternating, in one run. Prints a Markdown table;
+# "speed vs ref" is the speed ratio to the row's reference, measured in the same run: tar czf for
+# gzip rows, tar zstd for zstd rows, tar xzf+sync for restore rows. "size vs tar czf" compares
+# output sizes.
 #
-# Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd, GNU time is not required)
+# Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd and /usr/bin/time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1024}
@@ -11,8 +14,10 @@ rounds=${2:-3}
 out=bench/out
 mkdir -p "$out"
 cargo build --release --quiet
-bin=target/release/juju-brd
-./target/release/juju-brd-fixture "$out/root" --size-mib "$size" >/dev/null
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/release/juju-brd
+[ -d "$out/root" ] && [ "$(cat "$out/root.size" 2>/dev/null)" = "$size" ] ||
+  { rm -rf "$out/root"; "$target/release/juju-brd-fixture" "$out/root" --size-mib "$size" >/dev/null && echo "$size" > "$out/root.size"; }
 
 cat > "$out/bench.toml" <<TOML
 environment = "bench"
@@ -20,7 +25,6 @@ archive_dir = "archives"
 state_dir = "state"
 [backup]
 level = 6
-verify_after = false
 [files]
 root = "root"
 optional = ["/var/log/juju", "/var/lib/juju/charmcache", "/var/lib/juju/init/*", "/var/lib/juju/nonce.txt", "/home/ubuntu/.ssh/authorized_keys", "/etc/systemd/system/jujud-machine-*.service"]
@@ -35,6 +39,9 @@ TOML
 # The same set for tar: the juju-brd include list plus logs and the DB file.
 paths=(var/lib/juju var/log/juju home/ubuntu/.ssh/authorized_keys etc/systemd/system/jujud-machine-0.service)
 input=$(du -sb "$out/root" | cut -f1)
+# Variants of the backup config: gzip without verification, zstd level 3 (with verification).
+sed 's/^level = 6$/level = 6\nverify_after = false/' "$out/bench.toml" > "$out/bench-noverify.toml"
+sed 's/^level = 6$/level = 3\ncompression = "zstd"/' "$out/bench.toml" > "$out/bench-zstd.toml"
 
 run() { # name command...  -> appends "name secs rss bytes" to $out/results
   local name=$1; shift
@@ -43,7 +50,7 @@ run() { # name command...  -> appends "name secs rss bytes" to $out/results
   local stats
   stats=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null; } 2>&1 | tail -n1 )
   local bytes=0 f
-  for f in "$out"/archives/*.tar.gz "$out"/t.tar.gz "$out"/t.tar.zst; do
+  for f in "$out"/archives/*.tar.gz "$out"/archives/*.tar.zst "$out"/t.tar.gz "$out"/t.tar.zst; do
     if [ -f "$f" ]; then bytes=$((bytes + $(stat -c %s "$f"))); fi
   done
   echo "$name $stats $bytes" >> "$out/results"
@@ -53,13 +60,16 @@ run() { # name command...  -> appends "name secs rss bytes" to $out/results
 
 : > "$out/results"
 for r in $(seq "$rounds"); do
-  run juju-brd  "$bin" backup --offline --config "$out/bench.toml"
+  run "juju-brd gzip (verify on, default)" "$bin" backup --offline --config "$out/bench.toml"
   run "tar czf" tar -C "$out/root" -czf "$out/t.tar.gz" "${paths[@]}"
+  run "juju-brd gzip, verify_after = false" "$bin" backup --offline --config "$out/bench-noverify.toml"
   run "tar -I pigz" tar -C "$out/root" -I "pigz -6" -cf "$out/t.tar.gz" "${paths[@]}"
-  run "tar --zstd" tar -C "$out/root" --zstd -cf "$out/t.tar.zst" "${paths[@]}"
+  run "juju-brd zstd -3 (verify on)" "$bin" backup --offline --config "$out/bench-zstd.toml"
+  run "tar -I 'zstd -3 -T0'" tar -C "$out/root" -I "zstd -3 -T0" -cf "$out/t.tar.zst" "${paths[@]}"
 done
-# Restore side, alternating: juju-brd restore (verify, then extract with an fsync per file, DB
-# replace) into an empty root vs tar xzf of the same files followed by sync.
+# Restore side, alternating: juju-brd restore (one pass: verify while extracting into a staging
+# directory, one syncfs, move into place, DB replace) into an empty root vs tar xzf of the same
+# files followed by sync.
 rm -rf "$out/archives"
 brd_archive=$("$bin" backup --offline --config "$out/bench.toml" 2>/dev/null | tail -n1)
 tar -C "$out/root" -czf "$out/ref.tar.gz" "${paths[@]}"
@@ -81,13 +91,23 @@ for line in open(sys.argv[1]):
     *name, secs, rss, size = line.split()
     rows.setdefault(" ".join(name), []).append((float(secs), int(rss), int(size)))
 inp = int(sys.argv[2])
-base = statistics.median(s for s, _, _ in rows["tar czf"])
-rbase = statistics.median(s for s, _, _ in rows["tar xzf+sync"])
-print(f"input: {inp/2**20:.0f} MiB, {len(next(iter(rows.values())))} rounds, median wall time")
-print("| tool | wall s | MiB/s | ratio | peak RSS MiB | speed vs tar czf (restore: vs tar xzf+sync) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
+med = lambda name: statistics.median(s for s, _, _ in rows[name])
+ref_of = lambda n: "tar xzf+sync" if ("restore" in n or "xzf" in n) else ("tar -I 'zstd -3 -T0'" if "zstd" in n else "tar czf")
+czf_size = statistics.median(x[2] for x in rows["tar czf"])
+print(f"input: {inp/2**20:.0f} MiB, {len(next(iter(rows.values())))} rounds, median wall time (min-max)")
+print("| tool | wall s | MiB/s | ratio | size vs tar czf | peak RSS MiB | speed vs ref | ref |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for name, v in rows.items():
-    s = statistics.median(x[0] for x in v); rss = max(x[1] for x in v) / 1024; size = statistics.median(x[2] for x in v)
-    ref = rbase if ("restore" in name or "xzf" in name) else base
-    print(f"| {name} | {s:.2f} | {inp/2**20/s:.0f} | {inp/size:.2f} | {rss:.0f} | {ref/s:.2f}x |")
+    s = statistics.median(x[0] for x in v); lo = min(x[0] for x in v); hi = max(x[0] for x in v)
+    rss = max(x[1] for x in v) / 1024; size = statistics.median(x[2] for x in v)
+    ref = ref_of(name)
+    print(f"| {name} | {s:.2f} ({lo:.1f}-{hi:.1f}) | {inp/2**20/s:.0f} | {inp/size:.2f} | {100*(size/czf_size-1):+.1f}% | {rss:.0f} | {med(ref)/s:.2f}x | {ref} |")
+# Per-round ratios (each juju-brd run against the reference run right after it).
+print()
+print("per-round speed ratios:")
+for name in rows:
+    if name.startswith("juju-brd"):
+        ref = ref_of(name)
+        r = [b[0] / a[0] for a, b in zip(rows[name], rows[ref])]
+        print(f"  {name} vs {ref}: " + ", ".join(f"{x:.2f}x" for x in r))
 PY

@@ -17,6 +17,7 @@ pub mod metadata;
 pub mod name;
 pub mod paths;
 pub mod reader;
+pub mod segment;
 pub mod sidecar;
 pub mod verify;
 pub mod writer;

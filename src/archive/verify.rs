@@ -92,6 +92,57 @@ impl Default for VerifyOptions {
     }
 }
 
+/// Where a verifying pass may also put what it reads (restore's single pass: extraction into a
+/// private staging directory). Each call comes only after every check that needs no content has
+/// passed; content that later fails its hash is the stage's to throw away (the whole pass fails).
+pub trait Stage {
+    /// A regular root.tar member's content is about to be read: where to write it.
+    fn file(&mut self, path: &Path) -> Result<&mut dyn Write, String>;
+    /// A root.tar member that passed every check (a file's content has been written by then).
+    fn member(
+        &mut self,
+        path: &Path,
+        entry: &Entry,
+        attrs: &super::member::Attrs,
+    ) -> Result<(), String>;
+    /// A dump file (path relative to `dump/`) is about to be read: where to write it, and the
+    /// path the engine's check may read it from afterwards.
+    fn dump(&mut self, rel: &str) -> Result<(&mut dyn Write, PathBuf), String>;
+    /// The dump file just written is complete.
+    fn dump_done(&mut self) -> Result<(), String>;
+}
+
+/// A shorter-lived `Option<&mut dyn Stage>` from a longer one (for each call that takes it).
+fn reborrow<'a>(stage: &'a mut Option<&mut dyn Stage>) -> Option<&'a mut dyn Stage> {
+    match stage {
+        Some(s) => Some(&mut **s),
+        None => None,
+    }
+}
+
+/// Copies `from` into `h` (and `out`), in large reads: restore's whole archive goes through here.
+fn copy_hashing<R: Read>(
+    from: &mut R,
+    h: &mut Sha256,
+    mut out: Option<&mut dyn Write>,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) => return Ok(n),
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..k]);
+        if let Some(o) = out.as_mut() {
+            o.write_all(&buf[..k])?;
+        }
+        n += k as u64;
+    }
+}
+
 /// What an inner root.tar member looked like, for comparison with the manifest.
 /// A machine agent's config in root.tar: small, and read for the state-server addresses.
 fn is_agent_conf(path: &Path) -> bool {
@@ -106,6 +157,7 @@ const MAX_AGENT_CONF: u64 = 1 << 20;
 
 fn describe_member<R: Read>(
     entry: &mut tar::Entry<R>,
+    stage: Option<&mut dyn Stage>,
 ) -> Result<(PathBuf, Entry, Option<Vec<u8>>), String> {
     let raw_path = entry.path_bytes().into_owned();
     let path = safe_relative(&raw_path)?;
@@ -123,17 +175,25 @@ fn describe_member<R: Read>(
     let e = match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             let mut h = Sha256::new();
+            let out = match stage {
+                Some(s) => Some(s.file(&path)?),
+                None => None,
+            };
             let size = if is_agent_conf(&path) && entry.size() <= MAX_AGENT_CONF {
                 let mut buf = Vec::new();
                 entry
                     .read_to_end(&mut buf)
                     .map_err(|e| format!("reading `{shown}`: {e}"))?;
                 h.update(&buf);
+                if let Some(o) = out {
+                    o.write_all(&buf)
+                        .map_err(|e| format!("staging `{shown}`: {e}"))?;
+                }
                 let n = buf.len() as u64;
                 content = Some(buf);
                 n
             } else {
-                io::copy(entry, &mut h).map_err(|e| format!("reading `{shown}`: {e}"))?
+                copy_hashing(entry, &mut h, out).map_err(|e| format!("reading `{shown}`: {e}"))?
             };
             Entry {
                 kind: Kind::File,
@@ -190,6 +250,15 @@ pub fn check_root_tar<R: Read>(
     inner: R,
     manifest: Option<&BTreeMap<String, Entry>>,
 ) -> Result<RootTarFacts, String> {
+    check_root_tar_staged(inner, manifest, None)
+}
+
+/// As [`check_root_tar`], handing each member to `stage` once it has passed its checks.
+pub fn check_root_tar_staged<R: Read>(
+    inner: R,
+    manifest: Option<&BTreeMap<String, Entry>>,
+    mut stage: Option<&mut dyn Stage>,
+) -> Result<RootTarFacts, String> {
     let mut archive = tar::Archive::new(inner);
     let mut seen: HashMap<String, Kind> = HashMap::new();
     let mut symlinks: HashMap<PathBuf, PathBuf> = HashMap::new();
@@ -202,8 +271,24 @@ pub fn check_root_tar<R: Read>(
         let shown = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let attrs =
             super::member::attrs(&mut entry, &shown).map_err(|m| format!("root.tar: {m}"))?;
-        let (path, e, content) =
-            describe_member(&mut entry).map_err(|m| format!("root.tar: {m}"))?;
+        // Where it goes and whether it may, before a byte of content is read (or staged).
+        let early = safe_relative(&entry.path_bytes()).map_err(|m| format!("root.tar: {m}"))?;
+        if let Some(parent) = early
+            .ancestors()
+            .skip(1)
+            .find(|a| symlinks.contains_key(*a))
+        {
+            return Err(format!(
+                "root.tar: `{}` would be written through symlink `{}`",
+                early.display(),
+                parent.display()
+            ));
+        }
+        if seen.contains_key(&early.display().to_string()) {
+            return Err(format!("root.tar: duplicate member `{}`", early.display()));
+        }
+        let (path, e, content) = describe_member(&mut entry, reborrow(&mut stage))
+            .map_err(|m| format!("root.tar: {m}"))?;
         if let Some(text) = content.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
             // Unreadable YAML is the restored agent's problem, not the archive's soundness.
             if let Ok(conf) = crate::agent_conf::AgentConf::parse(text) {
@@ -245,6 +330,10 @@ pub fn check_root_tar<R: Read>(
                 Some(want) if *want != e => return Err(mismatch("root.tar", &key, &e, want)),
                 Some(_) => {}
             }
+        }
+        if let Some(s) = reborrow(&mut stage) {
+            s.member(&path, &e, &attrs)
+                .map_err(|m| format!("root.tar: {m}"))?;
         }
         if attrs.privileged() {
             facts.privileged.push(key.clone());
@@ -379,6 +468,18 @@ pub fn verify_open(
     path: &Path,
     opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_open_staged(file, path, opts, None)
+}
+
+/// As [`verify_open`], in the same single pass handing every root.tar member and dump file to
+/// `stage` as it is checked (restore extracts into its staging directory this way). The dump's
+/// engine check then reads the staged copy.
+pub fn verify_open_staged(
+    file: std::fs::File,
+    path: &Path,
+    opts: &VerifyOptions,
+    mut stage: Option<&mut dyn Stage>,
+) -> Result<VerifyReport, VerifyError> {
     let fail = |message: String| VerifyError {
         path: path.to_path_buf(),
         message,
@@ -470,7 +571,8 @@ pub fn verify_open(
                     hash: &mut h,
                     bytes: 0,
                 };
-                root = Some(check_root_tar(&mut tee, m).map_err(fail)?);
+                root =
+                    Some(check_root_tar_staged(&mut tee, m, reborrow(&mut stage)).map_err(fail)?);
                 // The rest of the member (tar padding) counts towards its hash too.
                 io::copy(&mut tee, &mut io::sink())
                     .map_err(|e| fail(format!("reading {ROOT_TAR}: {e}")))?;
@@ -486,7 +588,16 @@ pub fn verify_open(
                 }
                 let checked = checker.as_ref().is_some_and(|e| e.checks_dump_files());
                 let mut h = Sha256::new();
-                let size = if opts.check_database && checked {
+                let size = if let Some(s) = reborrow(&mut stage) {
+                    let (out, staged) = s.dump(&rel).map_err(fail)?;
+                    let n = copy_hashing(&mut entry, &mut h, Some(out))
+                        .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?;
+                    s.dump_done().map_err(fail)?;
+                    if opts.check_database && checked {
+                        checked_dumps.push((rel.clone(), staged));
+                    }
+                    n
+                } else if opts.check_database && checked {
                     let copy = scratch.path().join(format!("dump-{}", checked_dumps.len()));
                     let mut f = std::fs::File::create(&copy)
                         .map_err(|e| fail(format!("scratch copy: {e}")))?;
@@ -656,6 +767,55 @@ fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
         )));
     }
     check_sidecar(path, &got).map_err(fail)?;
+    Ok(())
+}
+
+/// What `backup.verify_after` checks of an archive this process has just written (`written`):
+/// the file read back from disk has exactly the size and SHA-256 the writer computed over the
+/// bytes it wrote (and the sidecar says so), and it decompresses, every gzip member's CRC-32 or
+/// zstd frame's checksum passing, to exactly the uncompressed tar stream the writer produced
+/// (same length and CRC-32). That stream's members were hashed for the manifest from the very
+/// bytes written into it, so the manifest describes the archive without hashing it again.
+pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), VerifyError> {
+    let path = &written.path;
+    let fail = |message: String| VerifyError {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut opened = reader::open_file(file, reader::DEFAULT_MAX_RATIO, None)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match opened.reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(fail(format!("archive is damaged or truncated: {e}"))),
+        };
+        crc.update(&buf[..n]);
+        len += n as u64;
+    }
+    let sha256 = opened.raw.sha256_hex();
+    if opened.raw.bytes() != written.size || sha256 != written.sha256 {
+        return Err(fail(format!(
+            "read back as {} bytes, sha256 {}, but was written as {} bytes, sha256 {}",
+            opened.raw.bytes(),
+            short(&sha256),
+            written.size,
+            short(&written.sha256)
+        )));
+    }
+    let crc = crc.finalize();
+    if len != written.plain_len || crc != written.plain_crc {
+        return Err(fail(format!(
+            "decompresses to {len} bytes (CRC-32 {crc:08x}), not the {} bytes (CRC-32 {:08x}) written",
+            written.plain_len, written.plain_crc
+        )));
+    }
+    check_sidecar(path, &sha256).map_err(fail)?;
     Ok(())
 }
 

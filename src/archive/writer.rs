@@ -10,15 +10,12 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use gzp::deflate::Gzip;
-use gzp::par::compress::{ParCompress, ParCompressBuilder};
-use gzp::ZWriter;
 use sha2::{Digest, Sha256};
 
 use super::encryption::Recipients;
 use super::name::{ArchiveName, PART_SUFFIX};
+use super::segment::{CompressSpec, Compressor, PlainSum};
 use super::sidecar::{self, Listing};
-use crate::archive::Compression;
 
 /// What a finished archive is, as written.
 #[derive(Debug, Clone)]
@@ -26,11 +23,14 @@ pub struct WrittenArchive {
     pub path: PathBuf,
     pub size: u64,
     pub sha256: String,
+    /// Length and CRC-32 of the uncompressed tar stream that went into the compressor.
+    pub plain_len: u64,
+    pub plain_crc: u32,
 }
 
 /// The compressed bytes go through here on their way to disk, so the sidecar's checksum costs no
 /// second read of the archive.
-struct HashingFile {
+pub(crate) struct HashingFile {
     out: BufWriter<File>,
     hash: Sha256,
     bytes: u64,
@@ -50,7 +50,7 @@ impl Write for HashingFile {
 
 /// Between the compressor and the file: plain, or an age stream when the archive is encrypted.
 /// The sidecar's checksum is over what reaches the disk (the ciphertext when sealed).
-enum Sealed {
+pub(crate) enum Sealed {
     Plain(HashingFile),
     Age(age::stream::StreamWriter<HashingFile>),
 }
@@ -79,31 +79,44 @@ impl Sealed {
     }
 }
 
-enum Compressor {
-    Gzip(ParCompress<'static, Gzip, Sealed>),
-    Zstd(zstd::Encoder<'static, Sealed>),
+/// The archive's uncompressed tar stream on its way to the sink: one compressed member at a time
+/// (a new one starts after a precompressed part is copied in), with the sum of every byte.
+pub(crate) struct Stream {
+    spec: CompressSpec,
+    current: Option<Compressor<Sealed>>,
+    sink: Option<Sealed>,
+    plain: PlainSum,
 }
 
-impl Write for Compressor {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Compressor::Gzip(w) => w.write(buf),
-            Compressor::Zstd(w) => w.write(buf),
+impl Stream {
+    fn sink(&mut self) -> io::Result<&mut Sealed> {
+        if let Some(c) = self.current.take() {
+            self.sink = Some(c.finish()?);
         }
+        Ok(self.sink.as_mut().expect("sink present between members"))
+    }
+
+    fn finish(mut self) -> io::Result<(HashingFile, PlainSum)> {
+        self.sink()?;
+        let sink = self.sink.take().expect("sink");
+        Ok((sink.finish()?, self.plain))
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.current.is_none() {
+            let sink = self.sink.take().expect("sink present between members");
+            self.current = Some(Compressor::new(self.spec, sink)?);
+        }
+        let n = self.current.as_mut().expect("just set").write(buf)?;
+        self.plain.update(&buf[..n]);
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Compressor::Gzip(w) => w.flush(),
-            Compressor::Zstd(w) => w.flush(),
-        }
-    }
-}
-
-impl Compressor {
-    fn finish(self) -> io::Result<HashingFile> {
-        match self {
-            Compressor::Gzip(mut w) => w.finish().map_err(io::Error::other)?.finish(),
-            Compressor::Zstd(w) => w.finish()?.finish(),
+        match &mut self.current {
+            Some(c) => c.flush(),
+            None => Ok(()),
         }
     }
 }
@@ -112,7 +125,7 @@ pub struct ArchiveWriter {
     dir: PathBuf,
     name: ArchiveName,
     part: PathBuf,
-    tar: Option<tar::Builder<Compressor>>,
+    tar: Option<tar::Builder<Stream>>,
     mtime: u64,
     listing: Option<Listing>,
 }
@@ -157,24 +170,15 @@ impl ArchiveWriter {
         } else {
             threads
         };
-        let compressor = match name.compression {
-            Compression::Gzip => Compressor::Gzip(
-                ParCompressBuilder::<Gzip>::new()
-                    .num_threads(threads)
-                    .map_err(io::Error::other)?
-                    .buffer_size(256 << 10)
-                    .map_err(io::Error::other)?
-                    .compression_level(flate2::Compression::new(level))
-                    .from_writer(sink),
-            ),
-            Compression::Zstd => {
-                let mut enc = zstd::Encoder::new(sink, level as i32)?;
-                if threads > 1 {
-                    enc.multithread(threads as u32)?;
-                }
-                enc.include_checksum(true)?;
-                Compressor::Zstd(enc)
-            }
+        let compressor = Stream {
+            spec: CompressSpec {
+                compression: name.compression,
+                level,
+                threads,
+            },
+            current: None,
+            sink: Some(sink),
+            plain: PlainSum::default(),
         };
         let mut tar = tar::Builder::new(compressor);
         tar.mode(tar::HeaderMode::Complete);
@@ -211,7 +215,7 @@ impl ArchiveWriter {
         h
     }
 
-    fn tar(&mut self) -> &mut tar::Builder<Compressor> {
+    fn tar(&mut self) -> &mut tar::Builder<Stream> {
         self.tar.as_mut().expect("writer used after finish")
     }
 
@@ -239,11 +243,48 @@ impl ArchiveWriter {
         Ok(())
     }
 
+    /// Appends the member `path` whose content is already compressed in `members` (see
+    /// [`super::segment`]): its header goes through the compressor, then the compressed bytes are
+    /// copied into the archive as they are, releasing the staging file's blocks as they go. The
+    /// content must be whole 512-byte blocks (a tar stream is).
+    pub fn append_compressed(
+        &mut self,
+        path: &str,
+        members: &mut super::segment::Members,
+        progress: &dyn Fn(u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        assert_eq!(members.plain.len % 512, 0, "whole tar blocks");
+        let mut h = self.header(tar::EntryType::Regular, members.plain.len, 0o600);
+        h.set_path(path)?;
+        h.set_cksum();
+        self.tar().append(&h, io::empty())?;
+        let stream = self.tar().get_mut();
+        let sink = stream.sink()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        while done < members.compressed {
+            let want = buf.len().min((members.compressed - done) as usize);
+            let n = io::Read::read(&mut members.file, &mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{path}: staged data ended early"),
+                ));
+            }
+            sink.write_all(&buf[..n])?;
+            super::segment::release(&members.file, done, done + n as u64);
+            done += n as u64;
+            progress(n as u64)?;
+        }
+        stream.plain.append(&members.plain);
+        Ok(())
+    }
+
     /// Completes the archive: tar trailer, compressor, fsync, rename, directory fsync, sidecar.
     pub fn finish(mut self) -> io::Result<WrittenArchive> {
         let tar = self.tar.take().expect("finish called once");
         let compressor = tar.into_inner()?;
-        let mut sink = compressor.finish()?;
+        let (mut sink, plain) = compressor.finish()?;
         sink.out.flush()?;
         let file = sink.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -261,6 +302,8 @@ impl ArchiveWriter {
             path: final_path,
             size: sink.bytes,
             sha256,
+            plain_len: plain.len,
+            plain_crc: plain.crc(),
         })
     }
 }

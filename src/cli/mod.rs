@@ -338,6 +338,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 skip_database,
                 no_update_agents,
                 drill: false,
+                // A dry run only verifies; a restore verifies and extracts in one pass.
+                single_pass: !dry_run,
             };
             restore(&cfg, &opts, &ssh, dry_run, yes)
         }

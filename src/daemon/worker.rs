@@ -284,7 +284,7 @@ async fn run_job(
     let now = Utc::now();
     match result {
         Ok(Ok(outcome)) => {
-            let verified = outcome.verified.is_some();
+            let verified = outcome.verified;
             daemon.metrics.backup_finished(
                 true,
                 seconds,

@@ -63,6 +63,8 @@ pub struct Journal {
     /// (original location, where it was moved)
     moved: Vec<(PathBuf, PathBuf)>,
     created: Vec<PathBuf>,
+    /// Directories moved in whole from the staging directory (removed whole on rollback).
+    pub created_trees: Vec<PathBuf>,
     dirs_before: BTreeMap<PathBuf, DirMeta>,
 }
 
@@ -76,6 +78,7 @@ impl Journal {
             rollback_dir,
             moved: Vec::new(),
             created: Vec::new(),
+            created_trees: Vec::new(),
             dirs_before: BTreeMap::new(),
         };
         // Creating the rollback directory changes the root's mtime; remember it first.
@@ -85,7 +88,7 @@ impl Journal {
     }
 
     /// Records an existing directory's metadata once, before anything changes it.
-    fn remember_dir(&mut self, dir: &Path) {
+    pub fn remember_dir(&mut self, dir: &Path) {
         if self.dirs_before.contains_key(dir) {
             return;
         }
@@ -172,7 +175,7 @@ impl Journal {
         Ok(())
     }
 
-    fn created_file(&mut self, path: &Path) {
+    pub fn created_file(&mut self, path: &Path) {
         if let Some(parent) = path.parent() {
             self.remember_dir(parent);
         }
@@ -187,6 +190,9 @@ impl Journal {
                 first_err.get_or_insert(e);
             }
         };
+        for p in self.created_trees.iter().rev() {
+            note(self.fs.remove_tree(p));
+        }
         for p in self.created.iter().rev() {
             let r = match self.fs.kind(p) {
                 Ok(Some(rustix::fs::FileType::Directory)) => self.fs.remove_dir(p),
@@ -455,5 +461,281 @@ impl crate::db::TargetFiles for Journal {
             .metadata(path)?
             .filter(|m| m.is_file())
             .map(|m| (m.mode() & 0o777, m.uid(), m.gid())))
+    }
+}
+
+/// Restore's single pass: the archive is verified and extracted at once into a private staging
+/// directory on the target filesystem (`.juju-brd-staging-*` under the target root), and nothing
+/// else is touched until every check has passed. [`install`] then moves the staged tree into place
+/// through the journal (renames only), so a refused archive changed nothing outside the staging
+/// directory, which is removed, and the target root's mtime is put back.
+pub struct Staging {
+    fs: Beneath,
+    /// Beneath `files/`: whatever links the archive holds, nothing staged lands outside it.
+    tree: Beneath,
+    root: PathBuf,
+    /// The staging directory; `files/` holds root.tar's tree, `dump/` the dump files.
+    pub dir: PathBuf,
+    root_before: Option<DirMeta>,
+    keep_privileges: bool,
+    is_root: bool,
+    /// Directories known to exist under `files/`.
+    made: std::collections::HashSet<PathBuf>,
+    current: Option<(PathBuf, io::BufWriter<File>)>,
+    /// Directories' metadata to set once everything is in place: as archived, or for one root.tar
+    /// does not list, 0755 (as on a Juju host), owned by this process.
+    dirs: Vec<(PathBuf, DirMeta)>,
+    pub files: u64,
+    pub bytes: u64,
+    installed: bool,
+}
+
+impl Staging {
+    pub fn new(root: &Path, keep_privileges: bool) -> io::Result<Staging> {
+        let root_before = fs::metadata(root).ok().map(|m| DirMeta::of(&m));
+        let fs = Beneath::open(root)?;
+        let dir = root.join(format!(
+            ".juju-brd-staging-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        fs.mkdir(&dir, 0o700)?;
+        fs.mkdir(&dir.join("files"), 0o700)?;
+        fs.mkdir(&dir.join("dump"), 0o700)?;
+        let tree = Beneath::open(&dir.join("files"))?;
+        let s = Staging {
+            fs,
+            tree,
+            root: root.to_path_buf(),
+            dir: dir.clone(),
+            root_before,
+            keep_privileges,
+            is_root: nix::unistd::geteuid().is_root(),
+            made: std::collections::HashSet::new(),
+            current: None,
+            dirs: Vec::new(),
+            files: 0,
+            bytes: 0,
+            installed: false,
+        };
+        Ok(s)
+    }
+
+    pub fn dump_dir(&self) -> PathBuf {
+        self.dir.join("dump")
+    }
+
+    fn staged(&self, rel: &Path) -> PathBuf {
+        self.dir.join("files").join(rel)
+    }
+
+    /// Creates the staged directory `rel` and its parents (0700 while staging).
+    fn make_dirs(&mut self, rel: &Path) -> io::Result<()> {
+        if rel.as_os_str().is_empty() || self.made.contains(rel) {
+            return Ok(());
+        }
+        let path = self.staged(rel);
+        self.tree.create_dir_all(&path, 0o700)?;
+        let mut new = Vec::new();
+        for a in rel.ancestors() {
+            if a.as_os_str().is_empty() || !self.made.insert(a.to_path_buf()) {
+                break;
+            }
+            new.push(a.to_path_buf());
+        }
+        for d in new.into_iter().rev() {
+            self.dirs.push((
+                d,
+                DirMeta {
+                    mode: 0o755,
+                    uid: nix::unistd::geteuid().as_raw(),
+                    gid: nix::unistd::getegid().as_raw(),
+                    mtime: SystemTime::now(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish_file(&mut self, attrs: &Attrs) -> io::Result<()> {
+        let Some((path, w)) = self.current.take() else {
+            return Ok(());
+        };
+        let f = w
+            .into_inner()
+            .map_err(|e| in_path("write", &path, e.into_error()))?;
+        let (uid, gid) = owner(attrs);
+        if self.is_root {
+            std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+                .map_err(|e| in_path("chown", &path, e))?;
+        }
+        f.set_permissions(fs::Permissions::from_mode(attrs.mode))
+            .map_err(|e| in_path("chmod", &path, e))?;
+        for (k, v) in &attrs.xattrs {
+            if let Err(e) = xattr::FileExt::set_xattr(&f, k, v) {
+                tracing::warn!(path = %path.display(), xattr = %k, error = %e, "extended attribute not restored");
+            }
+        }
+        f.set_times(FileTimes::new().set_modified(attrs.mtime))
+            .map_err(|e| in_path("set the mtime of", &path, e))
+    }
+
+    /// Makes everything staged durable (one `syncfs`).
+    pub fn sync(&self) -> io::Result<()> {
+        self.fs.sync()
+    }
+
+    /// Moves the staged tree into place under the target root through `journal` (so rollback
+    /// covers it): a directory the target lacks moves in whole with everything below it, any
+    /// other member by itself, replacing what was there (moved aside). Then the archived
+    /// directories' metadata, and one `syncfs`.
+    pub fn install(
+        &mut self,
+        journal: &mut Journal,
+        progress: OnProgress<'_>,
+    ) -> io::Result<Extracted> {
+        self.install_dir(journal, Path::new(""))?;
+        // Children are all in place: set the directories' metadata (later entries win).
+        for (rel, meta) in &self.dirs {
+            meta.apply(&journal.fs, &self.root.join(rel))?;
+        }
+        journal.fs.sync()?;
+        self.installed = true;
+        progress(self.files, self.bytes);
+        Ok(Extracted {
+            files: self.files,
+            bytes: self.bytes,
+        })
+    }
+
+    /// Moves what is staged under `rel` into place, recursing only into directories the target
+    /// already has.
+    fn install_dir(&self, journal: &mut Journal, rel: &Path) -> io::Result<()> {
+        let mut names = self.tree.read_dir(&self.staged(rel))?;
+        names.sort();
+        for name in names {
+            let rel = rel.join(&name);
+            let src = self.staged(&rel);
+            let dest = self.root.join(&rel);
+            if self.tree.kind(&src)? == Some(rustix::fs::FileType::Directory) {
+                match journal.fs.kind(&dest)? {
+                    Some(rustix::fs::FileType::Directory) => {
+                        journal.remember_dir(&dest);
+                        self.install_dir(journal, &rel)?;
+                        continue;
+                    }
+                    Some(_) => journal.move_aside(&dest)?,
+                    None => {}
+                }
+                if let Some(parent) = dest.parent() {
+                    journal.remember_dir(parent);
+                }
+                journal.fs.rename(&src, &dest)?;
+                journal.created_trees.push(dest);
+                continue;
+            }
+            journal.move_aside(&dest)?;
+            journal.fs.rename(&src, &dest)?;
+            journal.created_file(&dest);
+        }
+        Ok(())
+    }
+}
+
+impl crate::archive::verify::Stage for Staging {
+    fn file(&mut self, path: &Path) -> Result<&mut dyn io::Write, String> {
+        let rel = path.to_path_buf();
+        if let Some(parent) = rel.parent() {
+            self.make_dirs(parent).map_err(|e| e.to_string())?;
+        }
+        let dest = self.staged(&rel);
+        let f = self
+            .tree
+            .create_file(&dest, 0o600)
+            .map_err(|e| in_path("create", &dest, e).to_string())?;
+        self.current = Some((dest, io::BufWriter::with_capacity(256 << 10, f)));
+        Ok(&mut self.current.as_mut().expect("just set").1)
+    }
+
+    fn member(&mut self, path: &Path, entry: &ManifestEntry, attrs: &Attrs) -> Result<(), String> {
+        use crate::archive::manifest::Kind;
+        let mut attrs = attrs.clone();
+        if !self.keep_privileges {
+            attrs = attrs.without_privileges();
+        }
+        let rel = path.to_path_buf();
+        let dest = self.staged(&rel);
+        let err = |e: io::Error| e.to_string();
+        if let Some(parent) = rel.parent() {
+            self.make_dirs(parent).map_err(err)?;
+        }
+        match entry.kind {
+            Kind::File => {
+                self.finish_file(&attrs).map_err(err)?;
+                self.files += 1;
+                self.bytes += entry.size;
+            }
+            Kind::Dir => {
+                self.make_dirs(&rel).map_err(err)?;
+                let (uid, gid) = owner(&attrs);
+                self.dirs.push((
+                    rel.clone(),
+                    DirMeta {
+                        mode: attrs.mode,
+                        uid,
+                        gid,
+                        mtime: attrs.mtime,
+                    },
+                ));
+            }
+            Kind::Symlink => {
+                let target = PathBuf::from(entry.link.clone().unwrap_or_default());
+                self.tree.symlink(&target, &dest).map_err(err)?;
+                if self.is_root {
+                    let (uid, gid) = owner(&attrs);
+                    self.tree.lchown(&dest, uid, gid).map_err(err)?;
+                }
+            }
+            Kind::Hardlink => {
+                let target = self.staged(Path::new(&entry.link.clone().unwrap_or_default()));
+                self.tree.hard_link(&target, &dest).map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn dump(&mut self, rel: &str) -> Result<(&mut dyn io::Write, PathBuf), String> {
+        let dest = self.dump_dir().join(rel);
+        if let Some(p) = dest.parent() {
+            self.fs
+                .create_dir_all(p, 0o700)
+                .map_err(|e| e.to_string())?;
+        }
+        let f = self
+            .fs
+            .create_file(&dest, 0o600)
+            .map_err(|e| in_path("create", &dest, e).to_string())?;
+        self.current = Some((dest.clone(), io::BufWriter::with_capacity(256 << 10, f)));
+        Ok((&mut self.current.as_mut().expect("just set").1, dest))
+    }
+
+    fn dump_done(&mut self) -> Result<(), String> {
+        if let Some((path, w)) = self.current.take() {
+            w.into_inner()
+                .map_err(|e| in_path("write", &path, e.into_error()).to_string())?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        self.current = None;
+        let _ = self.fs.remove_tree(&self.dir);
+        if !self.installed {
+            // Nothing of this restore remains: the target root as it was.
+            if let Some(meta) = &self.root_before {
+                let _ = apply_root(meta, &self.root);
+            }
+        }
     }
 }

@@ -123,6 +123,20 @@ pub struct RestoreOptions {
     /// touched. No probes, no services, no re-pointing; the database is loaded only by an engine
     /// that writes beneath the target (sqlite), and the staged dump is kept for the caller.
     pub drill: bool,
+    /// Verify and extract in one pass while planning, into a private staging directory under the
+    /// target root (removed if anything is refused); execute then only moves the staged tree into
+    /// place. Otherwise the plan only verifies and execute extracts in a second pass.
+    pub single_pass: bool,
+}
+
+/// The staging directory of a single-pass plan (see [`RestoreOptions::single_pass`]); removed
+/// when the plan is dropped.
+pub struct Staged(pub std::sync::Mutex<extract::Staging>);
+
+impl fmt::Debug for Staged {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Staged")
+    }
 }
 
 /// The last step of a restore: which of the environment's other machines get re-pointed.
@@ -180,6 +194,8 @@ pub struct RestorePlan {
     pub agents: AgentsStep,
     /// A rehearsal (see [`RestoreOptions::drill`]).
     pub drill: bool,
+    /// The archive already extracted (single pass), waiting to be moved into place.
+    pub staged: Option<Arc<Staged>>,
 }
 
 /// An exclusive `flock` on the target root directory.
@@ -315,7 +331,13 @@ pub fn plan(
         )));
     }
     let target_lock = Arc::new(TargetLock::take(&opts.target_root)?);
-    let (archive_file, report) = open_and_verify(opts)?;
+    let (archive_file, report, staged) = if opts.single_pass {
+        let (f, r, s) = open_verify_and_stage(opts)?;
+        (f, r, Some(Arc::new(Staged(std::sync::Mutex::new(s)))))
+    } else {
+        let (f, r) = open_and_verify(opts)?;
+        (f, r, None)
+    };
     let metadata = report.metadata.clone();
     let uuid = opts.model_uuid.as_deref().unwrap_or_default();
     if !metadata.belongs_to(&[&opts.environment, uuid]) {
@@ -325,7 +347,11 @@ pub fn plan(
         });
     }
     check_host_layout(&opts.target_root, &report)?;
-    let mut warnings = check_host(opts, &report)?;
+    // What the staging directory already holds was free space before it.
+    let staged_bytes = staged.as_ref().map_or(0, |_| {
+        report.root_bytes + report.metadata.brd.as_ref().map_or(0, |b| b.dump_bytes)
+    });
+    let mut warnings = check_host(opts, &report, staged_bytes)?;
     // A drill runs beside the live state-server: probing it would only find it alive.
     let forced_past = if opts.drill {
         Vec::new()
@@ -370,6 +396,7 @@ pub fn plan(
         privileged: report.privileged,
         keep_privileges: opts.keep_privileges,
         target_lock,
+        staged,
     })
 }
 
@@ -396,6 +423,50 @@ fn plan_agents(opts: &RestoreOptions, metadata: &Metadata) -> AgentsStep {
                 .unwrap_or("not made by juju-brd, or by an older one")
         )),
     }
+}
+
+/// The single pass: opens the archive once, and verifies it from that descriptor while extracting
+/// it into a staging directory under the target root. On any refusal the staging directory is
+/// removed again (the target root's mtime put back) before this returns.
+fn open_verify_and_stage(
+    opts: &RestoreOptions,
+) -> Result<
+    (
+        std::fs::File,
+        crate::archive::verify::VerifyReport,
+        extract::Staging,
+    ),
+    RestoreError,
+> {
+    let archive_file = std::fs::File::open(&opts.archive).map_err(|e| {
+        RestoreError::Refused(format!("cannot open {}: {e}", opts.archive.display()))
+    })?;
+    let reading = archive_file.try_clone().map_err(|e| {
+        RestoreError::Refused(format!("cannot read {}: {e}", opts.archive.display()))
+    })?;
+    let mut staging =
+        extract::Staging::new(&opts.target_root, opts.keep_privileges).map_err(|e| {
+            RestoreError::Refused(format!(
+                "cannot create a staging directory under {}: {e}",
+                opts.target_root.display()
+            ))
+        })?;
+    let report = verify::verify_open_staged(
+        reading,
+        &opts.archive,
+        &VerifyOptions {
+            identities: opts.identities.clone(),
+            ..VerifyOptions::default()
+        },
+        Some(&mut staging),
+    )?;
+    staging.sync().map_err(|e| {
+        RestoreError::Refused(format!(
+            "cannot flush the staging directory under {}: {e}",
+            opts.target_root.display()
+        ))
+    })?;
+    Ok((archive_file, report, staging))
 }
 
 /// Opens the archive once and verifies it from that descriptor; execute reads the same one.
@@ -428,6 +499,7 @@ fn open_and_verify(
 fn check_host(
     opts: &RestoreOptions,
     report: &crate::archive::verify::VerifyReport,
+    staged_bytes: u64,
 ) -> Result<Vec<String>, RestoreError> {
     let metadata = &report.metadata;
     let host = constraints::HostFacts::detect(&opts.target_root)
@@ -470,11 +542,12 @@ fn check_host(
             have.join(", ")
         ));
     }
-    if host.free_mib < need_mib {
+    let free_mib = host.free_mib + (staged_bytes >> 20);
+    if free_mib < need_mib {
         unmet.push(format!(
             "room for the restored state: need {need_mib}M, {} has {}M free",
             opts.target_root.display(),
-            host.free_mib
+            free_mib
         ));
     }
     if !unmet.is_empty() {
@@ -705,6 +778,19 @@ fn apply(
     progress: &mut dyn FnMut(u64, u64),
     services: &services::Services,
 ) -> Result<Summary, Failure> {
+    if let Some(staged) = &plan.staged {
+        let step = "extracting the files";
+        // The operator approved a plan for the bytes that were verified (and staged): an archive
+        // edited since is refused, as the two-pass restore refuses it.
+        check_unchanged(plan).map_err(|e| (step, e))?;
+        let mut staging = staged.0.lock().unwrap_or_else(|e| e.into_inner());
+        let extracted = staging
+            .install(journal, progress)
+            .map_err(|e| (step, StepError::io("install into", &plan.target_root)(e)))?;
+        let incoming = staging.dump_dir();
+        drop(staging);
+        return finish_apply(cfg, plan, journal, &incoming, extracted, services);
+    }
     let incoming = journal.rollback_dir.join(".incoming-dump");
     let staging = "staging the dump";
     journal
@@ -784,7 +870,44 @@ fn apply(
         }
         extracted.ok_or((step, StepError::Archive("root.tar is missing".into())))?
     };
+    finish_apply(cfg, plan, journal, &incoming, extracted, services)
+}
 
+/// Re-reads the held archive's bytes as stored and checks they hash to what was verified.
+fn check_unchanged(plan: &RestorePlan) -> Result<(), StepError> {
+    use sha2::Digest;
+    let read = |e| StepError::io("read", &plan.archive)(e);
+    let mut file = plan.archive_file.try_clone().map_err(read)?;
+    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)).map_err(read)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).map_err(read)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let got = hex::encode(h.finalize());
+    if got != plan.sha256 {
+        return Err(StepError::Archive(format!(
+            "{} changed after it was verified (sha256 {got} now, {} verified)",
+            plan.archive.display(),
+            plan.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// The database, the new address and the services, once the files are in place.
+fn finish_apply(
+    cfg: &RestoreConfig,
+    plan: &RestorePlan,
+    journal: &mut extract::Journal,
+    incoming: &Path,
+    extracted: extract::Extracted,
+    services: &services::Services,
+) -> Result<Summary, Failure> {
     if let DbStep::Load { engine, .. } = &plan.db {
         let never = std::sync::atomic::AtomicBool::new(false);
         let mut ctx = crate::db::RestoreContext {
@@ -802,7 +925,7 @@ fn apply(
                     .and_then(|b| b.database_version.as_deref()),
                 target_root: &plan.target_root,
             },
-            staged_dump: &incoming,
+            staged_dump: incoming,
             address: &plan.address,
             machine_id: &plan.metadata.machine,
             model_uuid: &plan.metadata.model_uuid,
@@ -820,10 +943,10 @@ fn apply(
             bytes: extracted.bytes,
             rollback_dir: PathBuf::new(),
             repointed: 0,
-            staged_dump: Some(incoming),
+            staged_dump: Some(incoming.to_path_buf()),
         });
     }
-    let _ = std::fs::remove_dir_all(&incoming);
+    let _ = std::fs::remove_dir_all(incoming);
     if !cfg.readdress_command.is_empty() && !matches!(plan.db, DbStep::NotRestored(_)) {
         let argv: Vec<String> = cfg
             .readdress_command

@@ -1,9 +1,12 @@
 //! State-server files: which ones (plan), and capturing them into `root.tar` without tearing.
 //!
-//! `root.tar` is built in a staging file, not straight into the compressed stream, for two reasons:
-//! the outer tar needs its size up front, and a file that changes while it is read can be cut back
-//! out of a seekable file and read again. A file is archived only when its size, mtime and ctime are
-//! the same before and after the read and the read returned exactly that size.
+//! `root.tar` is compressed as it is captured, into a staging file of compressed members (the outer
+//! tar needs root.tar's size before its bytes; only the compressed form is staged, and it is copied
+//! into the archive as it is). A file is archived only when its size, mtime and ctime are the same
+//! before and after the read and the read returned exactly that size: a small file
+//! ([`SMALL_FILE`]) is read whole into memory and checked before it is written; a large one is
+//! written as it is read into a compressed member of its own, cut back off the staging file and
+//! read again if it changed.
 //!
 //! Equal stamps are not enough on their own: `write(2)` sets ctime when it *starts*, then copies
 //! its bytes. A write still in flight when we take the "before" stamp finishes during our read
@@ -29,7 +32,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -258,44 +261,14 @@ fn host_path(root: &Path, real: &Path) -> PathBuf {
     Path::new("/").join(real.strip_prefix(root).unwrap_or(real))
 }
 
-/// Writer that knows its position, so a torn entry can be cut off the staging file.
-pub struct Spool {
-    file: io::BufWriter<File>,
-    pos: u64,
-}
+/// Where root.tar goes as it is captured: compressed members in a staging file, so a torn large
+/// file can be cut back off (see [`crate::archive::segment`]).
+pub type Spool = crate::archive::segment::MemberFile;
 
-impl Write for Spool {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.file.write(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.file.flush()
-    }
-}
-
-impl Spool {
-    pub fn new(file: File) -> Self {
-        Spool {
-            file: io::BufWriter::with_capacity(1 << 20, file),
-            pos: 0,
-        }
-    }
-
-    fn rewind_to(&mut self, pos: u64) -> io::Result<()> {
-        self.file.flush()?;
-        let f = self.file.get_mut();
-        f.set_len(pos)?;
-        f.seek(SeekFrom::Start(pos))?;
-        self.pos = pos;
-        Ok(())
-    }
-
-    pub fn into_file(self) -> io::Result<File> {
-        self.file.into_inner().map_err(|e| e.into())
-    }
-}
+/// Files up to this size are read whole into memory and checked for change before a byte of
+/// them is written; larger ones are written as they are read, into a compressed member of their
+/// own that is cut off the staging file again if the read turns out torn.
+pub const SMALL_FILE: u64 = 4 << 20;
 
 /// How long a file must have been left alone before a read of it can be trusted (see the module
 /// doc). Far longer than a page-cache write of any sane size takes, and a few kernel clock ticks.
@@ -393,6 +366,7 @@ pub fn capture(
         groups: HashMap::new(),
     };
     let mut out = Captured { files: 0, bytes: 0 };
+    let mut buf = Vec::new();
     let manifest_err =
         |e: io::Error| io_err("write staging manifest", Path::new("manifest.json"))(e);
     for host in &plan.paths {
@@ -405,7 +379,7 @@ pub fn capture(
             name: host.strip_prefix("/").unwrap_or(host).to_path_buf(),
             required: plan.required.contains(host),
         };
-        let Some(entry) = member.capture(&mut tar, ctx, &mut names)? else {
+        let Some(entry) = member.capture(&mut tar, ctx, &mut names, &mut buf)? else {
             continue;
         };
         if entry.kind == Kind::File {
@@ -418,7 +392,7 @@ pub fn capture(
     }
     let spool = tar
         .into_inner()
-        .map_err(io_err("finish staging tar", Path::new("root.tar")))?;
+        .map_err(io_err("finish staging archive", Path::new("root.tar")))?;
     Ok((out, spool))
 }
 
@@ -511,6 +485,7 @@ impl Member<'_> {
         tar: &mut tar::Builder<Spool>,
         ctx: &CaptureContext<'_>,
         names: &mut Names,
+        buf: &mut Vec<u8>,
     ) -> Result<Option<Entry>, SnapshotError> {
         let real = self.real.clone();
         let attempts = ctx.retries + 1;
@@ -527,7 +502,7 @@ impl Member<'_> {
                 header.set_size(0);
                 append_xattrs(tar, &real, None)?;
                 tar.append_data(&mut header, &self.name, io::empty())
-                    .map_err(io_err("write staging tar", &real))?;
+                    .map_err(io_err("write staging archive", &real))?;
                 return Ok(Some(Entry {
                     kind: Kind::Dir,
                     size: 0,
@@ -546,7 +521,7 @@ impl Member<'_> {
                 header.set_entry_type(tar::EntryType::Symlink);
                 header.set_size(0);
                 tar.append_link(&mut header, &self.name, &target)
-                    .map_err(io_err("write staging tar", &real))?;
+                    .map_err(io_err("write staging archive", &real))?;
                 return Ok(Some(Entry {
                     kind: Kind::Symlink,
                     size: 0,
@@ -575,7 +550,7 @@ impl Member<'_> {
             };
             // A file with other hard links is stored whole each time, as Juju's own backups do:
             // Juju's extractor (juju/utils tar.UntarFiles) drops hardlink entries.
-            return capture_file(tar, &file, &real, &self.name, ctx, names).map(Some);
+            return capture_file(tar, &file, &real, &self.name, ctx, names, buf).map(Some);
         }
         // Never the same thing twice in a row: nothing whole can be archived under this name.
         if self.required {
@@ -632,7 +607,7 @@ fn append_xattrs(
     }
     if !records.is_empty() {
         tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(io_err("write staging tar", real))?;
+            .map_err(io_err("write staging archive", real))?;
     }
     Ok(())
 }
@@ -647,10 +622,10 @@ fn capture_file(
     member: &Path,
     ctx: &CaptureContext<'_>,
     names: &mut Names,
+    buf: &mut Vec<u8>,
 ) -> Result<Entry, SnapshotError> {
     let attempts = ctx.retries + 1;
     for attempt in 1..=attempts {
-        let start = tar.get_ref().pos;
         let before = file.metadata().map_err(io_err("stat", real))?;
         let stamp = Stamp::of(&before);
         if let Some(wait) = unsettled(stamp.ctime(), SystemTime::now()) {
@@ -661,13 +636,15 @@ fn capture_file(
                 continue;
             }
         }
-        if let Some(e) = read_once(tar, file, real, member, ctx, names, &before)? {
+        let whole = if stamp.size <= SMALL_FILE {
+            read_small(tar, file, real, member, ctx, names, &before, buf)?
+        } else {
+            read_large(tar, file, real, member, ctx, names, &before)?
+        };
+        if let Some(e) = whole {
             return Ok(e);
         }
         tracing::info!(path = %real.display(), attempt, "changed while being read; reading it again");
-        tar.get_mut()
-            .rewind_to(start)
-            .map_err(io_err("rewind staging tar", real))?;
         std::thread::sleep(Duration::from_millis((20 * u64::from(attempt)).min(200)));
     }
     Err(SnapshotError::Unstable {
@@ -676,9 +653,64 @@ fn capture_file(
     })
 }
 
-/// One read of `file` from its start into the tar; `None` if it changed meanwhile (the caller
-/// cuts the entry back off the staging file).
-fn read_once(
+/// Whether the read that just ended was whole: nothing left of the size recorded before, nothing
+/// more to read, and the same stamps after as before.
+fn read_was_whole(
+    f: &mut &File,
+    real: &Path,
+    left: u64,
+    stamp: Stamp,
+) -> Result<bool, SnapshotError> {
+    let after = f.metadata().map_err(io_err("stat", real))?;
+    // One more byte readable means the file grew past the size we recorded.
+    let grew = f.read(&mut [0u8; 1]).map_err(io_err("read", real))? > 0;
+    Ok(left == 0 && !grew && Stamp::of(&after) == stamp)
+}
+
+/// One read of a small `file` into memory; only a whole read reaches the tar. `None` if it
+/// changed meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn read_small(
+    tar: &mut tar::Builder<Spool>,
+    file: &File,
+    real: &Path,
+    member: &Path,
+    ctx: &CaptureContext<'_>,
+    names: &mut Names,
+    before: &std::fs::Metadata,
+    buf: &mut Vec<u8>,
+) -> Result<Option<Entry>, SnapshotError> {
+    let stamp = Stamp::of(before);
+    let mut f = file;
+    f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
+    let mut reader = CountingHash {
+        inner: f,
+        left: stamp.size,
+        hash: Sha256::new(),
+        progress: ctx.progress,
+    };
+    buf.clear();
+    reader.read_to_end(buf).map_err(io_err("read", real))?;
+    let (left, hash) = (reader.left, reader.hash);
+    if !read_was_whole(&mut f, real, left, stamp)? {
+        ctx.progress.fetch_sub(stamp.size - left, Ordering::Relaxed);
+        return Ok(None);
+    }
+    let mut header = header_for(before, names);
+    append_xattrs(tar, real, Some(file))?;
+    tar.append_data(&mut header, member, &buf[..])
+        .map_err(io_err("write staging archive", real))?;
+    Ok(Some(Entry {
+        kind: Kind::File,
+        size: stamp.size,
+        sha256: hex::encode(hash.finalize()),
+        link: None,
+    }))
+}
+
+/// One read of a large `file` straight into the tar, in a compressed member of its own; `None`
+/// if it changed meanwhile (the member is cut back off the staging file).
+fn read_large(
     tar: &mut tar::Builder<Spool>,
     file: &File,
     real: &Path,
@@ -688,6 +720,8 @@ fn read_once(
     before: &std::fs::Metadata,
 ) -> Result<Option<Entry>, SnapshotError> {
     let stamp = Stamp::of(before);
+    let staging = |e| io_err("write staging archive", real)(e);
+    tar.get_mut().seal().map_err(staging)?;
     let mut f = file;
     f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
     let mut header = header_for(before, names);
@@ -701,10 +735,8 @@ fn read_once(
     tar.append_data(&mut header, member, &mut reader)
         .map_err(io_err("read", real))?;
     let (left, hash) = (reader.left, reader.hash);
-    let after = file.metadata().map_err(io_err("stat", real))?;
-    // One more byte readable means the file grew past the size we recorded.
-    let grew = f.read(&mut [0u8; 1]).map_err(io_err("read", real))? > 0;
-    if left == 0 && !grew && Stamp::of(&after) == stamp {
+    if read_was_whole(&mut f, real, left, stamp)? {
+        tar.get_mut().seal().map_err(staging)?;
         return Ok(Some(Entry {
             kind: Kind::File,
             size: stamp.size,
@@ -712,6 +744,7 @@ fn read_once(
             link: None,
         }));
     }
+    tar.get_mut().rollback().map_err(staging)?;
     ctx.progress.fetch_sub(stamp.size - left, Ordering::Relaxed);
     Ok(None)
 }

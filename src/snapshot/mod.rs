@@ -24,8 +24,9 @@ use crate::agent_conf::AgentConf;
 use crate::archive::manifest::{Entry, Kind};
 use crate::archive::metadata::{BrdMetadata, Metadata, FORMAT_VERSION};
 use crate::archive::name::{ArchiveName, PART_SUFFIX};
+use crate::archive::segment::CompressSpec;
 use crate::archive::sidecar::Listing;
-use crate::archive::verify::{self, VerifyOptions, VerifyReport};
+use crate::archive::verify::{self, VerifyOptions};
 use crate::archive::writer::{ArchiveWriter, WrittenArchive};
 use crate::archive::Compression;
 use crate::archive::{DUMP_DIR, MANIFEST, METADATA, ROOT_TAR, TOP};
@@ -100,7 +101,8 @@ pub struct BackupOutcome {
     pub name: ArchiveName,
     pub archive: WrittenArchive,
     pub metadata: Metadata,
-    pub verified: Option<VerifyReport>,
+    /// Read back and checked (`backup.verify_after`; see `verify::verify_written`).
+    pub verified: bool,
 }
 
 /// Removes the staging directory however the backup ends.
@@ -139,20 +141,27 @@ pub fn take(
     }
     let outcome = result?;
     if cfg.backup.verify_after {
-        let identities =
-            crate::archive::encryption::configured(cfg.encryption, outcome.name.encrypted)
-                .map_err(SnapshotError::Config)?;
-        let opts = VerifyOptions {
-            scratch_dir: Some(cfg.archive_dir.to_path_buf()),
-            identities,
-            ..VerifyOptions::default()
+        let checked = if outcome.name.encrypted {
+            let identities =
+                crate::archive::encryption::configured(cfg.encryption, outcome.name.encrypted)
+                    .map_err(SnapshotError::Config)?;
+            let opts = VerifyOptions {
+                scratch_dir: Some(cfg.archive_dir.to_path_buf()),
+                identities,
+                ..VerifyOptions::default()
+            };
+            // Without an identity an encrypted archive is checked as stored (checksum, age
+            // header); with one, it is decrypted and verified completely.
+            verify::verify_readable(&outcome.archive.path, Some(&outcome.archive.sha256), &opts)
+                .map(|_| ())
+        } else {
+            verify::verify_written(&outcome.archive)
         };
-        // Without an identity an encrypted archive is checked as stored (checksum, age header).
-        match verify::verify_readable(&outcome.archive.path, Some(&outcome.archive.sha256), &opts) {
-            Ok(report) => {
+        match checked {
+            Ok(()) => {
                 record_verified(cfg, &outcome.archive.path);
                 return Ok(BackupOutcome {
-                    verified: report,
+                    verified: true,
                     ..outcome
                 });
             }
@@ -195,10 +204,7 @@ fn snapshot_and_write(
     let plan = files::plan(cfg.files, &[cfg.archive_dir, cfg.state_dir])?;
     let engine = db::from_config(cfg.database, &cfg.files.root);
     let db_estimate = engine.as_ref().map_or(0, |e| e.estimate_bytes());
-    // Saturating: `database.estimate_bytes` is the operator's number, and may be absurd.
-    let staged = plan.bytes.saturating_add(db_estimate);
-    // Staging holds root.tar and the dump while the archive (at worst as large) is written.
-    let estimate = staged.saturating_mul(2);
+    let estimate = disk_needed(plan.bytes, plan.paths.len() as u64, db_estimate);
     let (have, total) =
         crate::space::free_and_total(dir).map_err(io_err("check free space of", dir))?;
     let want = crate::space::required(estimate, total);
@@ -209,7 +215,9 @@ fn snapshot_and_write(
             have_mib: have >> 20,
         });
     }
-    progress.bytes_total.store(estimate, Ordering::Relaxed);
+    progress
+        .bytes_total
+        .store(plan.bytes.saturating_add(db_estimate), Ordering::Relaxed);
 
     let staging_path = dir.join(format!(
         ".staging-{}{PART_SUFFIX}",
@@ -221,8 +229,16 @@ fn snapshot_and_write(
         .map_err(io_err("create staging directory", &staging_path))?;
     let staging = Staging(staging_path);
 
-    // Files.
-    let spool_path = staging.0.join(ROOT_TAR);
+    // Files, compressed as they are read.
+    let spec = CompressSpec {
+        compression: cfg.backup.compression,
+        level: cfg.backup.level,
+        threads: match cfg.backup.threads {
+            0 => crate::archive::writer::default_threads(),
+            n => n,
+        },
+    };
+    let spool_path = staging.0.join(format!("{ROOT_TAR}.compressed"));
     let spool_file = private_file(&spool_path)?;
     let ctx = files::CaptureContext {
         root: &cfg.files.root,
@@ -235,15 +251,15 @@ fn snapshot_and_write(
     let manifest_path = staging.0.join(MANIFEST);
     let mut manifest = files::ManifestOut::new(io::BufWriter::new(private_file(&manifest_path)?))
         .map_err(io_err("write", &manifest_path))?;
-    let (captured, spool) =
-        files::capture(&plan, &ctx, files::Spool::new(spool_file), &mut manifest)?;
+    let (captured, spool) = files::capture(
+        &plan,
+        &ctx,
+        files::Spool::with(spool_file, spec),
+        &mut manifest,
+    )?;
     drop(plan);
-    let spool_file = spool.into_file().map_err(io_err("write", &spool_path))?;
-    let root_tar_bytes = spool_file
-        .metadata()
-        .map_err(io_err("stat", &spool_path))?
-        .len();
-    drop(spool_file);
+    let mut root_members = spool.finish().map_err(io_err("write", &spool_path))?;
+    let root_tar_bytes = root_members.plain.len;
 
     // Database.
     let dump_dir = staging.0.join(DUMP_DIR);
@@ -259,6 +275,30 @@ fn snapshot_and_write(
         return Err(SnapshotError::Cancelled);
     }
     let dump = hash_dir(&dump_dir)?;
+    // With verification on, the engine's own check of the dump (SQLite `PRAGMA integrity_check`)
+    // runs beside the compression of it, on the staged copy that is archived.
+    let dump_check = (cfg.backup.verify_after && !dump.is_empty())
+        .then(|| {
+            engine
+                .as_ref()
+                .and_then(|e| db::for_archive(e.name(), &Default::default(), Path::new("/")))
+                .filter(|c| c.checks_dump_files())
+        })
+        .flatten()
+        .map(|checker| {
+            let files: Vec<(String, PathBuf)> = dump
+                .keys()
+                .map(|rel| (rel.clone(), dump_dir.join(rel)))
+                .collect();
+            std::thread::spawn(move || -> Result<(), String> {
+                for (rel, path) in &files {
+                    checker
+                        .check_dump_file(path)
+                        .map_err(|e| format!("dump `{rel}`: {e}"))?;
+                }
+                Ok(())
+            })
+        });
     let inventory = read_inventory(engine.as_deref(), &dump_dir);
     for (rel, e) in &dump {
         manifest
@@ -339,24 +379,42 @@ fn snapshot_and_write(
     let manifest_file = File::open(&manifest_path).map_err(io_err("open", &manifest_path))?;
     w.append_reader(&format!("{TOP}/{MANIFEST}"), manifest_bytes, manifest_file)
         .map_err(write_err)?;
-    let root_tar = File::open(&spool_path).map_err(io_err("open", &spool_path))?;
-    w.append_reader(
-        &format!("{TOP}/{ROOT_TAR}"),
-        root_tar_bytes,
-        ProgressReader {
-            inner: root_tar,
-            progress: &progress.bytes_done,
-            cancel: &progress.cancel,
-        },
-    )
-    .map_err(write_err)?;
+    let cancelled = |_: u64| -> io::Result<()> {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("backup cancelled"));
+        }
+        Ok(())
+    };
+    w.append_compressed(&format!("{TOP}/{ROOT_TAR}"), &mut root_members, &cancelled)
+        .map_err(write_err)?;
+    drop(root_members);
     w.append_dir(&format!("{TOP}/{DUMP_DIR}/"))
         .map_err(write_err)?;
     for (rel, e) in &dump {
         let p = dump_dir.join(rel);
         let f = File::open(&p).map_err(io_err("open", &p))?;
-        w.append_reader(&format!("{TOP}/{DUMP_DIR}/{rel}"), e.size, f)
-            .map_err(write_err)?;
+        w.append_reader(
+            &format!("{TOP}/{DUMP_DIR}/{rel}"),
+            e.size,
+            ProgressReader {
+                inner: f,
+                progress: &progress.bytes_done,
+                cancel: &progress.cancel,
+            },
+        )
+        .map_err(write_err)?;
+    }
+    if let Some(check) = dump_check {
+        let verdict = check
+            .join()
+            .unwrap_or_else(|_| Err("the dump check panicked".into()));
+        if let Err(message) = verdict {
+            // `w` is dropped unfinished: its `.part` goes.
+            return Err(SnapshotError::Verify(verify::VerifyError {
+                path: dir.join(name.to_string()),
+                message,
+            }));
+        }
     }
     let archive = w.finish().map_err(write_err)?;
     drop(staging);
@@ -364,8 +422,25 @@ fn snapshot_and_write(
         name,
         archive,
         metadata,
-        verified: None,
+        verified: false,
     })
+}
+
+/// Bytes of disk a backup may need at its peak (README "Disk"): the finished archive, at worst as
+/// large as what it holds (`files` bytes in `members` root.tar members, the dump), plus, beyond
+/// it, the staged dump and the staged manifest. root.tar is staged only compressed, and its blocks
+/// are released as they are copied into the archive.
+pub fn disk_needed(files: u64, members: u64, dump: u64) -> u64 {
+    // A tar header and padding per member (more for long names and xattrs, less for most).
+    let headers = members.saturating_mul(1536);
+    // A manifest line per member: path, size, SHA-256.
+    let manifest = members.saturating_mul(256);
+    let archive = files.saturating_add(headers).saturating_add(dump);
+    // And the first staged member and filesystem slack.
+    archive
+        .saturating_add(dump)
+        .saturating_add(manifest)
+        .saturating_add(1 << 20)
 }
 
 struct Summary {

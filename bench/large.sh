@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The large run: bench/out/root (the generated 1 GiB state-server tree) with its SQLite database
+# replaced by a generated one of DB_MIB (default 9216: about 10 GiB of state, mostly database).
+# One gzip backup with the default settings (verification on); prints wall time, peak RSS and the
+# disk high-water mark of the archive directory (staging included), sampled every 0.2 s.
+#
+# Usage: bench/large.sh [DB_MIB=9216]     (after bench/run.sh has generated bench/out/root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+db_mib=${1:-9216}
+out=bench/out
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/release/juju-brd
+big=$out/big
+if [ "$(cat "$out/big.size" 2>/dev/null)" != "$db_mib" ]; then
+  rm -rf "$big"
+  cp -al "$out/root" "$big"            # hard links: no space for the tree itself
+  rm "$big/var/lib/juju/db/state.db"
+  python3 - "$big/var/lib/juju/db/state.db" "$db_mib" <<'PY'
+import sqlite3, sys, random, json
+path, mib = sys.argv[1], int(sys.argv[2])
+rnd = random.Random(7)
+db = sqlite3.connect(path)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("CREATE TABLE txns (id INTEGER PRIMARY KEY, model TEXT, doc TEXT)")
+words = ["machine", "unit", "application", "relation", "charm", "status", "active", "idle",
+         "executing", "agent", "controller", "model", "storage", "network", "space", "subnet"]
+target, done, i = mib << 20, 0, 0
+while done < target:
+    rows = []
+    for _ in range(2000):
+        doc = json.dumps({"_id": f"{rnd.getrandbits(64):016x}", "txn-revno": i,
+                          "life": rnd.randrange(3), "name": f"{rnd.choice(words)}-{rnd.randrange(10**6)}",
+                          "status": " ".join(rnd.choice(words) for _ in range(24)),
+                          "data": "%032x" % rnd.getrandbits(128)})
+        rows.append((i, "c3a5f0de-%04d" % (i % 97), doc)); i += 1; done += len(doc) + 60
+    db.executemany("INSERT INTO txns VALUES (?, ?, ?)", rows)
+    db.commit()
+db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+db.close()
+PY
+  echo "$db_mib" > "$out/big.size"
+fi
+sed -e 's#^root = "root"#root = "big"#' -e 's#root/var/lib/juju/db/state.db#big/var/lib/juju/db/state.db#' \
+  -e 's#^archive_dir = "archives"#archive_dir = "big-archives"#' "$out/bench.toml" > "$out/big.toml"
+rm -rf "$out/big-archives"; mkdir -p "$out/big-archives"; sync
+input=$(du -sb "$big" | cut -f1)
+( hw=0; while [ ! -e "$out/big.done" ]; do
+    u=$(du -sb "$out/big-archives" 2>/dev/null | cut -f1); [ "${u:-0}" -gt "$hw" ] && hw=$u
+    echo "$hw" > "$out/big.hw"; sleep 0.2; done ) &
+rm -f "$out/big.done"
+stats=$( { /usr/bin/time -f '%e %M' "$bin" backup --offline --config "$out/big.toml" >/dev/null; } 2>&1 | tail -n1 )
+touch "$out/big.done"; wait
+read -r secs rss <<<"$stats"
+archive=$(du -sb "$out"/big-archives/*.tar.gz | cut -f1)
+hw=$(cat "$out/big.hw")
+dbsize=$(stat -c %s "$big/var/lib/juju/db/state.db")
+python3 - "$input" "$dbsize" "$secs" "$rss" "$archive" "$hw" <<'PY'
+import sys
+inp, db, secs, rss, arc, hw = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+G = 2**30
+print(f"state {inp/G:.2f} GiB (database {db/G:.2f} GiB); gzip -6, verification on")
+print(f"wall {secs:.1f} s ({inp/2**20/secs:.0f} MiB/s), peak RSS {rss/1024:.0f} MiB")
+print(f"archive {arc/G:.2f} GiB (ratio {inp/arc:.2f}); disk high-water of the archive directory {hw/G:.2f} GiB, "
+      f"{(hw-arc)/G:.2f} GiB beyond the finished archive (staged dump {db/G:.2f} GiB)")
+PY
+rm -rf "$out/big-archives"
