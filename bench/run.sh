@@ -24,7 +24,6 @@ environment = "bench"
 archive_dir = "archives"
 state_dir = "state"
 [backup]
-level = 6
 [files]
 root = "root"
 optional = ["/var/log/juju", "/var/lib/juju/charmcache", "/var/lib/juju/init/*", "/var/lib/juju/nonce.txt", "/home/ubuntu/.ssh/authorized_keys", "/etc/systemd/system/jujud-machine-*.service"]
@@ -40,8 +39,8 @@ TOML
 paths=(var/lib/juju var/log/juju home/ubuntu/.ssh/authorized_keys etc/systemd/system/jujud-machine-0.service)
 input=$(du -sb "$out/root" | cut -f1)
 # Variants of the backup config: gzip without verification, zstd level 3 (with verification).
-sed 's/^level = 6$/level = 6\nverify_after = false/' "$out/bench.toml" > "$out/bench-noverify.toml"
-sed 's/^level = 6$/level = 3\ncompression = "zstd"/' "$out/bench.toml" > "$out/bench-zstd.toml"
+sed 's/^\[backup\]$/[backup]\nverify_after = false/' "$out/bench.toml" > "$out/bench-noverify.toml"
+sed 's/^\[backup\]$/[backup]\nlevel = 3\ncompression = "zstd"/' "$out/bench.toml" > "$out/bench-zstd.toml"
 
 run() { # name command...  -> appends "name secs rss bytes" to $out/results
   local name=$1; shift

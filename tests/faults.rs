@@ -28,6 +28,7 @@ fn kill_9_during_30_backups_loses_nothing() {
     let rt = rt();
     let mut seed: u64 = 0x9e3779b97f4a7c15;
     let mut killed_mid_backup = 0;
+    let mut last_killed_mid_backup = false;
     for round in 0..30 {
         let d = Daemon::start_logged(&env, &format!("crash-{round}.log"));
         // Start clean: no leftovers of the previous kill.
@@ -50,7 +51,8 @@ fn kill_9_during_30_backups_loses_nothing() {
         seed ^= seed << 17;
         std::thread::sleep(Duration::from_millis(seed % 400));
         let (_, status) = d.text(&rt, "/v1/status");
-        if status.contains("\"state\":\"backing-up\"") {
+        last_killed_mid_backup = status.contains("\"state\":\"backing-up\"");
+        if last_killed_mid_backup {
             killed_mid_backup += 1;
         }
         d.kill9();
@@ -61,7 +63,8 @@ fn kill_9_during_30_backups_loses_nothing() {
     );
     // After the last kill: start, clean, every archive verifies, a new backup works.
     let d = Daemon::start_logged(&env, "final.log");
-    assert!(d.log().contains("died during a backup") || killed_mid_backup == 0);
+    // Only the last kill can be reported: earlier ones were cleaned up by the next start.
+    assert!(d.log().contains("died during a backup") || !last_killed_mid_backup);
     for a in archives(&env) {
         let out = env.run(&["verify", a.to_str().unwrap()]);
         assert!(

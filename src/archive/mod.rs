@@ -10,6 +10,7 @@
 //! juju-backup/dump/...        the database dump, as the engine produced it
 //! ```
 
+pub mod blockgz;
 pub mod encryption;
 pub mod manifest;
 pub mod member;

@@ -117,7 +117,13 @@ pub fn open_file(
     let got = read_up_to(&mut plain, &mut magic)?;
     let plain = io::Cursor::new(magic[..got].to_vec()).chain(plain);
     let (decoded, compression): (Box<dyn Read + Send>, _) = match magic[..got] {
-        [0x1f, 0x8b, ..] => (Box::new(flate2::read::MultiGzDecoder::new(plain)), "gzip"),
+        [0x1f, 0x8b, ..] => (
+            Box::new(super::blockgz::BlockGzReader::new(
+                plain,
+                super::writer::default_threads(),
+            )),
+            "gzip",
+        ),
         [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(plain)?), "zstd"),
         _ => {
             return Err(io::Error::new(

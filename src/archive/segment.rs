@@ -13,7 +13,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 
-use gzp::deflate::Gzip;
+use gzp::deflate::Mgzip;
 use gzp::par::compress::{ParCompress, ParCompressBuilder};
 use gzp::ZWriter;
 
@@ -35,7 +35,8 @@ const ZSTD_JOB_BYTES: u32 = 2 << 20;
 
 /// One compressor over `W`, producing one gzip member or zstd frame until finished.
 pub enum Compressor<W: Write + Send + 'static> {
-    Gzip(ParCompress<'static, Gzip, W>),
+    /// Block gzip (see [`super::blockgz`]): independent members compressed by libdeflate.
+    Gzip(ParCompress<'static, Mgzip, W>),
     Zstd(zstd::Encoder<'static, W>),
 }
 
@@ -43,10 +44,10 @@ impl<W: Write + Send + 'static> Compressor<W> {
     pub fn new(spec: CompressSpec, sink: W) -> io::Result<Self> {
         Ok(match spec.compression {
             Compression::Gzip => Compressor::Gzip(
-                ParCompressBuilder::<Gzip>::new()
+                ParCompressBuilder::<Mgzip>::new()
                     .num_threads(spec.threads)
                     .map_err(io::Error::other)?
-                    .buffer_size(256 << 10)
+                    .buffer_size(super::blockgz::BLOCK_BYTES)
                     .map_err(io::Error::other)?
                     .compression_level(flate2::Compression::new(spec.level))
                     .from_writer(sink),
@@ -146,13 +147,13 @@ pub struct Members {
 }
 
 impl MemberFile {
-    /// gzip at level 6 on one thread; [`MemberFile::with`] chooses.
+    /// gzip at level 7 on one thread; [`MemberFile::with`] chooses.
     pub fn new(file: File) -> Self {
         Self::with(
             file,
             CompressSpec {
                 compression: Compression::Gzip,
-                level: 6,
+                level: 7,
                 threads: 1,
             },
         )

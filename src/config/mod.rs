@@ -296,16 +296,16 @@ impl Config {
             ));
         }
         match b.compression {
-            Compression::Gzip if !(1..=9).contains(&b.level) => {
+            Compression::Gzip if !(1..=12).contains(&b.level()) => {
                 return Err((
                     "backup.level",
-                    format!("gzip level must be 1-9, got {}", b.level),
+                    format!("gzip level must be 1-12, got {}", b.level()),
                 ))
             }
-            Compression::Zstd if !(1..=19).contains(&b.level) => {
+            Compression::Zstd if !(1..=19).contains(&b.level()) => {
                 return Err((
                     "backup.level",
-                    format!("zstd level must be 1-19, got {}", b.level),
+                    format!("zstd level must be 1-19, got {}", b.level()),
                 ))
             }
             _ => {}

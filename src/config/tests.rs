@@ -14,7 +14,7 @@ fn err(text: &str) -> String {
 fn minimal_config_gets_production_defaults() {
     let c = parse("environment = \"prod\"\n").unwrap();
     assert_eq!(c.archive_dir, PathBuf::from("/var/lib/juju-brd/archives"));
-    assert_eq!(c.backup.level, 6);
+    assert_eq!(c.backup.level(), 7);
     assert_eq!(c.files.include.len(), 5);
     assert_eq!(c.schedule.timezone, chrono_tz::Tz::UTC);
     assert!(c.schedule.catch_up);
@@ -42,9 +42,9 @@ fn semantic_errors_name_the_key_and_line() {
     assert!(e.contains(":3: schedule.cron:"), "{e}");
     let e = err("environment = \"p\"\n[schedule]\ntimezone = \"Mars/Olympus\"\n");
     assert!(e.contains(":3: schedule.timezone:"), "{e}");
-    let e = err("environment = \"p\"\n[backup]\nlevel = 12\n");
+    let e = err("environment = \"p\"\n[backup]\nlevel = 13\n");
     assert!(
-        e.contains(":3: backup.level: gzip level must be 1-9"),
+        e.contains(":3: backup.level: gzip level must be 1-12"),
         "{e}"
     );
     let e = err("environment = \"p\"\n[database]\nengine = \"sqlite\"\n");

@@ -232,7 +232,7 @@ fn snapshot_and_write(
     // Files, compressed as they are read.
     let spec = CompressSpec {
         compression: cfg.backup.compression,
-        level: cfg.backup.level,
+        level: cfg.backup.level(),
         threads: match cfg.backup.threads {
             0 => crate::archive::writer::default_threads(),
             n => n,
@@ -346,7 +346,7 @@ fn snapshot_and_write(
     let mut w = ArchiveWriter::create(
         dir,
         name.clone(),
-        cfg.backup.level,
+        cfg.backup.level(),
         cfg.backup.threads,
         recipients,
     )
@@ -647,9 +647,9 @@ pub struct BackupOptions {
     /// `gzip` (what Juju and `tar xzf` read) or `zstd`.
     #[serde(default = "default_compression")]
     pub compression: Compression,
-    /// gzip 1-9, zstd 1-19.
-    #[serde(default = "default_level")]
-    pub level: u32,
+    /// gzip 1-12 (libdeflate's levels), zstd 1-19; see [`BackupOptions::level`] for the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
     /// Compression threads; 0 means one per core.
     #[serde(default)]
     pub threads: usize,
@@ -669,8 +669,15 @@ fn default_file_retries() -> u32 {
     5
 }
 
-fn default_level() -> u32 {
-    6
+impl BackupOptions {
+    /// The level in effect. gzip's default is libdeflate's 7, which measured about `gzip -6`'s
+    /// size on a state-server-like tree (6 was 4% larger); zstd's stays 6.
+    pub fn level(&self) -> u32 {
+        self.level.unwrap_or(match self.compression {
+            Compression::Gzip => 7,
+            Compression::Zstd => 6,
+        })
+    }
 }
 
 fn default_yes() -> bool {
