@@ -219,7 +219,7 @@ fn check_files(plan: &restore::RestorePlan, root: &Path) -> Result<String, Outco
                     size += n as u64;
                     h.update(&buf[..n]);
                 }
-                if size != e.size || hex::encode(h.finalize()) != e.sha256 {
+                if size != e.size || !e.digest_matches(&hex::encode(h.finalize())) {
                     return Err(bad("content differs from the manifest".into()));
                 }
                 files += 1;

@@ -327,7 +327,9 @@ pub fn check_root_tar_staged<R: Read>(
         if let Some(m) = manifest {
             match m.get(&key) {
                 None => return Err(format!("root.tar member `{key}` is not in the manifest")),
-                Some(want) if *want != e => return Err(mismatch("root.tar", &key, &e, want)),
+                Some(want) if !want.matches(&e) => {
+                    return Err(mismatch("root.tar", &key, &e, want))
+                }
                 Some(_) => {}
             }
         }
@@ -428,7 +430,7 @@ fn compare(
                     "{section} member `{path}` listed in the manifest is missing"
                 ))
             }
-            Some(got) if got != want => return Err(mismatch(section, path, got, want)),
+            Some(got) if !want.matches(got) => return Err(mismatch(section, path, got, want)),
             Some(_) => {}
         }
     }

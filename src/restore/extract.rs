@@ -329,7 +329,7 @@ pub fn extract<R: Read>(
                 .map_err(|e| in_path("write", &dest, e))?;
                 if let Some(want) = want {
                     let got = hex::encode(h.finalize());
-                    if want.sha256 != got || want.size != n {
+                    if !want.digest_matches(&got) || want.size != n {
                         return Err(io::Error::other(format!(
                             "{key} does not match the manifest; the archive changed after it was verified"
                         )));

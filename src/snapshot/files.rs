@@ -703,7 +703,7 @@ fn read_small(
     Ok(Some(Entry {
         kind: Kind::File,
         size: stamp.size,
-        sha256: hex::encode(hash.finalize()),
+        sha256: crate::archive::manifest::file_digest(&hash.finalize()),
         link: None,
     }))
 }
@@ -740,7 +740,7 @@ fn read_large(
         return Ok(Some(Entry {
             kind: Kind::File,
             size: stamp.size,
-            sha256: hex::encode(hash.finalize()),
+            sha256: crate::archive::manifest::file_digest(&hash.finalize()),
             link: None,
         }));
     }

@@ -614,7 +614,7 @@ fn hash_dir(dir: &Path) -> Result<BTreeMap<String, Entry>, SnapshotError> {
             Entry {
                 kind: Kind::File,
                 size,
-                sha256: hex::encode(h.finalize()),
+                sha256: crate::archive::manifest::file_digest(&h.finalize()),
                 link: None,
             },
         );
