@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The large run: bench/out/root (the generated 1 GiB state-server tree) with its SQLite database
 # replaced by a generated one of DB_MIB (default 9216: about 10 GiB of state, mostly database).
-# One gzip backup with the default settings (verification on); prints wall time, peak RSS and the
-# disk high-water mark of the archive directory (staging included), sampled every 0.2 s.
+# A gzip backup with the default settings (verification on), with the disk high-water mark of the
+# archive directory (staging included) sampled every 0.2 s; then a zstd -3 backup and a restore of
+# the gzip archive into an empty root. Prints wall time and peak RSS of each.
 #
 # Usage: bench/large.sh [DB_MIB=9216]     (after bench/run.sh has generated bench/out/root)
 set -euo pipefail
@@ -43,6 +44,7 @@ PY
 fi
 sed -e 's#^root = "root"#root = "big"#' -e 's#root/var/lib/juju/db/state.db#big/var/lib/juju/db/state.db#' \
   -e 's#^archive_dir = "archives"#archive_dir = "big-archives"#' "$out/bench.toml" > "$out/big.toml"
+sed 's/^\[backup\]$/[backup]\nlevel = 3\ncompression = "zstd"/' "$out/big.toml" > "$out/big-zstd.toml"
 rm -rf "$out/big-archives"; mkdir -p "$out/big-archives"; sync
 input=$(du -sb "$big" | cut -f1)
 ( hw=0; while [ ! -e "$out/big.done" ]; do
@@ -52,16 +54,27 @@ rm -f "$out/big.done"
 stats=$( { /usr/bin/time -f '%e %M' "$bin" backup --offline --config "$out/big.toml" >/dev/null; } 2>&1 | tail -n1 )
 touch "$out/big.done"; wait
 read -r secs rss <<<"$stats"
-archive=$(du -sb "$out"/big-archives/*.tar.gz | cut -f1)
+archive_path=$(ls "$out"/big-archives/*.tar.gz)
+archive=$(stat -c %s "$archive_path")
 hw=$(cat "$out/big.hw")
 dbsize=$(stat -c %s "$big/var/lib/juju/db/state.db")
-python3 - "$input" "$dbsize" "$secs" "$rss" "$archive" "$hw" <<'PY'
+mkdir -p "$out/big-zstd"; sync
+zstats=$( { /usr/bin/time -f '%e %M' "$bin" backup --offline --config "$out/big-zstd.toml" >/dev/null; } 2>&1 | tail -n1 )
+rm -f "$out"/big-archives/*.tar.zst*
+rm -rf "$out/big-x"; mkdir -p "$out/big-x"; sync
+rstats=$( { /usr/bin/time -f '%e %M' "$bin" restore --yes --config "$out/big.toml" --address 127.0.0.1 \
+           --target-root "$out/big-x" "$archive_path" >/dev/null; } 2>&1 | tail -n1 )
+rm -rf "$out/big-x"
+python3 - "$input" "$dbsize" "$secs" "$rss" "$archive" "$hw" $zstats $rstats <<'PY'
 import sys
 inp, db, secs, rss, arc, hw = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+zsecs, zrss, rsecs, rrss = float(sys.argv[7]), int(sys.argv[8]), float(sys.argv[9]), int(sys.argv[10])
 G = 2**30
-print(f"state {inp/G:.2f} GiB (database {db/G:.2f} GiB); gzip -6, verification on")
-print(f"wall {secs:.1f} s ({inp/2**20/secs:.0f} MiB/s), peak RSS {rss/1024:.0f} MiB")
-print(f"archive {arc/G:.2f} GiB (ratio {inp/arc:.2f}); disk high-water of the archive directory {hw/G:.2f} GiB, "
+print(f"state {inp/G:.2f} GiB (database {db/G:.2f} GiB)")
+print(f"gzip backup, default settings (verification on): wall {secs:.1f} s ({inp/2**20/secs:.0f} MiB/s), peak RSS {rss/1024:.0f} MiB")
+print(f"  archive {arc/G:.2f} GiB (ratio {inp/arc:.2f}); disk high-water of the archive directory {hw/G:.2f} GiB, "
       f"{(hw-arc)/G:.2f} GiB beyond the finished archive (staged dump {db/G:.2f} GiB)")
+print(f"zstd -3 backup (verification on): wall {zsecs:.1f} s ({inp/2**20/zsecs:.0f} MiB/s), peak RSS {zrss/1024:.0f} MiB")
+print(f"restore of the gzip archive: wall {rsecs:.1f} s ({inp/2**20/rsecs:.0f} MiB/s), peak RSS {rrss/1024:.0f} MiB")
 PY
-rm -rf "$out/big-archives"
+rm -rf "$out/big-archives" "$out/big-zstd"
