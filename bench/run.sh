@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Benchmark: juju-brd offline backup (gzip with the default verification, gzip without it, zstd
-# with it) vs tar czf / tar -I pigz / tar -I 'zstd -3 -T0' on the same generated state-server data
+# Benchmark: juju-brd offline backup (gzip with the default settings, gzip without verification,
+# gzip at libdeflate level 6, zstd -3 with verification) vs tar czf / tar -I pigz / tar -I 'zstd -3 -T0' on the same generated state-server data
 # set, and juju-brd restore vs tar xzf + sync, alternating, in one run. Prints a Markdown table;
 # "speed vs ref" is the speed ratio to the row's reference, measured in the same run: tar czf for
 # gzip rows, tar zstd for zstd rows, tar xzf+sync for restore rows. "size vs tar czf" compares
@@ -41,6 +41,7 @@ input=$(du -sb "$out/root" | cut -f1)
 # Variants of the backup config: gzip without verification, zstd level 3 (with verification).
 sed 's/^\[backup\]$/[backup]\nverify_after = false/' "$out/bench.toml" > "$out/bench-noverify.toml"
 sed 's/^\[backup\]$/[backup]\nlevel = 3\ncompression = "zstd"/' "$out/bench.toml" > "$out/bench-zstd.toml"
+sed 's/^\[backup\]$/[backup]\nlevel = 6/' "$out/bench.toml" > "$out/bench-level6.toml"
 
 run() { # name command...  -> appends "name secs rss bytes" to $out/results
   local name=$1; shift
@@ -63,6 +64,7 @@ for r in $(seq "$rounds"); do
   run "tar czf" tar -C "$out/root" -czf "$out/t.tar.gz" "${paths[@]}"
   run "juju-brd gzip, verify_after = false" "$bin" backup --offline --config "$out/bench-noverify.toml"
   run "tar -I pigz" tar -C "$out/root" -I "pigz -6" -cf "$out/t.tar.gz" "${paths[@]}"
+  run "juju-brd gzip level 6 (verify on)" "$bin" backup --offline --config "$out/bench-level6.toml"
   run "juju-brd zstd -3 (verify on)" "$bin" backup --offline --config "$out/bench-zstd.toml"
   run "tar -I 'zstd -3 -T0'" tar -C "$out/root" -I "zstd -3 -T0" -cf "$out/t.tar.zst" "${paths[@]}"
 done
