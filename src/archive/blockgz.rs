@@ -7,11 +7,18 @@
 //! concatenation as one stream and ignores the subfield.
 //!
 //! Reading ([`BlockGzReader`]) splits the stream at the sizes the headers give, without inflating
-//! anything, and inflates up to `threads` members at once with libdeflate, which also checks each
-//! member's CRC-32 and length. The sizes come from the archive, so they are hostile: a member
-//! larger than [`MAX_MEMBER`] or expanding past [`MAX_PLAIN`] is refused, which bounds memory at
-//! `2 x threads` members in flight. gzp's own reader is not used for this because it panics on a
-//! bad header and allocates whatever the trailer claims. A stream that is not block gzip (Juju's
+//! anything, and inflates up to `threads` members at once. The sizes come from the archive, so
+//! they are hostile:
+//! - a member larger than [`MAX_MEMBER`] or expanding past [`MAX_PLAIN`] is refused, which bounds
+//!   memory at `2 x threads` members in flight;
+//! - a member's deflate data must end exactly where its claimed size puts the trailer, and the
+//!   trailer's CRC-32 and length must match what it inflated to. So the split is the one every
+//!   gzip reader makes: bytes hidden after a deflate stream's end (which `gzip -d` and Juju would
+//!   read as another member) cannot pass here unread. That is why the inflating is flate2's, which
+//!   reports how much input it consumed, and not libdeflate's, which ignores trailing bytes.
+//!
+//! gzp's own reader is not used because it panics on a bad header and allocates whatever the
+//! trailer claims. A stream that is not block gzip (Juju's
 //! own archives, a member without the subfield) is read from that point on by flate2's
 //! `MultiGzDecoder`, one member after another, as before.
 
@@ -49,23 +56,37 @@ fn invalid(msg: String) -> io::Error {
 
 type Inflated = io::Result<Vec<u8>>;
 
-/// Inflates one whole member, checked against its trailer's length and CRC-32 (by libdeflate).
-fn inflate(member: &[u8], d: &mut libdeflater::Decompressor) -> Inflated {
-    let t = &member[member.len() - TRAILER..];
+/// Inflates one whole member: its deflate data must fill it exactly up to the trailer, and
+/// inflate to the trailer's length and CRC-32.
+fn inflate(member: &[u8], d: &mut flate2::Decompress) -> Inflated {
+    let (body, t) = member[HEADER..].split_at(member.len() - HEADER - TRAILER);
+    let crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
     let plain = u32::from_le_bytes([t[4], t[5], t[6], t[7]]) as usize;
     if plain > MAX_PLAIN {
         return Err(invalid(format!(
             "a gzip member claims {plain} bytes uncompressed, more than the {MAX_PLAIN} a block holds"
         )));
     }
-    let mut out = vec![0u8; plain];
-    match d.gzip_decompress(member, &mut out) {
-        Ok(n) if n == plain => Ok(out),
-        Ok(n) => Err(invalid(format!(
-            "a gzip member inflates to {n} bytes but its trailer says {plain}"
-        ))),
-        Err(e) => Err(invalid(format!("corrupt gzip member: {e}"))),
+    // One byte of room beyond the claim, so inflating to more than it says is seen.
+    let mut out = Vec::with_capacity(plain + 1);
+    d.reset(false);
+    let status = d
+        .decompress_vec(body, &mut out, flate2::FlushDecompress::Finish)
+        .map_err(|e| invalid(format!("corrupt gzip member: {e}")))?;
+    if status != flate2::Status::StreamEnd || d.total_in() != body.len() as u64 {
+        return Err(invalid(format!(
+            "a gzip member's deflate data does not end where its header says ({} of {} bytes used)",
+            d.total_in(),
+            body.len()
+        )));
     }
+    if out.len() != plain || crc32fast::hash(&out) != crc {
+        return Err(invalid(format!(
+            "a gzip member inflates to {} bytes that do not match its trailer ({plain} bytes, CRC-32 {crc:08x})",
+            out.len()
+        )));
+    }
+    Ok(out)
 }
 
 struct Job {
@@ -100,7 +121,7 @@ impl<R: Read + Send + 'static> BlockGzReader<R> {
             .map(|_| {
                 let queue = queue.clone();
                 thread::spawn(move || {
-                    let mut d = libdeflater::Decompressor::new();
+                    let mut d = flate2::Decompress::new(false);
                     loop {
                         let job = match queue.lock().map(|q| q.recv()) {
                             Ok(Ok(job)) => job,
@@ -309,6 +330,23 @@ mod tests {
         bad[first - 4..first].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = read_all(bad, 2).unwrap_err();
         assert!(err.to_string().contains("uncompressed"), "{err}");
+        // Bytes hidden after the deflate data's end, inside the claimed size: another reader
+        // would find them (here a whole second member), so they are refused, not skipped.
+        let small = block_gzip(b"benign", 6);
+        let hidden = block_gzip(b"hidden", 6);
+        let mut smuggled = small[..small.len() - TRAILER].to_vec();
+        smuggled.extend_from_slice(&small[small.len() - TRAILER..]);
+        smuggled.extend_from_slice(&hidden);
+        smuggled.extend_from_slice(&small[small.len() - TRAILER..]);
+        let size = smuggled.len() as u32;
+        smuggled[16..20].copy_from_slice(&size.to_le_bytes());
+        let mut plain = Vec::new();
+        flate2::read::MultiGzDecoder::new(&smuggled[..])
+            .read_to_end(&mut plain)
+            .ok();
+        assert!(plain.starts_with(b"benignhidden"), "other readers see both");
+        let err = read_all(smuggled, 2).unwrap_err();
+        assert!(err.to_string().contains("does not end where"), "{err}");
         // A member size pointing past the end: truncation.
         let err = read_all(good[..first - 1].to_vec(), 2).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
