@@ -438,12 +438,7 @@ fn open_verify_and_stage(
     ),
     RestoreError,
 > {
-    let archive_file = std::fs::File::open(&opts.archive).map_err(|e| {
-        RestoreError::Refused(format!("cannot open {}: {e}", opts.archive.display()))
-    })?;
-    let reading = archive_file.try_clone().map_err(|e| {
-        RestoreError::Refused(format!("cannot read {}: {e}", opts.archive.display()))
-    })?;
+    let (archive_file, reading) = open_archive(opts)?;
     let mut staging =
         extract::Staging::new(&opts.target_root, opts.keep_privileges).map_err(|e| {
             RestoreError::Refused(format!(
@@ -469,16 +464,23 @@ fn open_verify_and_stage(
     Ok((archive_file, report, staging))
 }
 
-/// Opens the archive once and verifies it from that descriptor; execute reads the same one.
-fn open_and_verify(
-    opts: &RestoreOptions,
-) -> Result<(std::fs::File, crate::archive::verify::VerifyReport), RestoreError> {
+/// The archive, opened once: the descriptor execute reads, and a second one onto the same open
+/// file for verifying.
+fn open_archive(opts: &RestoreOptions) -> Result<(std::fs::File, std::fs::File), RestoreError> {
     let archive_file = std::fs::File::open(&opts.archive).map_err(|e| {
         RestoreError::Refused(format!("cannot open {}: {e}", opts.archive.display()))
     })?;
     let reading = archive_file.try_clone().map_err(|e| {
         RestoreError::Refused(format!("cannot read {}: {e}", opts.archive.display()))
     })?;
+    Ok((archive_file, reading))
+}
+
+/// Opens the archive once and verifies it from that descriptor; execute reads the same one.
+fn open_and_verify(
+    opts: &RestoreOptions,
+) -> Result<(std::fs::File, crate::archive::verify::VerifyReport), RestoreError> {
+    let (archive_file, reading) = open_archive(opts)?;
     let report = verify::verify_open(
         reading,
         &opts.archive,

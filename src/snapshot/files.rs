@@ -667,6 +667,16 @@ fn read_was_whole(
     Ok(left == 0 && !grew && Stamp::of(&after) == stamp)
 }
 
+/// The manifest entry of a regular file read whole.
+fn file_entry(size: u64, hash: Sha256) -> Entry {
+    Entry {
+        kind: Kind::File,
+        size,
+        sha256: crate::archive::manifest::file_digest(&hash.finalize()),
+        link: None,
+    }
+}
+
 /// One read of a small `file` into memory; only a whole read reaches the tar. `None` if it
 /// changed meanwhile.
 #[allow(clippy::too_many_arguments)]
@@ -700,12 +710,7 @@ fn read_small(
     append_xattrs(tar, real, Some(file))?;
     tar.append_data(&mut header, member, &buf[..])
         .map_err(io_err("write staging archive", real))?;
-    Ok(Some(Entry {
-        kind: Kind::File,
-        size: stamp.size,
-        sha256: crate::archive::manifest::file_digest(&hash.finalize()),
-        link: None,
-    }))
+    Ok(Some(file_entry(stamp.size, hash)))
 }
 
 /// One read of a large `file` straight into the tar, in a compressed member of its own; `None`
@@ -737,12 +742,7 @@ fn read_large(
     let (left, hash) = (reader.left, reader.hash);
     if read_was_whole(&mut f, real, left, stamp)? {
         tar.get_mut().seal().map_err(staging)?;
-        return Ok(Some(Entry {
-            kind: Kind::File,
-            size: stamp.size,
-            sha256: crate::archive::manifest::file_digest(&hash.finalize()),
-            link: None,
-        }));
+        return Ok(Some(file_entry(stamp.size, hash)));
     }
     tar.get_mut().rollback().map_err(staging)?;
     ctx.progress.fetch_sub(stamp.size - left, Ordering::Relaxed);
