@@ -155,9 +155,37 @@ impl Beneath {
     /// Creates a new regular file (never replacing or following anything) for writing.
     pub fn create_file(&self, path: &Path, mode: u32) -> io::Result<File> {
         let (dir, name) = self.parent(path)?;
+        self.create_file_in(&dir, &name, path, mode)
+    }
+
+    /// The directory `dir`, resolved beneath the root, as a handle to create several files in
+    /// with [`Beneath::create_file_in`]. It stays the directory it was resolved to, wherever
+    /// that is renamed, so it is for a tree nothing else changes meanwhile (restore's staging).
+    pub fn dir_handle(&self, dir: &Path) -> io::Result<OwnedFd> {
+        let rel = self.relative(dir)?;
+        self.open_rel(rel, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| self.refused(dir, e))
+    }
+
+    /// Creates the new regular file `name` (a single name) in `dir`, a handle from
+    /// [`Beneath::dir_handle`]; `path` is only for messages.
+    pub fn create_file_in(
+        &self,
+        dir: &OwnedFd,
+        name: &std::ffi::OsStr,
+        path: &Path,
+        mode: u32,
+    ) -> io::Result<File> {
+        if name.is_empty() || name == "." || name == ".." || name.as_encoded_bytes().contains(&b'/')
+        {
+            return Err(io::Error::other(format!(
+                "{} names no file",
+                path.display()
+            )));
+        }
         let fd = rustix::fs::openat(
-            &dir,
-            &name,
+            dir,
+            name,
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(mode),
         )

@@ -9,6 +9,7 @@
 pub mod beneath;
 pub mod constraints;
 pub mod extract;
+pub mod offload;
 pub mod probe;
 pub mod services;
 
@@ -446,14 +447,23 @@ fn open_verify_and_stage(
                 opts.target_root.display()
             ))
         })?;
-    let report = verify::verify_open_staged(
-        reading,
-        &opts.archive,
-        &VerifyOptions {
-            identities: opts.identities.clone(),
-            ..VerifyOptions::default()
+    let dump_dir = staging.dump_dir();
+    let report = offload::offload(
+        &mut staging,
+        dump_dir,
+        |stage| {
+            verify::verify_open_staged(
+                reading,
+                &opts.archive,
+                &VerifyOptions {
+                    identities: opts.identities.clone(),
+                    ..VerifyOptions::default()
+                },
+                Some(stage),
+            )
+            .map_err(RestoreError::from)
         },
-        Some(&mut staging),
+        |m| RestoreError::Refused(format!("cannot stage the archive's files: {m}")),
     )?;
     staging.sync().map_err(|e| {
         RestoreError::Refused(format!(
