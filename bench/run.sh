@@ -6,7 +6,8 @@
 # gzip rows, tar zstd for zstd rows, tar xzf+sync for restore rows. "size vs tar czf" compares
 # output sizes.
 #
-# Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd and /usr/bin/time)
+# Usage: bench/run.sh [SIZE_MIB=1024] [ROUNDS=3]      (needs pigz, zstd, /usr/bin/time, and root
+# for the loop-mounted filesystems the restore rounds extract into)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1024}
@@ -70,19 +71,34 @@ for r in $(seq "$rounds"); do
 done
 # Restore side, alternating: juju-brd restore (one pass: verify while extracting into a staging
 # directory, one syncfs, move into place, DB replace) into an empty root vs tar xzf of the same
-# files followed by sync.
+# files followed by sync. Each run gets a freshly made ext4 filesystem (a loop-mounted image,
+# ext4's defaults, journal included), as a replacement host has. Extracting into a directory
+# where a previous round's 100k files were just deleted measures the filesystem instead: on
+# this VM's root ext4 (no journal) the inode allocator skips every recently freed inode
+# (`recently_deleted`, 25-50 s of system time in `perf` for either tool).
+[ "$(id -u)" = 0 ] || { echo "the restore rounds need root (mount -o loop)" >&2; exit 1; }
+fresh_fs() {
+  umount "$out/x" 2>/dev/null || true
+  rm -rf "$out/x" "$out/restore.img"; mkdir -p "$out/x"
+  truncate -s $(( (input * 3 >> 30) + 2 ))G "$out/restore.img"
+  mkfs.ext4 -q -F "$out/restore.img"
+  mount -o loop "$out/restore.img" "$out/x"
+  sync
+}
+trap 'umount "$out/x" 2>/dev/null || true; rm -f "$out/restore.img"' EXIT
 rm -rf "$out/archives"
 brd_archive=$("$bin" backup --offline --config "$out/bench.toml" 2>/dev/null | tail -n1)
 tar -C "$out/root" -czf "$out/ref.tar.gz" "${paths[@]}"
 for r in $(seq "$rounds"); do
-  rm -rf "$out/x"; mkdir -p "$out/x"; sync
+  fresh_fs
   s=$( { /usr/bin/time -f '%e %M' "$bin" restore --yes --config "$out/bench.toml" --address 127.0.0.1 \
          --target-root "$out/x" "$brd_archive" >/dev/null; } 2>&1 | tail -n1 )
   echo "juju-brd restore $s $(stat -c %s "$brd_archive")" >> "$out/results"
-  rm -rf "$out/x"; mkdir -p "$out/x"; sync
+  fresh_fs
   s=$( { /usr/bin/time -f '%e %M' sh -c "tar -C $out/x -xzf $out/ref.tar.gz && sync" >/dev/null; } 2>&1 | tail -n1 )
   echo "tar xzf+sync $s $(stat -c %s "$out/ref.tar.gz")" >> "$out/results"
 done
+umount "$out/x"
 rm -rf "$out/x"
 
 python3 - "$out/results" "$input" <<'PY'

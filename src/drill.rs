@@ -16,7 +16,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::archive::manifest::Kind;
 use crate::restore::{self, RestoreConfig, RestoreOptions};
@@ -206,9 +205,9 @@ fn check_files(plan: &restore::RestorePlan, root: &Path) -> Result<String, Outco
         let p = root.join(path.trim_start_matches('/'));
         let bad = |why: String| Outcome::Failed(format!("{path}: {why}"));
         match e.kind {
-            Kind::File | Kind::Hardlink if !e.sha256.is_empty() => {
+            Kind::File | Kind::Hardlink if !e.digest.is_empty() => {
                 let mut f = std::fs::File::open(&p).map_err(|e| bad(e.to_string()))?;
-                let mut h = Sha256::new();
+                let mut h = manifest.algo().hasher();
                 let mut buf = vec![0u8; 1 << 16];
                 let mut size = 0u64;
                 loop {
@@ -219,7 +218,7 @@ fn check_files(plan: &restore::RestorePlan, root: &Path) -> Result<String, Outco
                     size += n as u64;
                     h.update(&buf[..n]);
                 }
-                if size != e.size || !e.digest_matches(&hex::encode(h.finalize())) {
+                if size != e.size || !e.digest_matches(&h.finalize_hex()) {
                     return Err(bad("content differs from the manifest".into()));
                 }
                 files += 1;

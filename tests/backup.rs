@@ -487,7 +487,7 @@ fn verify_catches_damage() {
     rewrite_outer(&good, &p, |name, body| {
         if name.ends_with("manifest.json") {
             let mut m: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            m["root"]["var/lib/juju/server.pem"]["sha256"] = "00".repeat(32).into();
+            m["root"]["var/lib/juju/server.pem"]["digest"] = "00".repeat(16).into();
             Some(serde_json::to_vec(&m).unwrap())
         } else {
             Some(body)

@@ -29,7 +29,7 @@ fn unpack(archive: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The manifest entry (`kind`, `size`, `sha256`, `link`) of every member of a root.tar.
+/// The manifest entry (`kind`, `size`, `digest`, `link`) of every member of a root.tar.
 fn manifest_root(root_tar: &[u8]) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
     let mut t = tar::Archive::new(root_tar);
@@ -53,8 +53,9 @@ fn manifest_root(root_tar: &[u8]) -> serde_json::Map<String, serde_json::Value> 
             _ => {
                 let mut body = Vec::new();
                 e.read_to_end(&mut body).unwrap();
+                // Format 3, as juju-brd writes: BLAKE3 (all 256 bits are accepted too).
                 serde_json::json!({"kind": "file", "size": body.len(),
-                    "sha256": hex::encode(Sha256::digest(&body))})
+                    "digest": blake3::hash(&body).to_hex().to_string()})
             }
         };
         out.insert(name, v);

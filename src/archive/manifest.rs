@@ -1,26 +1,95 @@
-//! `juju-backup/juju-brd-manifest.json`: size and SHA-256 of every member of `root.tar` and every
+//! `juju-backup/juju-brd-manifest.json`: size and digest of every member of `root.tar` and every
 //! dump file, so `verify` can prove an archive is whole without trusting anything else in it.
 //!
-//! Format 2 records the first 128 bits of each file's SHA-256 ([`file_digest`]); format 1 recorded
-//! all 256, and both are read. A digest does not compress, so on a state of 100k small files the
-//! full ones cost 1.6% of the archive and the halves 0.8%; 128 bits still take 2^64 work to find a
-//! collision, and the archive as a whole is checked against its full SHA-256 (the sidecar, and at
-//! restore the hash of the bytes verified) before any per-file digest is consulted.
+//! Format 3 records the first 128 bits of each file's BLAKE3 ([`file_digest`]); format 2 the
+//! first 128 bits of its SHA-256, format 1 all 256, and all three are read ([`DigestAlgo`]).
+//! A digest does not compress, so on a state of 100k small files full ones cost 1.6% of the
+//! archive and halves 0.8%; 128 bits still take 2^64 work to find a collision. BLAKE3 hashes
+//! 3-4 times faster than SHA-256 here (AVX-512 against SHA-NI, one core), and every byte of
+//! state is hashed at backup and again at restore. The archive as a whole is still checked
+//! against its full SHA-256 (the sidecar, and at restore the hash of the bytes verified) before
+//! any per-file digest is consulted.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 
 /// The manifest format this version writes.
-pub const FORMAT: u32 = 2;
-/// Hex digits of a file's SHA-256 that format 2 records.
+pub const FORMAT: u32 = 3;
+/// Hex digits of a file's digest that formats 2 and 3 record.
 pub const DIGEST_HEX: usize = 32;
 
-/// What the manifest records for content whose SHA-256 is `sha256`.
-pub fn file_digest(sha256: &[u8]) -> String {
-    hex::encode(&sha256[..DIGEST_HEX / 2])
+/// What the manifest records for content whose full digest is `full` (hex).
+pub fn file_digest(full: &str) -> String {
+    full[..DIGEST_HEX].to_string()
+}
+
+/// The hash a manifest's file digests are taken with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestAlgo {
+    /// Formats 1 and 2 (and what Juju 4's manifest uses).
+    Sha256,
+    /// Format 3 on.
+    Blake3,
+}
+
+impl DigestAlgo {
+    /// What this version writes manifests with.
+    pub const WRITTEN: DigestAlgo = DigestAlgo::of_format(FORMAT);
+
+    pub const fn of_format(format: u32) -> DigestAlgo {
+        if format >= 3 {
+            DigestAlgo::Blake3
+        } else {
+            DigestAlgo::Sha256
+        }
+    }
+
+    pub fn hasher(self) -> FileHasher {
+        match self {
+            DigestAlgo::Sha256 => FileHasher::Sha256(sha2::Sha256::new()),
+            DigestAlgo::Blake3 => FileHasher::Blake3(Box::new(blake3::Hasher::new())),
+        }
+    }
+}
+
+/// A file's digest in the making, in the manifest's algorithm.
+#[derive(Clone)]
+pub enum FileHasher {
+    Sha256(sha2::Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl FileHasher {
+    pub fn update(&mut self, buf: &[u8]) {
+        match self {
+            FileHasher::Sha256(h) => h.update(buf),
+            FileHasher::Blake3(h) => {
+                h.update(buf);
+            }
+        }
+    }
+
+    /// The full digest, hex (64 digits for either algorithm).
+    pub fn finalize_hex(self) -> String {
+        match self {
+            FileHasher::Sha256(h) => hex::encode(h.finalize()),
+            FileHasher::Blake3(h) => h.finalize().to_hex().to_string(),
+        }
+    }
+}
+
+impl std::io::Write for FileHasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,10 +106,16 @@ pub enum Kind {
 pub struct Entry {
     pub kind: Kind,
     pub size: u64,
-    /// Hex SHA-256 of the content, its first 128 bits (format 2) or all of it (format 1, and what
-    /// `verify` computes); empty for directories and links.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub sha256: String,
+    /// Hex digest of the content in the manifest's [`DigestAlgo`]: its first 128 bits (formats 2
+    /// and 3) or all of it (format 1, and what `verify` computes); empty for directories and
+    /// links. Formats 1 and 2 name it `sha256`.
+    #[serde(
+        rename = "digest",
+        alias = "sha256",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub digest: String,
     /// Link target for symlinks and hardlinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
@@ -97,29 +172,36 @@ impl SharedManifest {
 }
 
 impl Entry {
-    /// Whether content with the hex SHA-256 `full` is what this entry records. A recorded digest
-    /// of any other length than 128 or 256 bits matches nothing.
+    /// Whether content whose full hex digest (in the manifest's [`DigestAlgo`]) is `full` is what
+    /// this entry records. A recorded digest of any other length than 128 or 256 bits matches
+    /// nothing.
     pub fn digest_matches(&self, full: &str) -> bool {
-        matches!(self.sha256.len(), DIGEST_HEX | 64)
+        matches!(self.digest.len(), DIGEST_HEX | 64)
             && full
-                .get(..self.sha256.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(&self.sha256))
+                .get(..self.digest.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(&self.digest))
     }
 
-    /// Whether `found` (read back, with a full SHA-256) is the member this entry records.
+    /// Whether `found` (read back, with a full digest in the manifest's algorithm) is the member
+    /// this entry records.
     pub fn matches(&self, found: &Entry) -> bool {
         self.kind == found.kind
             && self.size == found.size
             && self.link == found.link
-            && if self.sha256.is_empty() {
-                found.sha256.is_empty()
+            && if self.digest.is_empty() {
+                found.digest.is_empty()
             } else {
-                self.digest_matches(&found.sha256)
+                self.digest_matches(&found.digest)
             }
     }
 }
 
 impl Manifest {
+    /// The hash this manifest's file digests were taken with.
+    pub fn algo(&self) -> DigestAlgo {
+        DigestAlgo::of_format(self.format)
+    }
+
     pub fn new() -> Self {
         Manifest {
             format: FORMAT,
@@ -133,7 +215,7 @@ impl Manifest {
 }
 
 /// Writes manifest.json entry by entry, so a state with a million files costs no memory:
-/// `{"format":2,"root":{...},"dump":{...}}`, exactly what [`Manifest::parse`] reads.
+/// `{"format":3,"root":{...},"dump":{...}}`, exactly what [`Manifest::parse`] reads.
 pub struct ManifestWriter<W: std::io::Write> {
     out: W,
     section: u8,
@@ -198,7 +280,7 @@ mod tests {
         Entry {
             kind: Kind::File,
             size: n,
-            sha256: "ab".repeat(32),
+            digest: "ab".repeat(32),
             link: None,
         }
     }
@@ -211,7 +293,7 @@ mod tests {
             Entry {
                 kind: Kind::Dir,
                 size: 0,
-                sha256: String::new(),
+                digest: String::new(),
                 link: None,
             },
         );
@@ -234,36 +316,78 @@ mod tests {
 
     #[test]
     fn half_and_whole_digests_match_only_their_content() {
-        use sha2::Digest;
-        let full = sha2::Sha256::digest(b"agent.conf");
-        let full_hex = hex::encode(full);
-        let half = Entry {
-            sha256: file_digest(&full),
-            ..file(10)
-        };
-        let whole = Entry {
-            sha256: full_hex.clone(),
-            ..file(10)
-        };
-        assert_eq!(half.sha256.len(), DIGEST_HEX);
-        let found = Entry {
-            sha256: full_hex.clone(),
-            ..file(10)
-        };
-        assert!(half.matches(&found) && whole.matches(&found));
-        let other = hex::encode(sha2::Sha256::digest(b"agent.conf "));
-        assert!(!half.digest_matches(&other) && !whole.digest_matches(&other));
-        // Any other length, including none, matches nothing.
-        for bad in ["", &full_hex[..31], &full_hex[..33], &full_hex[..8]] {
-            let e = Entry {
-                sha256: bad.to_string(),
+        for algo in [DigestAlgo::Sha256, DigestAlgo::Blake3] {
+            let hex_of = |b: &[u8]| {
+                let mut h = algo.hasher();
+                h.update(b);
+                h.finalize_hex()
+            };
+            let full_hex = hex_of(b"agent.conf");
+            let half = Entry {
+                digest: file_digest(&full_hex),
                 ..file(10)
             };
-            assert!(!e.digest_matches(&full_hex), "{bad:?}");
+            let whole = Entry {
+                digest: full_hex.clone(),
+                ..file(10)
+            };
+            assert_eq!(half.digest.len(), DIGEST_HEX);
+            let found = Entry {
+                digest: full_hex.clone(),
+                ..file(10)
+            };
+            assert!(half.matches(&found) && whole.matches(&found));
+            let other = hex_of(b"agent.conf ");
+            assert!(!half.digest_matches(&other) && !whole.digest_matches(&other));
+            // Any other length, including none, matches nothing.
+            for bad in ["", &full_hex[..31], &full_hex[..33], &full_hex[..8]] {
+                let e = Entry {
+                    digest: bad.to_string(),
+                    ..file(10)
+                };
+                assert!(!e.digest_matches(&full_hex), "{bad:?}");
+            }
+            assert!(!half.matches(&Entry {
+                size: 11,
+                ..found.clone()
+            }));
         }
-        assert!(!half.matches(&Entry {
-            size: 11,
-            ..found.clone()
-        }));
+    }
+
+    /// Known answers: formats 1 and 2 hash with SHA-256, 3 with BLAKE3; a format-2 manifest
+    /// (its digests under `sha256`) still parses, and a new one is written as format 3 with
+    /// `digest`.
+    #[test]
+    fn the_format_picks_the_hash() {
+        let hex_of = |algo: DigestAlgo| {
+            let mut h = algo.hasher();
+            h.update(b"abc");
+            h.finalize_hex()
+        };
+        assert_eq!(
+            hex_of(DigestAlgo::of_format(2)),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex_of(DigestAlgo::of_format(3)),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+        assert_eq!(DigestAlgo::of_format(1), DigestAlgo::Sha256);
+        assert_eq!(DigestAlgo::WRITTEN, DigestAlgo::Blake3);
+        let old = br#"{"format":2,"root":{"a":{"kind":"file","size":3,"sha256":"ba7816bf8f01cfea414140de5dae2223"}},"dump":{}}"#;
+        let m = Manifest::parse(old).unwrap();
+        assert_eq!(m.algo(), DigestAlgo::Sha256);
+        let found = Entry {
+            digest: hex_of(m.algo()),
+            ..file(3)
+        };
+        assert!(m.root["a"].matches(&found));
+        let mut w = ManifestWriter::new(Vec::new()).unwrap();
+        w.root("a", &found).unwrap();
+        let text = String::from_utf8(w.finish("").unwrap()).unwrap();
+        assert!(
+            text.starts_with(r#"{"format":3,"#) && text.contains(r#""digest":"#),
+            "{text}"
+        );
     }
 }

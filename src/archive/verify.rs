@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::encryption::Identities;
-use super::manifest::{Entry, Kind, Manifest, SharedManifest, MAX_MANIFEST_BYTES};
+use super::manifest::{
+    DigestAlgo, Entry, FileHasher, Kind, Manifest, SharedManifest, MAX_MANIFEST_BYTES,
+};
 use super::metadata::{Metadata, MAX_METADATA_BYTES};
 use super::paths::{safe_relative, symlink_stays_inside};
 use super::reader;
@@ -128,7 +130,7 @@ const COPY_BUF: usize = 256 << 10;
 /// restore's whole archive goes through here.
 fn copy_hashing<R: Read>(
     from: &mut R,
-    h: &mut Sha256,
+    h: &mut FileHasher,
     mut out: Option<&mut dyn Write>,
     buf: &mut [u8],
 ) -> io::Result<u64> {
@@ -163,6 +165,7 @@ const MAX_AGENT_CONF: u64 = 1 << 20;
 fn describe_member<R: Read>(
     entry: &mut tar::Entry<R>,
     stage: Option<&mut dyn Stage>,
+    algo: DigestAlgo,
     buf: &mut [u8],
 ) -> Result<(PathBuf, Entry, Option<Vec<u8>>), String> {
     let raw_path = entry.path_bytes().into_owned();
@@ -180,7 +183,7 @@ fn describe_member<R: Read>(
     let mut content = None;
     let e = match kind {
         tar::EntryType::Regular | tar::EntryType::Continuous => {
-            let mut h = Sha256::new();
+            let mut h = algo.hasher();
             let out = match stage {
                 Some(s) => Some(s.file(&path)?),
                 None => None,
@@ -205,14 +208,14 @@ fn describe_member<R: Read>(
             Entry {
                 kind: Kind::File,
                 size,
-                sha256: hex::encode(h.finalize()),
+                digest: h.finalize_hex(),
                 link: None,
             }
         }
         tar::EntryType::Directory => Entry {
             kind: Kind::Dir,
             size: 0,
-            sha256: String::new(),
+            digest: String::new(),
             link: None,
         },
         tar::EntryType::Symlink => {
@@ -226,7 +229,7 @@ fn describe_member<R: Read>(
             Entry {
                 kind: Kind::Symlink,
                 size: 0,
-                sha256: String::new(),
+                digest: String::new(),
                 link: Some(target.display().to_string()),
             }
         }
@@ -236,7 +239,7 @@ fn describe_member<R: Read>(
             Entry {
                 kind: Kind::Hardlink,
                 size: 0,
-                sha256: String::new(),
+                digest: String::new(),
                 link: Some(target.display().to_string()),
             }
         }
@@ -255,7 +258,7 @@ fn describe_member<R: Read>(
 /// Returns (members, bytes of files).
 pub fn check_root_tar<R: Read>(
     inner: R,
-    manifest: Option<&BTreeMap<String, Entry>>,
+    manifest: Option<&Manifest>,
 ) -> Result<RootTarFacts, String> {
     check_root_tar_staged(inner, manifest, None)
 }
@@ -263,9 +266,12 @@ pub fn check_root_tar<R: Read>(
 /// As [`check_root_tar`], handing each member to `stage` once it has passed its checks.
 pub fn check_root_tar_staged<'m, R: Read>(
     inner: R,
-    manifest: Option<&'m BTreeMap<String, Entry>>,
+    manifest: Option<&'m Manifest>,
     mut stage: Option<&mut dyn Stage>,
 ) -> Result<RootTarFacts, String> {
+    // Without a manifest nothing is compared: the cheaper hash.
+    let algo = manifest.map_or(DigestAlgo::Blake3, |m| m.algo());
+    let manifest = manifest.map(|m| &m.root);
     let mut archive = tar::Archive::new(inner);
     // Members seen so far; with a manifest every member is one of its keys, borrowed rather
     // than copied (100k paths: a tenth of restore's memory).
@@ -297,7 +303,7 @@ pub fn check_root_tar_staged<'m, R: Read>(
         if seen.contains_key(early.display().to_string().as_str()) {
             return Err(format!("root.tar: duplicate member `{}`", early.display()));
         }
-        let (path, e, content) = describe_member(&mut entry, reborrow(&mut stage), &mut buf)
+        let (path, e, content) = describe_member(&mut entry, reborrow(&mut stage), algo, &mut buf)
             .map_err(|m| format!("root.tar: {m}"))?;
         if let Some(text) = content.as_deref().and_then(|c| std::str::from_utf8(c).ok()) {
             // Unreadable YAML is the restored agent's problem, not the archive's soundness.
@@ -424,11 +430,11 @@ impl<R: Read> Read for HashingReader<'_, R> {
 
 fn mismatch(section: &str, path: &str, got: &Entry, want: &Entry) -> String {
     format!(
-        "{section} member `{path}` does not match the manifest (size {} vs {}, sha256 {} vs {})",
+        "{section} member `{path}` does not match the manifest (size {} vs {}, digest {} vs {})",
         got.size,
         want.size,
-        short(&got.sha256),
-        short(&want.sha256)
+        short(&got.digest),
+        short(&want.digest)
     )
 }
 
@@ -580,7 +586,7 @@ pub fn verify_open_staged(
                 }
             }
             ROOT_TAR => {
-                let m = manifest.as_ref().map(|m| &m.root);
+                let m = manifest.as_ref();
                 // root.tar's own SHA-256 matters only to Juju 4's manifest, which (like ours)
                 // must come first; otherwise its content is hashed once, file by file.
                 let mut h = juju_manifest.as_ref().map(|_| Sha256::new());
@@ -607,7 +613,11 @@ pub fn verify_open_staged(
                     });
                 }
                 let checked = checker.as_ref().is_some_and(|e| e.checks_dump_files());
-                let mut h = Sha256::new();
+                // In our manifest's algorithm; without one, SHA-256 as Juju 4's manifest has it.
+                let mut h = manifest
+                    .as_ref()
+                    .map_or(DigestAlgo::Sha256, |m| m.algo())
+                    .hasher();
                 let size = if let Some(s) = reborrow(&mut stage) {
                     let (out, staged) = s.dump(&rel).map_err(fail)?;
                     let mut buf = vec![0u8; COPY_BUF];
@@ -636,14 +646,14 @@ pub fn verify_open_staged(
                     io::copy(&mut entry, &mut h)
                         .map_err(|e| fail(format!("reading dump `{rel}`: {e}")))?
                 };
-                let sha256 = hex::encode(h.finalize());
-                outer_files.insert(name.clone(), (size, sha256.clone()));
+                let digest = h.finalize_hex();
+                outer_files.insert(name.clone(), (size, digest.clone()));
                 dump.insert(
                     rel,
                     Entry {
                         kind: Kind::File,
                         size,
-                        sha256,
+                        digest,
                         link: None,
                     },
                 );
@@ -733,7 +743,7 @@ pub fn verify_open_staged(
 
 struct TeeHash<'a, W> {
     out: &'a mut W,
-    hash: &'a mut Sha256,
+    hash: &'a mut FileHasher,
 }
 impl<W: Write> Write for TeeHash<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

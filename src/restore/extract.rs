@@ -14,10 +14,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use sha2::{Digest, Sha256};
-
 use super::beneath::Beneath;
-use crate::archive::manifest::Entry as ManifestEntry;
+use crate::archive::manifest::{DigestAlgo, Entry as ManifestEntry, FileHasher, Manifest};
 use crate::archive::member::{self, Attrs};
 use crate::archive::paths::safe_relative;
 
@@ -279,7 +277,7 @@ pub struct ExtractOptions {
 pub fn extract<R: Read>(
     root_tar: R,
     journal: &mut Journal,
-    manifest: Option<&BTreeMap<String, ManifestEntry>>,
+    manifest: Option<&Manifest>,
     opts: ExtractOptions,
     progress: OnProgress<'_>,
 ) -> io::Result<Extracted> {
@@ -300,7 +298,7 @@ pub fn extract<R: Read>(
         }
         let (uid, gid) = owners.of(&attrs);
         let want = match manifest {
-            Some(m) => Some(m.get(&key).ok_or_else(|| {
+            Some(m) => Some(m.root.get(&key).ok_or_else(|| {
                 io::Error::other(format!(
                     "{key} is not in the verified manifest; the archive changed after it was verified"
                 ))
@@ -334,7 +332,7 @@ pub fn extract<R: Read>(
                 journal.move_aside(&dest)?;
                 let mut f = journal.fs.create_file(&dest, 0o600)?;
                 journal.created_file(&dest);
-                let mut h = Sha256::new();
+                let mut h = manifest.map_or(DigestAlgo::WRITTEN, |m| m.algo()).hasher();
                 let n = io::copy(
                     &mut Tee {
                         inner: &mut entry,
@@ -344,7 +342,7 @@ pub fn extract<R: Read>(
                 )
                 .map_err(|e| in_path("write", &dest, e))?;
                 if let Some(want) = want {
-                    let got = hex::encode(h.finalize());
+                    let got = h.finalize_hex();
                     if !want.digest_matches(&got) || want.size != n {
                         return Err(io::Error::other(format!(
                             "{key} does not match the manifest; the archive changed after it was verified"
@@ -410,7 +408,7 @@ pub fn extract<R: Read>(
 
 struct Tee<'a, R> {
     inner: &'a mut R,
-    hash: &'a mut Sha256,
+    hash: &'a mut FileHasher,
 }
 
 impl<R: Read> Read for Tee<'_, R> {

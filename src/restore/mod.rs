@@ -838,7 +838,7 @@ fn apply(
                     extract::extract(
                         &mut entry,
                         journal,
-                        plan.manifest.as_ref().map(|m| &m.root),
+                        plan.manifest.as_deref(),
                         options,
                         progress,
                     )

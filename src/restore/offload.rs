@@ -271,7 +271,7 @@ mod tests {
         Entry {
             kind: Kind::File,
             size,
-            sha256: String::new(),
+            digest: String::new(),
             link: None,
         }
     }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
+use crate::archive::manifest::{DigestAlgo, FileHasher};
 
 use super::{io_err, SnapshotError};
 use crate::archive::manifest::{Entry, Kind};
@@ -506,7 +506,7 @@ impl Member<'_> {
                 return Ok(Some(Entry {
                     kind: Kind::Dir,
                     size: 0,
-                    sha256: String::new(),
+                    digest: String::new(),
                     link: None,
                 }));
             }
@@ -525,7 +525,7 @@ impl Member<'_> {
                 return Ok(Some(Entry {
                     kind: Kind::Symlink,
                     size: 0,
-                    sha256: String::new(),
+                    digest: String::new(),
                     link: Some(target.display().to_string()),
                 }));
             }
@@ -668,11 +668,11 @@ fn read_was_whole(
 }
 
 /// The manifest entry of a regular file read whole.
-fn file_entry(size: u64, hash: Sha256) -> Entry {
+fn file_entry(size: u64, hash: FileHasher) -> Entry {
     Entry {
         kind: Kind::File,
         size,
-        sha256: crate::archive::manifest::file_digest(&hash.finalize()),
+        digest: crate::archive::manifest::file_digest(&hash.finalize_hex()),
         link: None,
     }
 }
@@ -696,7 +696,7 @@ fn read_small(
     let mut reader = CountingHash {
         inner: f,
         left: stamp.size,
-        hash: Sha256::new(),
+        hash: DigestAlgo::WRITTEN.hasher(),
         progress: ctx.progress,
     };
     buf.clear();
@@ -734,7 +734,7 @@ fn read_large(
     let mut reader = CountingHash {
         inner: f,
         left: stamp.size,
-        hash: Sha256::new(),
+        hash: DigestAlgo::WRITTEN.hasher(),
         progress: ctx.progress,
     };
     tar.append_data(&mut header, member, &mut reader)
@@ -753,7 +753,7 @@ fn read_large(
 struct CountingHash<'a, R> {
     inner: R,
     left: u64,
-    hash: Sha256,
+    hash: FileHasher,
     progress: &'a AtomicU64,
 }
 

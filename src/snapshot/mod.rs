@@ -625,14 +625,14 @@ fn hash_dir(dir: &Path) -> Result<BTreeMap<String, Entry>, SnapshotError> {
             .display()
             .to_string();
         let mut f = File::open(e.path()).map_err(io_err("open", e.path()))?;
-        let mut h = Sha256::new();
+        let mut h = crate::archive::manifest::DigestAlgo::WRITTEN.hasher();
         let size = io::copy(&mut f, &mut h).map_err(io_err("read", e.path()))?;
         out.insert(
             rel,
             Entry {
                 kind: Kind::File,
                 size,
-                sha256: crate::archive::manifest::file_digest(&h.finalize()),
+                digest: crate::archive::manifest::file_digest(&h.finalize_hex()),
                 link: None,
             },
         );
