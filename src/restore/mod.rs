@@ -465,6 +465,9 @@ fn open_verify_and_stage(
         },
         |m| RestoreError::Refused(format!("cannot stage the archive's files: {m}")),
     )?;
+    staging
+        .settle()
+        .map_err(|e| RestoreError::Refused(format!("cannot stage the archive's files: {e}")))?;
     staging.sync().map_err(|e| {
         RestoreError::Refused(format!(
             "cannot flush the staging directory under {}: {e}",
