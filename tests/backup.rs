@@ -512,6 +512,74 @@ fn verify_catches_damage() {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// An archive whose manifest is format 2 (the first 128 bits of each file's SHA-256, under
+/// `sha256`, as the previous version wrote them) still verifies, and a wrong digest in it is
+/// still caught: the format picks the hash.
+#[test]
+fn a_format_2_manifest_is_still_read_and_held_to_the_archive() {
+    use sha2::{Digest, Sha256};
+    let env = Env::new(1);
+    env.config("", &env.sqlite_section());
+    let good = env.backup();
+    // Every file's SHA-256 as archived, by manifest section and key.
+    let sums = std::cell::RefCell::new(Vec::new());
+    rewrite_outer(&good, &env.path("scan.tar.gz"), |name, body| {
+        if name.ends_with("/root.tar") {
+            let mut t = tar::Archive::new(&body[..]);
+            for e in t.entries().unwrap() {
+                let mut e = e.unwrap();
+                if e.header().entry_type() == tar::EntryType::Regular {
+                    let key = e.path().unwrap().display().to_string();
+                    let mut b = Vec::new();
+                    e.read_to_end(&mut b).unwrap();
+                    sums.borrow_mut()
+                        .push(("root", key, hex::encode(Sha256::digest(&b))));
+                }
+            }
+        } else if let Some((_, rel)) = name.split_once("/dump/").filter(|(_, r)| !r.is_empty()) {
+            sums.borrow_mut()
+                .push(("dump", rel.to_string(), hex::encode(Sha256::digest(&body))));
+        }
+        Some(body)
+    });
+    let sums = sums.into_inner();
+    assert!(sums.len() > 5 && sums.iter().any(|(s, _, _)| *s == "dump"));
+    let as_format_2 = |out: &Path, wrong: Option<&str>| {
+        rewrite_outer(&good, out, |name, body| {
+            if !name.ends_with("juju-brd-manifest.json") {
+                return Some(body);
+            }
+            let mut m: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(m["format"], 3);
+            m["format"] = 2.into();
+            for (section, key, sum) in &sums {
+                let e = m[*section][key.as_str()].as_object_mut().unwrap();
+                assert!(e.remove("digest").is_some(), "{key} has no digest");
+                let half = if Some(key.as_str()) == wrong {
+                    "00".repeat(16)
+                } else {
+                    sum[..32].to_string()
+                };
+                e.insert("sha256".into(), half.into());
+            }
+            Some(serde_json::to_vec(&m).unwrap())
+        })
+    };
+    let old = env.path("format2.tar.gz");
+    as_format_2(&old, None);
+    let out = env.run(&["verify", old.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lying = env.path("format2-lying.tar.gz");
+    as_format_2(&lying, Some("var/lib/juju/server.pem"));
+    let out = env.run(&["verify", lying.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("member `var/lib/juju/server.pem` does not match the manifest"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn config_errors_name_file_key_and_line_and_touch_nothing() {
     let env = Env::new(1);
