@@ -192,7 +192,7 @@ fn drill_into(s: &Settings, scratch: &Path, started: Instant) -> Result<Report, 
     })
 }
 
-/// Every member the manifest lists, read back from disk: files by size and SHA-256, symlinks by
+/// Every member the manifest lists, read back from disk: files by size and digest, symlinks by
 /// target, directories by kind.
 fn check_files(plan: &restore::RestorePlan, root: &Path) -> Result<String, Outcome> {
     let Some(manifest) = &plan.manifest else {

@@ -2,7 +2,7 @@
 //!
 //! Checks, in the order the bytes arrive: compression framing and checksums, the outer tar's shape
 //! (only `juju-backup/...` regular files and directories, no duplicates), metadata.json, the manifest,
-//! every member of root.tar (safe path, allowed type, size and SHA-256 against the manifest), every
+//! every member of root.tar (safe path, allowed type, size and digest against the manifest), every
 //! dump file (hash; SQLite dumps also pass `PRAGMA integrity_check`), then the sidecar checksum of the
 //! whole file. It writes nothing but a private temporary copy of an SQLite dump, removed on return.
 

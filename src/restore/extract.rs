@@ -273,7 +273,7 @@ pub struct ExtractOptions {
 }
 
 /// Extracts every member of `root_tar` under the journal's root. Each member passes the same
-/// checks as in `verify` (path, type, mode, owner, time); with a manifest, each file's SHA-256 and
+/// checks as in `verify` (path, type, mode, owner, time); with a manifest, each file's digest and
 /// size are checked as it is written, and every member must be listed.
 pub fn extract<R: Read>(
     root_tar: R,
