@@ -11,7 +11,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz passes nightly-only flags (-Zsanitizer); this toolchain is stable, so let it accept them.
 export RUSTC_BOOTSTRAP=1
 status=0
-for t in config_parse archive_verify root_tar restore_extract; do
+for t in config_parse archive_verify root_tar restore_extract restore_staged; do
   mkdir -p "corpus/$t"
   cp ../tests/fuzz_regressions/"$t"/* "corpus/$t/" 2>/dev/null || true
   if ! cargo fuzz run "$t" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 -timeout=30 \

@@ -58,3 +58,45 @@ pub fn restore_extract(data: &[u8]) {
         "rollback left files behind"
     );
 }
+
+/// An inner root.tar stream, checked and staged as restore's single pass does it (the staging
+/// thread, the finishing thread, early syncs) into a staging directory under a scratch target
+/// root, then dropped as a refused restore drops it. Besides never panicking, nothing may appear
+/// outside the staging directory, and dropping the stage must leave the target root empty.
+pub fn restore_staged(data: &[u8]) {
+    use crate::restore::{extract::Staging, offload::offload};
+    let names = |p: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(p)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let target = dir.path().join("target");
+    std::fs::create_dir(&target).expect("target dir");
+    {
+        let mut staging = Staging::new(&target, false).expect("staging");
+        let dump_dir = staging.dump_dir();
+        let _ = offload(
+            &mut staging,
+            dump_dir,
+            |stage| crate::archive::verify::check_root_tar_staged(data, None, Some(stage)),
+            |m| m,
+        );
+        let _ = staging.settle();
+        let staged = names(&target);
+        assert!(
+            staged.len() == 1 && staged[0].starts_with(".juju-brd-staging-"),
+            "staging wrote beside its directory: {staged:?}"
+        );
+    }
+    assert_eq!(
+        names(dir.path()),
+        ["target"],
+        "staging wrote outside its target"
+    );
+    assert!(
+        names(&target).is_empty(),
+        "the dropped stage left files behind"
+    );
+}

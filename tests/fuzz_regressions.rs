@@ -23,6 +23,7 @@ fn fuzz_regressions_do_not_panic() {
     let n = replay("config_parse", juju_brd::fuzzing::config)
         + replay("archive_verify", juju_brd::fuzzing::archive)
         + replay("root_tar", juju_brd::fuzzing::root_tar)
-        + replay("restore_extract", juju_brd::fuzzing::restore_extract);
+        + replay("restore_extract", juju_brd::fuzzing::restore_extract)
+        + replay("restore_staged", juju_brd::fuzzing::restore_staged);
     assert!(n >= 4, "the seed inputs are missing");
 }
