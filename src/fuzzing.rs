@@ -53,10 +53,8 @@ pub fn restore_extract(data: &[u8]) {
         .collect();
     assert_eq!(outside, ["target"], "extraction wrote outside its target");
     journal.rollback().expect("rollback");
-    assert!(
-        std::fs::read_dir(&target).expect("list").next().is_none(),
-        "rollback left files behind"
-    );
+    let left: Vec<_> = walkdir_names(&target);
+    assert!(left.is_empty(), "rollback left files behind: {left:?}");
 }
 
 /// An inner root.tar stream, checked and staged as restore's single pass does it (the staging
@@ -99,4 +97,21 @@ pub fn restore_staged(data: &[u8]) {
         names(&target).is_empty(),
         "the dropped stage left files behind"
     );
+}
+
+/// Every path under `root` (relative), symlinks not followed.
+fn walkdir_names(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("list") {
+            let e = e.expect("entry");
+            let p = e.path();
+            out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
+            if e.file_type().expect("type").is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    out
 }
