@@ -101,17 +101,13 @@ pub fn restore_staged(data: &[u8]) {
 
 /// Every path under `root` (relative), symlinks not followed.
 fn walkdir_names(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut todo = vec![root.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).expect("list") {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
             let e = e.expect("entry");
-            let p = e.path();
-            out.push(p.strip_prefix(root).unwrap_or(&p).display().to_string());
-            if e.file_type().expect("type").is_dir() {
-                todo.push(p);
-            }
-        }
-    }
-    out
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            rel.display().to_string()
+        })
+        .collect()
 }
