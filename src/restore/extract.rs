@@ -618,6 +618,12 @@ impl Staging {
             xattrs: attrs.xattrs.clone(),
             mtime: attrs.mtime,
         };
+        // Queued jobs stay small: the rare file with large extended attributes (the archive's to
+        // choose) is finished here and now instead.
+        let xattr_bytes: usize = job.xattrs.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if xattr_bytes > Finisher::MAX_QUEUED_XATTRS {
+            return job.apply();
+        }
         self.finisher.get_or_insert_with(Finisher::start).send(job)
     }
 
@@ -774,6 +780,9 @@ impl Finish {
 
 impl Finisher {
     const DEPTH: usize = 256;
+    /// Largest extended attributes (names and values) a queued job may hold: with `DEPTH`,
+    /// at most 1 MiB waits. Capabilities and SELinux labels are tens of bytes.
+    const MAX_QUEUED_XATTRS: usize = 4 << 10;
 
     fn start() -> Finisher {
         let (tx, rx) = sync_channel::<Finish>(Self::DEPTH);

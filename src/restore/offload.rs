@@ -4,9 +4,10 @@
 //! pass, all of it on one core.
 //!
 //! What the verifier hands over travels in batches through a bounded channel, so at most
-//! `DEPTH + 2` batches of about `BATCH_BYTES` each (2.5 MiB) are in memory at once. The staging thread
-//! applies them in order to the real stage; its first failure stops it, and the verifier learns
-//! of it at its next call (or when the pass ends), so a pass never succeeds over a failed write.
+//! `DEPTH + 2` batches of about `BATCH_BYTES` each (2.5 MiB; members' paths and xattrs count
+//! towards it) are in memory at once. The staging thread applies them in order to the real
+//! stage; its first failure stops it, and the verifier learns of it at its next call (or when
+//! the pass ends), so a pass never succeeds over a failed write.
 
 use std::io::{self, Write};
 use std::iter::Peekable;
@@ -34,6 +35,25 @@ enum Op {
     Dump(String),
     /// The dump file is complete; the reply tells the verifier it may read it back.
     DumpDone(SyncSender<Result<(), String>>),
+}
+
+impl Op {
+    /// Bytes an operation holds besides file content: a member's path and extended attributes
+    /// are the archive's to choose, so they count towards a batch too.
+    fn held(&self) -> usize {
+        match self {
+            Op::File(p) => p.as_os_str().len(),
+            Op::Member(p, _, attrs) => {
+                p.as_os_str().len()
+                    + attrs
+                        .xattrs
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+            }
+            _ => 0,
+        }
+    }
 }
 
 /// Runs `pass` with a stage that hands its work to `stage` on a thread of its own. The pass's
@@ -143,6 +163,9 @@ impl Front<'_> {
 
     fn push(&mut self, op: Op) -> Result<(), String> {
         self.take_data();
+        // What an operation holds besides file content counts too: a member's path and
+        // extended attributes are the archive's to choose.
+        self.batch_bytes += op.held();
         self.batch.push(op);
         if self.batch.len() >= BATCH_OPS || self.batch_bytes >= BATCH_BYTES {
             self.send()?;
@@ -160,12 +183,16 @@ impl Front<'_> {
         let sent = self.tx.as_ref().map(|tx| tx.send(batch));
         match sent {
             Some(Ok(())) => Ok(()),
-            _ => Err(self
-                .failed
-                .get()
-                .cloned()
-                .unwrap_or_else(|| "the staging thread stopped".to_string())),
+            _ => Err(self.stopped()),
         }
+    }
+
+    /// Why the staging thread is gone.
+    fn stopped(&self) -> String {
+        self.failed
+            .get()
+            .cloned()
+            .unwrap_or_else(|| "the staging thread stopped".to_string())
     }
 }
 
@@ -212,14 +239,7 @@ impl Stage for Front<'_> {
         let (reply, done) = sync_channel(1);
         self.push(Op::DumpDone(reply))?;
         self.send()?;
-        match done.recv() {
-            Ok(r) => r,
-            Err(_) => Err(self
-                .failed
-                .get()
-                .cloned()
-                .unwrap_or_else(|| "the staging thread stopped".to_string())),
-        }
+        done.recv().unwrap_or_else(|_| Err(self.stopped()))
     }
 }
 
