@@ -11,6 +11,7 @@
 //! ```
 
 pub mod blockgz;
+pub mod decode_check;
 pub mod encryption;
 pub mod manifest;
 pub mod member;

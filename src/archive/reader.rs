@@ -107,31 +107,13 @@ pub fn open_file(
         stats: raw.clone(),
     };
     let encrypted = magic[..got] == *AGE_MAGIC;
-    let mut plain: Box<dyn Read + Send> = if encrypted {
+    let plain: Box<dyn Read + Send> = if encrypted {
         let ids = identities.ok_or_else(encryption::identity_needed)?;
         Box::new(ids.open(counted)?)
     } else {
         Box::new(counted)
     };
-    let mut magic = [0u8; 4];
-    let got = read_up_to(&mut plain, &mut magic)?;
-    let plain = io::Cursor::new(magic[..got].to_vec()).chain(plain);
-    let (decoded, compression): (Box<dyn Read + Send>, _) = match magic[..got] {
-        [0x1f, 0x8b, ..] => (
-            Box::new(super::blockgz::BlockGzReader::new(
-                plain,
-                super::writer::default_threads(),
-            )),
-            "gzip",
-        ),
-        [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(plain)?), "zstd"),
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "not a gzip, zstd or age-encrypted archive (bad magic bytes)",
-            ))
-        }
-    };
+    let (decoded, compression) = decompressor(plain)?;
     Ok(OpenedArchive {
         reader: Box::new(RatioLimit {
             inner: decoded,
@@ -142,6 +124,32 @@ pub fn open_file(
         raw,
         compression,
         encrypted,
+    })
+}
+
+/// The tar stream inside `compressed`, told gzip or zstd by its magic bytes; also the name of
+/// the compression.
+pub fn decompressor(
+    mut compressed: Box<dyn Read + Send>,
+) -> io::Result<(Box<dyn Read + Send>, &'static str)> {
+    let mut magic = [0u8; 4];
+    let got = read_up_to(&mut compressed, &mut magic)?;
+    let input = io::Cursor::new(magic[..got].to_vec()).chain(compressed);
+    Ok(match magic[..got] {
+        [0x1f, 0x8b, ..] => (
+            Box::new(super::blockgz::BlockGzReader::new(
+                input,
+                super::writer::default_threads(),
+            )),
+            "gzip",
+        ),
+        [0x28, 0xb5, 0x2f, 0xfd] => (Box::new(zstd::Decoder::new(input)?), "zstd"),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a gzip, zstd or age-encrypted archive (bad magic bytes)",
+            ))
+        }
     })
 }
 

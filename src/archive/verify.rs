@@ -803,10 +803,13 @@ fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
 
 /// What `backup.verify_after` checks of an archive this process has just written (`written`):
 /// the file read back from disk has exactly the size and SHA-256 the writer computed over the
-/// bytes it wrote (and the sidecar says so), and it decompresses, every gzip member's CRC-32 or
-/// zstd frame's checksum passing, to exactly the uncompressed tar stream the writer produced
+/// bytes it wrote (and the sidecar says so), and those bytes decompress, every gzip member's CRC-32
+/// or zstd frame's checksum passing, to exactly the uncompressed tar stream the writer produced
 /// (same length and CRC-32). That stream's members were hashed for the manifest from the very
 /// bytes written into it, so the manifest describes the archive without hashing it again.
+///
+/// When the writer decoded its bytes as it wrote them ([`super::decode_check`]), that result is
+/// used and the file is only read back and hashed; otherwise it is decoded here.
 pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), VerifyError> {
     let path = &written.path;
     let fail = |message: String| VerifyError {
@@ -814,32 +817,51 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
         message,
     };
     let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let mut opened = reader::open_file(file, reader::DEFAULT_MAX_RATIO, None)
-        .map_err(|e| fail(e.to_string()))?;
-    let mut crc = crc32fast::Hasher::new();
-    let mut len = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match opened.reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail(format!("archive is damaged or truncated: {e}"))),
-        };
-        crc.update(&buf[..n]);
-        len += n as u64;
-    }
-    let sha256 = opened.raw.sha256_hex();
-    if opened.raw.bytes() != written.size || sha256 != written.sha256 {
+    let (decoded, sha256, size) = match &written.decoded {
+        Some(decoded) => {
+            let decoded = decoded.clone().map_err(fail)?;
+            if decoded.compressed != written.size {
+                return Err(fail(format!(
+                    "the compressed stream ends after {} of its {} bytes",
+                    decoded.compressed, written.size
+                )));
+            }
+            let mut h = Sha256::new();
+            let size = io::copy(&mut io::BufReader::with_capacity(1 << 20, file), &mut h)
+                .map_err(|e| fail(format!("cannot read back: {e}")))?;
+            let plain = (decoded.plain_len, decoded.plain_crc);
+            (plain, hex::encode(h.finalize()), size)
+        }
+        None => {
+            let mut opened = reader::open_file(file, reader::DEFAULT_MAX_RATIO, None)
+                .map_err(|e| fail(e.to_string()))?;
+            let mut sum = super::segment::PlainSum::default();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match opened.reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sum.update(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(fail(format!("archive is damaged or truncated: {e}"))),
+                }
+            }
+            (
+                (sum.len, sum.crc()),
+                opened.raw.sha256_hex(),
+                opened.raw.bytes(),
+            )
+        }
+    };
+    if size != written.size || sha256 != written.sha256 {
         return Err(fail(format!(
             "read back as {} bytes, sha256 {}, but was written as {} bytes, sha256 {}",
-            opened.raw.bytes(),
+            size,
             short(&sha256),
             written.size,
             short(&written.sha256)
         )));
     }
-    let crc = crc.finalize();
+    let (len, crc) = decoded;
     if len != written.plain_len || crc != written.plain_crc {
         return Err(fail(format!(
             "decompresses to {len} bytes (CRC-32 {crc:08x}), not the {} bytes (CRC-32 {:08x}) written",

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::decode_check::{DecodeCheck, Decoded};
 use super::encryption::Recipients;
 use super::name::{ArchiveName, PART_SUFFIX};
 use super::segment::{CompressSpec, Compressor, PlainSum};
@@ -26,6 +27,9 @@ pub struct WrittenArchive {
     /// Length and CRC-32 of the uncompressed tar stream that went into the compressor.
     pub plain_len: u64,
     pub plain_crc: u32,
+    /// What the bytes decoded to as they were written, when [`ArchiveWriter::decode_as_written`]
+    /// asked for it.
+    pub decoded: Option<Result<Decoded, String>>,
 }
 
 /// The compressed bytes go through here on their way to disk, so the sidecar's checksum costs no
@@ -34,6 +38,7 @@ pub(crate) struct HashingFile {
     out: BufWriter<File>,
     hash: Sha256,
     bytes: u64,
+    check: Option<DecodeCheck>,
 }
 
 impl Write for HashingFile {
@@ -41,6 +46,9 @@ impl Write for HashingFile {
         let n = self.out.write(buf)?;
         self.hash.update(&buf[..n]);
         self.bytes += n as u64;
+        if let Some(c) = &mut self.check {
+            c.feed(&buf[..n]);
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -160,6 +168,7 @@ impl ArchiveWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
             bytes: 0,
+            check: None,
         };
         let sink = match recipients {
             Some(r) => Sealed::Age(r.seal(file)?),
@@ -198,6 +207,20 @@ impl ArchiveWriter {
     /// What the sidecar records for listing the archive without opening it.
     pub fn set_listing(&mut self, listing: Listing) {
         self.listing = Some(listing);
+    }
+
+    /// Decodes the compressed bytes on a thread of its own as they are written (see
+    /// [`super::decode_check`]); the result comes back in [`WrittenArchive::decoded`]. Call it
+    /// before anything is appended. A sealed archive is not decoded this way: what reaches its
+    /// file is ciphertext.
+    pub fn decode_as_written(&mut self) -> io::Result<()> {
+        let stream = self.tar().get_mut();
+        assert!(stream.current.is_none(), "decode_as_written before writing");
+        if let Some(Sealed::Plain(file)) = stream.sink.as_mut() {
+            assert_eq!(file.bytes, 0, "decode_as_written before writing");
+            file.check = Some(DecodeCheck::start()?);
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &ArchiveName {
@@ -243,18 +266,21 @@ impl ArchiveWriter {
         Ok(())
     }
 
-    /// Appends the member `path` whose content is already compressed in `members` (see
-    /// [`super::segment`]): its header goes through the compressor, then the compressed bytes are
-    /// copied into the archive as they are, releasing the staging file's blocks as they go. The
-    /// content must be whole 512-byte blocks (a tar stream is).
+    /// Appends the member `path` of `size` bytes whose content begins already compressed in
+    /// `head` (see [`super::segment`]): its header goes through the compressor, then `head`'s
+    /// compressed bytes are copied into the archive as they are, releasing the staging file's
+    /// blocks as they go, then the rest of the content is read from `rest` and compressed, then
+    /// the tar padding. A short `rest` is an error, never a short entry.
     pub fn append_compressed(
         &mut self,
         path: &str,
-        members: &mut super::segment::Members,
+        size: u64,
+        head: &mut super::segment::Members,
+        rest: impl io::Read,
         progress: &dyn Fn(u64) -> io::Result<()>,
     ) -> io::Result<()> {
-        assert_eq!(members.plain.len % 512, 0, "whole tar blocks");
-        let mut h = self.header(tar::EntryType::Regular, members.plain.len, 0o600);
+        assert!(head.plain.len <= size, "the head is part of the content");
+        let mut h = self.header(tar::EntryType::Regular, size, 0o600);
         h.set_path(path)?;
         h.set_cksum();
         self.tar().append(&h, io::empty())?;
@@ -262,9 +288,9 @@ impl ArchiveWriter {
         let sink = stream.sink()?;
         let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
-        while done < members.compressed {
-            let want = buf.len().min((members.compressed - done) as usize);
-            let n = io::Read::read(&mut members.file, &mut buf[..want])?;
+        while done < head.compressed {
+            let want = buf.len().min((head.compressed - done) as usize);
+            let n = io::Read::read(&mut head.file, &mut buf[..want])?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -272,12 +298,31 @@ impl ArchiveWriter {
                 ));
             }
             sink.write_all(&buf[..n])?;
-            super::segment::release(&members.file, done, done + n as u64);
+            super::segment::release(&head.file, done, done + n as u64);
             done += n as u64;
             progress(n as u64)?;
         }
-        stream.plain.append(&members.plain);
-        Ok(())
+        stream.plain.append(&head.plain);
+        let mut left = size - head.plain.len;
+        let mut rest = rest;
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = match rest.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{path}: source ended {left} bytes early"),
+                    ))
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            stream.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        let pad = (size.next_multiple_of(512) - size) as usize;
+        stream.write_all(&[0u8; 512][..pad])
     }
 
     /// Completes the archive: tar trailer, compressor, fsync, rename, directory fsync, sidecar.
@@ -286,6 +331,8 @@ impl ArchiveWriter {
         let compressor = tar.into_inner()?;
         let (mut sink, plain) = compressor.finish()?;
         sink.out.flush()?;
+        // The decoding catches up while the file is synced.
+        let check = sink.check.take();
         let file = sink.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
@@ -298,12 +345,14 @@ impl ArchiveWriter {
             sidecar::render(&sha256, &self.name.to_string(), self.listing.as_ref()).as_bytes(),
             0o600,
         )?;
+        let decoded = check.map(DecodeCheck::finish);
         Ok(WrittenArchive {
             path: final_path,
             size: sink.bytes,
             sha256,
             plain_len: plain.len,
             plain_crc: plain.crc(),
+            decoded,
         })
     }
 }
@@ -344,4 +393,159 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         sync_dir(dir)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::verify::verify_written;
+    use crate::archive::Compression;
+
+    /// An archive of a few MiB of varied bytes, written with or without the decoding check.
+    fn written(dir: &Path, compression: Compression, check: bool) -> WrittenArchive {
+        let name = ArchiveName::first_free(dir, chrono::Utc::now(), compression, false);
+        let mut w = ArchiveWriter::create(dir, name, 3, 2, None).unwrap();
+        if check {
+            w.decode_as_written().unwrap();
+        }
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 26) as u8)
+            .collect();
+        w.append_bytes("juju-backup/a", &data).unwrap();
+        w.append_bytes("juju-backup/b", b"small").unwrap();
+        w.finish().unwrap()
+    }
+
+    fn flip_a_byte(path: &Path, at: u64) {
+        use std::os::unix::fs::FileExt;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    }
+
+    #[test]
+    fn decoding_as_written_proves_what_reading_back_proved() {
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            for check in [true, false] {
+                let dir = tempfile::tempdir().unwrap();
+                let w = written(dir.path(), compression, check);
+                assert_eq!(w.decoded.is_some(), check);
+                if let Some(d) = &w.decoded {
+                    let d = d.clone().unwrap();
+                    assert_eq!(
+                        (d.compressed, d.plain_len, d.plain_crc),
+                        (w.size, w.plain_len, w.plain_crc)
+                    );
+                }
+                verify_written(&w).unwrap();
+
+                // The bytes on disk are held to the ones decoded (without the check, decoding
+                // them is what fails).
+                flip_a_byte(&w.path, w.size / 2);
+                let err = verify_written(&w).unwrap_err().message;
+                let want = if check { "read back as" } else { "damaged" };
+                assert!(err.contains(want), "{err}");
+            }
+        }
+    }
+
+    /// A member whose content begins precompressed and ends from a reader reads back whole,
+    /// padding included, at every split (none, some, all of it precompressed).
+    #[test]
+    fn a_member_split_between_staged_and_fresh_bytes_reads_back_whole() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
+        for compression in [Compression::Zstd, Compression::Gzip] {
+            for split in [0, 1, 1 << 20, data.len()] {
+                let dir = tempfile::tempdir().unwrap();
+                let spec = CompressSpec {
+                    compression,
+                    level: 3,
+                    threads: 1,
+                };
+                let mut staged =
+                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+                staged.write_all(&data[..split]).unwrap();
+                let mut head = staged.finish().unwrap();
+                let name =
+                    ArchiveName::first_free(dir.path(), chrono::Utc::now(), compression, false);
+                let mut w = ArchiveWriter::create(dir.path(), name, 3, 2, None).unwrap();
+                let size = data.len() as u64;
+                w.append_compressed("m", size, &mut head, &data[split..], &|_| Ok(()))
+                    .unwrap();
+                w.append_bytes("after", b"z").unwrap();
+                // A short rest is an error, not a short member.
+                let mut short =
+                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec)
+                        .finish()
+                        .unwrap();
+                let err = w
+                    .append_compressed("short", 10, &mut short, &b"123"[..], &|_| Ok(()))
+                    .unwrap_err();
+                assert!(err.to_string().contains("7 bytes early"), "{err}");
+                drop(w);
+
+                let name =
+                    ArchiveName::first_free(dir.path(), chrono::Utc::now(), compression, false);
+                let mut w = ArchiveWriter::create(dir.path(), name, 3, 2, None).unwrap();
+                let mut staged =
+                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+                staged.write_all(&data[..split]).unwrap();
+                let mut head = staged.finish().unwrap();
+                w.append_compressed("m", size, &mut head, &data[split..], &|_| Ok(()))
+                    .unwrap();
+                w.append_bytes("after", b"z").unwrap();
+                let written = w.finish().unwrap();
+                verify_written(&written).unwrap();
+                let file = std::fs::File::open(&written.path).unwrap();
+                let plain = crate::archive::reader::decompressor(Box::new(file))
+                    .unwrap()
+                    .0;
+                let mut ar = tar::Archive::new(plain);
+                let mut got = Vec::new();
+                for e in ar.entries().unwrap() {
+                    let mut e = e.unwrap();
+                    let mut bytes = Vec::new();
+                    e.read_to_end(&mut bytes).unwrap();
+                    got.push((e.path().unwrap().display().to_string(), bytes));
+                }
+                assert_eq!(got.len(), 2);
+                assert_eq!(got[0], ("m".to_string(), data.clone()), "split {split}");
+                assert_eq!(got[1], ("after".to_string(), b"z".to_vec()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_or_different_decoding_fails_verification() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = written(dir.path(), Compression::Zstd, true);
+        let failed = WrittenArchive {
+            decoded: Some(Err("archive is damaged or truncated: x".into())),
+            ..w.clone()
+        };
+        let err = verify_written(&failed).unwrap_err().message;
+        assert!(err.contains("damaged"), "{err}");
+        let mut d = w.decoded.clone().unwrap().unwrap();
+        d.plain_crc ^= 1;
+        let other = WrittenArchive {
+            decoded: Some(Ok(d)),
+            ..w.clone()
+        };
+        let err = verify_written(&other).unwrap_err().message;
+        assert!(err.contains("decompresses to"), "{err}");
+        let mut d = w.decoded.clone().unwrap().unwrap();
+        d.compressed -= 1;
+        let short = WrittenArchive {
+            decoded: Some(Ok(d)),
+            ..w
+        };
+        let err = verify_written(&short).unwrap_err().message;
+        assert!(err.contains("stream ends after"), "{err}");
+    }
 }
