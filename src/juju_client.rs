@@ -204,7 +204,10 @@ impl ClientFiles {
 
     /// The environment to use: `JUJU_ENV` when set, else `JUJU_CONTROLLER`, else the current
     /// one (1.x `current-environment`, 2+ `current-controller`; refused when both are set and
-    /// differ).
+    /// differ), else Juju 1.x's default from `environments.yaml` (its `default:`, or its only
+    /// environment), as Juju 1.x itself falls back (`cmd/envcmd` `GetDefaultEnvironment`). That
+    /// last one comes after Juju 2+'s current controller: a Juju 1.x `environments.yaml` often
+    /// outlives the move to Juju 2.
     pub fn resolve(&self, sel: &Selection) -> Result<Environment, JujuClientError> {
         let (name, why) = match (&sel.juju_env, &sel.juju_controller) {
             (Some(e), _) => (e.trim().to_string(), "JUJU_ENV".to_string()),
@@ -221,11 +224,14 @@ impl ClientFiles {
                     }
                     (Some(a), _) => (a, "Juju 1.x current-environment".into()),
                     (None, Some(b)) => (b, "Juju 2+ current-controller".into()),
-                    (None, None) => {
-                        return Err(JujuClientError::NoCurrent {
-                            known: self.known()?,
-                        })
-                    }
+                    (None, None) => match self.environments_default()? {
+                        Some(d) => (d, "Juju 1.x environments.yaml default".into()),
+                        None => {
+                            return Err(JujuClientError::NoCurrent {
+                                known: self.known()?,
+                            })
+                        }
+                    },
                 }
             }
         };
@@ -286,6 +292,34 @@ impl ClientFiles {
         Ok(read_limited(&path)?
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty()))
+    }
+
+    /// Juju 1.x's default environment (`environs.ReadEnvironsBytes`): `default:` in
+    /// `$JUJU_HOME/environments.yaml`, which must name one of its environments, else its only
+    /// environment, else none.
+    fn environments_default(&self) -> Result<Option<String>, JujuClientError> {
+        let path = self.juju_home.join("environments.yaml");
+        let Some(text) = read_limited(&path)? else {
+            return Ok(None);
+        };
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        let file: EnvironmentsYaml =
+            serde_yaml_ng::from_str(&text).map_err(|e| JujuClientError::File {
+                path: path.clone(),
+                message: format!("not a Juju 1.x environments.yaml: {e}"),
+            })?;
+        let default = file.default.filter(|d| !d.trim().is_empty());
+        match default {
+            Some(d) if file.environments.contains_key(&d) => Ok(Some(d)),
+            Some(d) => Err(JujuClientError::File {
+                path,
+                message: format!("default environment `{d}` does not exist"),
+            }),
+            None if file.environments.len() == 1 => Ok(file.environments.into_keys().next()),
+            None => Ok(None),
+        }
     }
 
     fn read_controllers(&self) -> Result<Option<ControllersFile>, JujuClientError> {
@@ -355,6 +389,14 @@ struct ControllerDetails {
     uuid: Option<String>,
     #[serde(rename = "api-endpoints")]
     api_endpoints: Vec<String>,
+}
+
+/// The part of Juju 1.x's `environments.yaml` that picks the default environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EnvironmentsYaml {
+    default: Option<String>,
+    environments: BTreeMap<String, serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -522,6 +564,46 @@ current-controller: lab
         assert_eq!(env.hosts, ["10.0.3.1", "fd00::1", "ctl-0.maas"]);
         assert_eq!(env.refused, ["-oProxyCommand=x:17070"]);
         assert_eq!(f.ssh_key(env.era), d.path().join("juju1/ssh/juju_id_rsa"));
+    }
+
+    /// With no current environment or controller, Juju 1.x's `environments.yaml` decides, as in
+    /// Juju 1.x: its `default:`, else its only environment.
+    #[test]
+    fn juju1_environments_yaml_default() {
+        let d = tempfile::tempdir().unwrap();
+        let f = files(d.path());
+        write(&f.juju_home.join("environments/prod.jenv"), JENV);
+        write(&f.juju_home.join("environments/lab.jenv"), JENV);
+        let yaml = f.juju_home.join("environments.yaml");
+        let two =
+            "default: prod\nenvironments:\n  prod:\n    type: maas\n  lab:\n    type: local\n";
+        write(&yaml, two);
+        let env = f.resolve(&none()).unwrap();
+        assert_eq!((env.name.as_str(), env.era), ("prod", Era::Juju1));
+        // The only environment is the default.
+        write(&yaml, "environments:\n  lab:\n    type: local\n");
+        assert_eq!(f.resolve(&none()).unwrap().name, "lab");
+        // Two and no default: none is current.
+        write(&yaml, &two.replace("default: prod\n", ""));
+        let err = f.resolve(&none()).unwrap_err().to_string();
+        assert!(err.contains("no current Juju environment"), "{err}");
+        // A default that is not there is Juju's error too.
+        write(&yaml, &two.replace("default: prod", "default: gone"));
+        let err = f.resolve(&none()).unwrap_err().to_string();
+        assert!(
+            err.contains("default environment `gone` does not exist"),
+            "{err}"
+        );
+        // current-environment and Juju 2+'s current controller come first.
+        write(&yaml, two);
+        write(&f.juju_home.join("current-environment"), "lab\n");
+        assert_eq!(f.resolve(&none()).unwrap().name, "lab");
+        std::fs::remove_file(f.juju_home.join("current-environment")).unwrap();
+        write(
+            &f.juju_data.join("controllers.yaml"),
+            "controllers:\n  ctl:\n    api-endpoints: ['10.1.1.1:17070']\ncurrent-controller: ctl\n",
+        );
+        assert_eq!(f.resolve(&none()).unwrap().name, "ctl");
     }
 
     #[test]
