@@ -311,13 +311,16 @@ impl ClientFiles {
                 message: format!("not a Juju 1.x environments.yaml: {e}"),
             })?;
         let default = file.default.filter(|d| !d.trim().is_empty());
+        // `NAME:` with nothing under it is no environment to Juju (a nil map).
+        let mut environments = file.environments;
+        environments.retain(|_, v| !v.is_null());
         match default {
-            Some(d) if file.environments.contains_key(&d) => Ok(Some(d)),
+            Some(d) if environments.contains_key(&d) => Ok(Some(d)),
             Some(d) => Err(JujuClientError::File {
                 path,
                 message: format!("default environment `{d}` does not exist"),
             }),
-            None if file.environments.len() == 1 => Ok(file.environments.into_keys().next()),
+            None if environments.len() == 1 => Ok(environments.into_keys().next()),
             None => Ok(None),
         }
     }
@@ -580,8 +583,8 @@ current-controller: lab
         write(&yaml, two);
         let env = f.resolve(&none()).unwrap();
         assert_eq!((env.name.as_str(), env.era), ("prod", Era::Juju1));
-        // The only environment is the default.
-        write(&yaml, "environments:\n  lab:\n    type: local\n");
+        // The only environment is the default (an empty entry is none).
+        write(&yaml, "environments:\n  lab:\n    type: local\n  stub:\n");
         assert_eq!(f.resolve(&none()).unwrap().name, "lab");
         // Two and no default: none is current.
         write(&yaml, &two.replace("default: prod\n", ""));

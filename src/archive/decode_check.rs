@@ -50,14 +50,16 @@ impl DecodeCheck {
         })
     }
 
-    /// The next compressed bytes, in the order they are written.
-    pub fn feed(&mut self, bytes: &[u8]) {
-        if self.tx.is_none() {
-            return;
-        }
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= CHUNK {
-            self.send();
+    /// The next compressed bytes, in the order they are written; handed over in chunks of at
+    /// most [`CHUNK`] bytes however large the writes.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while self.tx.is_some() && !bytes.is_empty() {
+            let take = bytes.len().min(CHUNK - self.buf.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == CHUNK {
+                self.send();
+            }
         }
     }
 
@@ -145,6 +147,13 @@ fn decode(rx: mpsc::Receiver<Vec<u8>>) -> Result<Decoded, String> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("archive is damaged or truncated: {e}")),
         }
+        // The bound `verify` and restore hold every archive to: one they would refuse must not
+        // pass for verified here.
+        let compressed = seen.load(std::sync::atomic::Ordering::Relaxed);
+        let ratio = super::reader::DEFAULT_MAX_RATIO;
+        if let Err(e) = super::reader::check_ratio(compressed, sum.len, ratio) {
+            return Err(e.to_string());
+        }
     }
     // Both decoders read their input to its end (a trailing byte is an error to them); `seen`
     // says how much that was.
@@ -201,6 +210,28 @@ mod tests {
             assert_eq!((got.plain_len, got.plain_crc), sum(&data));
             assert_eq!(got.compressed, bytes.len() as u64);
         }
+    }
+
+    /// What verify and restore would refuse as a compression bomb fails here too.
+    #[test]
+    fn past_the_ratio_restore_accepts_it_fails() {
+        let zeros = vec![0u8; 80 << 20];
+        let err = check(&zstd(&zeros), 7).unwrap_err();
+        assert!(err.contains("beyond 200:1"), "{err}");
+        // Below the floor small archives may reach, it passes.
+        assert!(check(&zstd(&zeros[..60 << 20]), 7).is_ok());
+    }
+
+    /// One large write is handed over in bounded chunks, and still whole.
+    #[test]
+    fn large_writes_are_handed_over_in_chunks() {
+        let data = sample();
+        let zst = zstd(&data);
+        let mut c = DecodeCheck::start().unwrap();
+        c.feed(&zst);
+        assert!(c.buf.len() < CHUNK && c.buf.capacity() <= CHUNK);
+        let got = c.finish().unwrap();
+        assert_eq!((got.plain_len, got.plain_crc), sum(&data));
     }
 
     #[test]

@@ -58,18 +58,22 @@ impl<R: Read> Read for RatioLimit<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.out += n as u64;
-        let allowed = RATIO_FLOOR.saturating_add(self.raw.bytes().saturating_mul(self.max_ratio));
-        if self.out > allowed {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "decompresses beyond {}:1 (a compression bomb?); refused",
-                    self.max_ratio
-                ),
-            ));
-        }
+        check_ratio(self.raw.bytes(), self.out, self.max_ratio)?;
         Ok(n)
     }
+}
+
+/// Refuses `plain` bytes decoded from `compressed` beyond `max_ratio` (past a floor that small
+/// archives may reach): the same bound wherever an archive is decoded.
+pub fn check_ratio(compressed: u64, plain: u64, max_ratio: u64) -> io::Result<()> {
+    let allowed = RATIO_FLOOR.saturating_add(compressed.saturating_mul(max_ratio));
+    if plain > allowed {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("decompresses beyond {max_ratio}:1 (a compression bomb?); refused"),
+        ));
+    }
+    Ok(())
 }
 
 pub struct OpenedArchive {

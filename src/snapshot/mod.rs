@@ -262,7 +262,7 @@ fn snapshot_and_write(
     // The dump stops when the backup is cancelled or the file capture fails.
     let stop_dump = AtomicBool::new(false);
     let capture_done = AtomicBool::new(false);
-    let (captured, mut root_members, mut dump) = std::thread::scope(|scope| {
+    let (captured, mut root_members, dump) = std::thread::scope(|scope| {
         let dumping = scope.spawn(|| -> Result<_, SnapshotError> {
             if let Some(engine) = &engine {
                 tracing::info!(engine = engine.name(), "dumping the database");
@@ -440,22 +440,8 @@ fn snapshot_and_write(
     drop(root_members);
     w.append_dir(&format!("{TOP}/{DUMP_DIR}/"))
         .map_err(write_err)?;
-    for (rel, d) in &mut dump {
-        let path = format!("{TOP}/{DUMP_DIR}/{rel}");
-        let p = dump_dir.join(rel.as_str());
-        let mut f = File::open(&p).map_err(io_err("open", &p))?;
-        let head = d.head.as_ref().map_or(0, |h| h.plain.len);
-        io::Seek::seek(&mut f, io::SeekFrom::Start(head)).map_err(io_err("seek", &p))?;
-        let rest = ProgressReader {
-            inner: f,
-            progress: &progress.bytes_done,
-            cancel: &progress.cancel,
-        };
-        match &mut d.head {
-            Some(head) => w.append_compressed(&path, d.entry.size, head, rest, &cancelled),
-            None => w.append_reader(&path, d.entry.size, rest),
-        }
-        .map_err(write_err)?;
+    for (rel, d) in &dump {
+        append_dump_file(&mut w, &dump_dir, rel, d, progress).map_err(write_err)?;
     }
     if let Some(check) = dump_check {
         let verdict = check
@@ -638,7 +624,7 @@ fn private_file(path: &Path) -> Result<File, SnapshotError> {
         .map_err(io_err("create", path))
 }
 
-/// Size and SHA-256 of every file in the dump directory (recursively), by relative path.
+/// Counts what is read as backup progress; stops with an error once the backup is cancelled.
 struct ProgressReader<'a, R> {
     inner: R,
     progress: &'a AtomicU64,
@@ -661,7 +647,69 @@ impl<R: io::Read> io::Read for ProgressReader<'_, R> {
 /// compressed on the dump's thread (from its start), in a staging file of compressed members.
 struct StagedDump {
     entry: Entry,
-    head: Option<crate::archive::segment::Members>,
+    head: Option<StagedHead>,
+}
+
+/// The start of a dump file, compressed on the dump's thread: where it is staged, its compressed
+/// length and what it decodes to. Only the path is kept, not a descriptor (a mongodump of a
+/// thousand collections must not hold a thousand open files), and the file goes once copied.
+struct StagedHead {
+    path: PathBuf,
+    compressed: u64,
+    plain: crate::archive::segment::PlainSum,
+}
+
+/// Appends the dump file `rel` to the archive as `d` staged it: its compressed head copied as it
+/// is, then the rest read from `dump_dir` from where the head ends, compressed as it is
+/// written. The head's staging file is removed once copied.
+fn append_dump_file(
+    w: &mut ArchiveWriter,
+    dump_dir: &Path,
+    rel: &str,
+    d: &StagedDump,
+    progress: &Progress,
+) -> io::Result<()> {
+    let path = format!("{TOP}/{DUMP_DIR}/{rel}");
+    let in_context = |what: &str, p: &Path| {
+        let p = p.display().to_string();
+        let what = what.to_string();
+        move |e: io::Error| io::Error::new(e.kind(), format!("{what} {p}: {e}"))
+    };
+    let p = dump_dir.join(rel);
+    let mut f = File::open(&p).map_err(in_context("open", &p))?;
+    let start = d.head.as_ref().map_or(0, |h| h.plain.len);
+    io::Seek::seek(&mut f, io::SeekFrom::Start(start)).map_err(in_context("seek", &p))?;
+    let rest = ProgressReader {
+        inner: f,
+        progress: &progress.bytes_done,
+        cancel: &progress.cancel,
+    };
+    let Some(head) = &d.head else {
+        return w.append_reader(&path, d.entry.size, rest);
+    };
+    let mut members = crate::archive::segment::Members {
+        file: File::open(&head.path).map_err(in_context("open", &head.path))?,
+        compressed: head.compressed,
+        plain: head.plain.clone(),
+    };
+    let cancelled = |_: u64| -> io::Result<()> {
+        if progress.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("backup cancelled"));
+        }
+        Ok(())
+    };
+    w.append_compressed(&path, d.entry.size, &mut members, rest, &cancelled)?;
+    drop(members);
+    std::fs::remove_file(&head.path).map_err(in_context("remove", &head.path))
+}
+
+/// A finished staging file as [`StagedHead`] keeps it: its descriptor is closed.
+fn staged_head(path: &Path, done: crate::archive::segment::Members) -> StagedHead {
+    StagedHead {
+        path: path.to_path_buf(),
+        compressed: done.compressed,
+        plain: done.plain,
+    }
 }
 
 /// How the dump's thread stages the dump (see [`stage_dump`]).
@@ -732,7 +780,7 @@ fn stage_dump(
                     .expect("checked")
                     .finish()
                     .map_err(write_err())?;
-                head = Some(done);
+                head = Some(staged_head(&spool_path, done));
             }
             let n = match f.read(&mut buf) {
                 Ok(0) => break,
@@ -748,7 +796,8 @@ fn stage_dump(
             }
         }
         if let Some(spool) = spool {
-            head = Some(spool.finish().map_err(write_err())?);
+            let done = spool.finish().map_err(write_err())?;
+            head = Some(staged_head(&spool_path, done));
         }
         let entry = Entry {
             kind: Kind::File,
@@ -825,92 +874,168 @@ mod tests {
     use super::*;
     use std::io::Read;
 
-    /// Dump files of any size, staged on the dump's thread (compressed there or not), become
-    /// archive members that any tar reader reads back byte for byte, with the digests the
-    /// manifest records.
+    fn write_dump(dir: &Path, files: &[(&str, usize)]) {
+        for (name, size) in files {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            // Varied enough that compression takes a while, repetitive enough to compress.
+            let bytes: Vec<u8> = (0..*size)
+                .map(|i| ((i / 3) as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] & 0x3f)
+                .collect();
+            std::fs::write(p, bytes).unwrap();
+        }
+    }
+
+    /// Writes an archive of `staged` as backup does (between two other members) and returns each
+    /// member's name and content.
+    fn archive_of(
+        dump: &Path,
+        staged: &BTreeMap<String, StagedDump>,
+        compression: Compression,
+    ) -> Vec<(String, Vec<u8>)> {
+        let out = tempfile::tempdir().unwrap();
+        let name = ArchiveName::first_free(out.path(), Utc::now(), compression, false);
+        let mut w = ArchiveWriter::create(out.path(), name, 3, 2, None).unwrap();
+        w.append_bytes("first", b"x").unwrap();
+        for (rel, d) in staged {
+            append_dump_file(&mut w, dump, rel, d, &Progress::default()).unwrap();
+            if let Some(head) = &d.head {
+                assert!(!head.path.exists(), "the head's staging file is removed");
+            }
+        }
+        w.append_bytes("last", b"y").unwrap();
+        let written = w.finish().unwrap();
+        crate::archive::verify::verify_written(&written).unwrap();
+        let file = File::open(&written.path).unwrap();
+        let plain = crate::archive::reader::decompressor(Box::new(file))
+            .unwrap()
+            .0;
+        let mut ar = tar::Archive::new(plain);
+        let mut members = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut got = Vec::new();
+            e.read_to_end(&mut got).unwrap();
+            members.push((e.path().unwrap().display().to_string(), got));
+        }
+        members
+    }
+
+    /// Each dump file is in the archive byte for byte, with the digest the manifest records.
+    fn assert_archived(
+        dump: &Path,
+        staged: &BTreeMap<String, StagedDump>,
+        got: &[(String, Vec<u8>)],
+    ) {
+        let mut want = vec!["first".to_string()];
+        for (rel, d) in staged {
+            let name = format!("{TOP}/{DUMP_DIR}/{rel}");
+            let (_, bytes) = got.iter().find(|(n, _)| *n == name).expect("archived");
+            assert_eq!(*bytes, std::fs::read(dump.join(rel)).unwrap(), "{rel}");
+            let mut h = crate::archive::manifest::DigestAlgo::WRITTEN.hasher();
+            h.update(bytes);
+            let digest = crate::archive::manifest::file_digest(&h.finalize_hex());
+            assert_eq!(d.entry.digest, digest, "{rel}");
+            want.push(name);
+        }
+        want.push("last".into());
+        let names: Vec<String> = got.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, want);
+    }
+
+    /// Dump files of any size and name length, staged on the dump's thread (compressed there
+    /// before the capture is over, only hashed after it or for gzip), become archive members
+    /// that any tar reader reads back byte for byte.
     #[test]
     fn a_staged_dump_lands_in_the_archive_whole() {
         let dump = tempfile::tempdir().unwrap();
-        let out = tempfile::tempdir().unwrap();
-        let sizes = [
+        let long = format!("d/{}.bson", "n".repeat(150));
+        let files = [
             ("a.bson", 1000usize),
             ("b/empty", 0),
             ("c.db", 4096 * 3 + 1),
+            (long.as_str(), 700),
         ];
-        for (name, size) in sizes {
-            let p = dump.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            let bytes: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
-            std::fs::write(p, bytes).unwrap();
-        }
-        for (compression, capture_over) in [
-            (Compression::Zstd, false),
-            (Compression::Zstd, true),
-            (Compression::Gzip, true),
+        write_dump(dump.path(), &files);
+        let total: usize = files.iter().map(|(_, n)| n).sum();
+        for (compression, compress, capture_over) in [
+            (Compression::Zstd, true, false),
+            (Compression::Zstd, true, true),
+            (Compression::Gzip, false, false),
         ] {
             let staging = tempfile::tempdir().unwrap();
             let spec = CompressSpec {
                 compression,
                 level: 3,
-                threads: 1,
+                threads: 2,
             };
             let progress = AtomicU64::new(0);
-            let capture_done = AtomicBool::new(capture_over);
             let how = DumpStaging {
-                compress: Some(CompressSpec { threads: 2, ..spec }),
+                compress: compress.then_some(spec),
+                progress: &progress,
+                stop: &AtomicBool::new(false),
+                capture_done: &AtomicBool::new(capture_over),
+            };
+            let staged = stage_dump(dump.path(), staging.path(), &how).unwrap();
+            // Counted here only for what was compressed here.
+            let early = compress && !capture_over;
+            let counted = if early { total as u64 } else { 0 };
+            assert_eq!(progress.load(Ordering::Relaxed), counted);
+            for d in staged.values() {
+                // Before the capture is over everything is compressed here, after it nothing.
+                let head = d.head.as_ref().map(|h| h.plain.len);
+                let want = (compress && !capture_over).then_some(d.entry.size);
+                assert_eq!(head, want);
+            }
+            let got = archive_of(dump.path(), &staged, compression);
+            assert_archived(dump.path(), &staged, &got);
+        }
+    }
+
+    /// The capture ending in the middle of a dump file: the head compressed so far and the rest
+    /// compressed by the archive writer make up the file exactly.
+    #[test]
+    fn a_dump_file_split_where_the_capture_ended_is_whole() {
+        let dump = tempfile::tempdir().unwrap();
+        write_dump(dump.path(), &[("state.db", 48 << 20)]);
+        let mut split = None;
+        // Where the flag lands depends on scheduling: a few tries make a split in the middle
+        // all but certain, and the test says so if none happened.
+        for _ in 0..5 {
+            let staging = tempfile::tempdir().unwrap();
+            let progress = AtomicU64::new(0);
+            let capture_done = AtomicBool::new(false);
+            let how = DumpStaging {
+                compress: Some(CompressSpec {
+                    compression: Compression::Zstd,
+                    level: 3,
+                    threads: 2,
+                }),
                 progress: &progress,
                 stop: &AtomicBool::new(false),
                 capture_done: &capture_done,
             };
-            let mut staged = stage_dump(dump.path(), staging.path(), &how).unwrap();
-            // Counted here only for what was compressed here.
-            let compressed = if capture_over { 0 } else { 1000 + 4096 * 3 + 1 };
-            assert_eq!(progress.load(Ordering::Relaxed), compressed);
-            for d in staged.values() {
-                // Before the capture is over everything is compressed here, after it nothing.
-                let head = d.head.as_ref().map_or(0, |h| h.plain.len);
-                assert_eq!(head, if capture_over { 0 } else { d.entry.size });
-            }
-            let name = ArchiveName::first_free(out.path(), Utc::now(), compression, false);
-            let mut w = ArchiveWriter::create(out.path(), name, 3, 2, None).unwrap();
-            w.append_bytes("first", b"x").unwrap();
-            for (rel, d) in &mut staged {
-                let mut f = File::open(dump.path().join(rel)).unwrap();
-                match &mut d.head {
-                    Some(head) => {
-                        io::Seek::seek(&mut f, io::SeekFrom::Start(head.plain.len)).unwrap();
-                        w.append_compressed(rel, d.entry.size, head, f, &|_| Ok(()))
-                    }
-                    None => w.append_reader(rel, d.entry.size, f),
+            let staged = std::thread::scope(|scope| {
+                let staging_thread = scope.spawn(|| stage_dump(dump.path(), staging.path(), &how));
+                while progress.load(Ordering::Relaxed) < 1 << 20 && !staging_thread.is_finished() {
+                    std::thread::yield_now();
                 }
-                .unwrap();
+                capture_done.store(true, Ordering::Relaxed);
+                staging_thread.join().unwrap().unwrap()
+            });
+            let d = &staged["state.db"];
+            let head = d.head.as_ref().unwrap().plain.len;
+            if head > 0 && head < d.entry.size {
+                let got = archive_of(dump.path(), &staged, Compression::Zstd);
+                assert_archived(dump.path(), &staged, &got);
+                split = Some(head);
+                break;
             }
-            w.append_bytes("last", b"y").unwrap();
-            let written = w.finish().unwrap();
-            let mut ar = tar::Archive::new(
-                crate::archive::reader::decompressor(Box::new(File::open(&written.path).unwrap()))
-                    .unwrap()
-                    .0,
-            );
-            let mut seen = Vec::new();
-            for e in ar.entries().unwrap() {
-                let mut e = e.unwrap();
-                let path = e.path().unwrap().display().to_string();
-                let mut got = Vec::new();
-                e.read_to_end(&mut got).unwrap();
-                if let Some(d) = staged.get(&path) {
-                    assert_eq!(got, std::fs::read(dump.path().join(&path)).unwrap());
-                    let mut h = crate::archive::manifest::DigestAlgo::WRITTEN.hasher();
-                    h.update(&got);
-                    assert_eq!(
-                        d.entry.digest,
-                        crate::archive::manifest::file_digest(&h.finalize_hex())
-                    );
-                }
-                seen.push(path);
-            }
-            assert_eq!(seen, ["first", "a.bson", "b/empty", "c.db", "last"]);
         }
+        assert!(
+            split.is_some(),
+            "the capture never ended mid-file in 5 tries"
+        );
     }
 
     #[test]
