@@ -81,6 +81,20 @@ impl<'de> serde::Deserialize<'de> for ByteSize {
 mod tests {
     use super::*;
 
+    /// Backup checks the dump's share before the whole estimate (snapshot::check_space): that
+    /// is only sound because a larger estimate never needs less.
+    #[test]
+    fn a_larger_estimate_never_needs_less() {
+        const G: u64 = 1 << 30;
+        for total in [0, 1 << 20, 8 * G, 60 * G, 4096 * G] {
+            for part in [0, 1, 300 << 20, 9 * G, 100 * G] {
+                for more in [0, 1, 1 << 20, 2 * G, 80 * G] {
+                    assert!(required(part, total) <= required(part + more, total));
+                }
+            }
+        }
+    }
+
     #[test]
     fn juju_margin() {
         // Small state on a big disk: the 5 GiB cap applies.
