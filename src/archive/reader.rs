@@ -167,3 +167,19 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     }
     Ok(n)
 }
+
+/// Every member of the archive at `path` (not encrypted), name and content, in order: what
+/// the writer's tests read back.
+#[cfg(test)]
+pub(crate) fn members_of(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let (plain, _) = decompressor(Box::new(File::open(path).unwrap())).unwrap();
+    let mut ar = tar::Archive::new(plain);
+    let mut members = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let mut bytes = Vec::new();
+        e.read_to_end(&mut bytes).unwrap();
+        members.push((e.path().unwrap().display().to_string(), bytes));
+    }
+    members
+}

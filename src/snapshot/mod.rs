@@ -420,12 +420,7 @@ fn snapshot_and_write(
     let manifest_file = File::open(&manifest_path).map_err(io_err("open", &manifest_path))?;
     w.append_reader(&format!("{TOP}/{MANIFEST}"), manifest_bytes, manifest_file)
         .map_err(write_err)?;
-    let cancelled = |_: u64| -> io::Result<()> {
-        if progress.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("backup cancelled"));
-        }
-        Ok(())
-    };
+    let cancelled = stop_when_cancelled(&progress.cancel);
     w.append_compressed(
         &format!("{TOP}/{ROOT_TAR}"),
         root_tar_bytes,
@@ -637,6 +632,17 @@ fn private_file(path: &Path) -> Result<File, SnapshotError> {
         .map_err(io_err("create", path))
 }
 
+/// The progress callback of [`ArchiveWriter::append_compressed`]: fails once the backup is
+/// cancelled.
+fn stop_when_cancelled(cancel: &AtomicBool) -> impl Fn(u64) -> io::Result<()> + '_ {
+    move |_| {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("backup cancelled"));
+        }
+        Ok(())
+    }
+}
+
 /// Counts what is read as backup progress; stops with an error once the backup is cancelled.
 struct ProgressReader<'a, R> {
     inner: R,
@@ -705,12 +711,7 @@ fn append_dump_file(
         compressed: head.compressed,
         plain: head.plain.clone(),
     };
-    let cancelled = |_: u64| -> io::Result<()> {
-        if progress.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("backup cancelled"));
-        }
-        Ok(())
-    };
+    let cancelled = stop_when_cancelled(&progress.cancel);
     w.append_compressed(&path, d.entry.size, &mut members, rest, &cancelled)?;
     drop(members);
     std::fs::remove_file(&head.path).map_err(in_context("remove", &head.path))
@@ -885,7 +886,6 @@ pub struct ControllerOverrides {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     fn write_dump(dir: &Path, files: &[(&str, usize)]) {
         for (name, size) in files {
@@ -919,19 +919,7 @@ mod tests {
         w.append_bytes("last", b"y").unwrap();
         let written = w.finish().unwrap();
         crate::archive::verify::verify_written(&written).unwrap();
-        let file = File::open(&written.path).unwrap();
-        let plain = crate::archive::reader::decompressor(Box::new(file))
-            .unwrap()
-            .0;
-        let mut ar = tar::Archive::new(plain);
-        let mut members = Vec::new();
-        for e in ar.entries().unwrap() {
-            let mut e = e.unwrap();
-            let mut got = Vec::new();
-            e.read_to_end(&mut got).unwrap();
-            members.push((e.path().unwrap().display().to_string(), got));
-        }
-        members
+        crate::archive::reader::members_of(&written.path)
     }
 
     /// Each dump file is in the archive byte for byte, with the digest the manifest records.
