@@ -8,9 +8,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
-
 use super::encryption::{self, Identities, AGE_MAGIC};
+use super::manifest::{DigestAlgo, FileHasher};
 
 /// Default bound on decompressed/compressed bytes. Real state-server data stays far below it
 /// (even SQLite free pages); a gzip bomb reaches 1000:1.
@@ -18,18 +17,27 @@ pub const DEFAULT_MAX_RATIO: u64 = 200;
 /// Small archives may expand past the ratio (tar headers of empty files compress ~1000:1).
 const RATIO_FLOOR: u64 = 64 << 20;
 
-#[derive(Clone, Default)]
+/// Bytes and digest of the file as stored, counted as the decoder reads it.
+#[derive(Clone)]
 pub struct RawStats {
     bytes: Arc<AtomicU64>,
-    hash: Arc<Mutex<Sha256>>,
+    hash: Arc<Mutex<FileHasher>>,
 }
 
 impl RawStats {
+    fn new(algo: DigestAlgo) -> Self {
+        RawStats {
+            bytes: Arc::default(),
+            hash: Arc::new(Mutex::new(algo.hasher())),
+        }
+    }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
-    pub fn sha256_hex(&self) -> String {
-        hex::encode(self.hash.lock().expect("hash lock").clone().finalize())
+    /// Hex digest of what was read, in the algorithm the archive was opened with (SHA-256 unless
+    /// [`open_file_with`] chose otherwise).
+    pub fn hex(&self) -> String {
+        self.hash.lock().expect("hash lock").clone().finalize_hex()
     }
 }
 
@@ -78,7 +86,7 @@ pub fn check_ratio(compressed: u64, plain: u64, max_ratio: u64) -> io::Result<()
 
 pub struct OpenedArchive {
     pub reader: Box<dyn Read + Send>,
-    /// Bytes and SHA-256 of the file as stored (the ciphertext of an encrypted archive).
+    /// Bytes and digest of the file as stored (the ciphertext of an encrypted archive).
     pub raw: RawStats,
     pub compression: &'static str,
     pub encrypted: bool,
@@ -96,13 +104,24 @@ pub fn open(
 
 /// As [`open`], on a file already open (read from its current offset).
 pub fn open_file(
-    mut file: File,
+    file: File,
     max_ratio: u64,
     identities: Option<&Identities>,
 ) -> io::Result<OpenedArchive> {
+    open_file_with(file, max_ratio, identities, DigestAlgo::Sha256)
+}
+
+/// As [`open_file`], hashing the stored bytes with `algo` (the sidecar's SHA-256, or BLAKE3
+/// where only a comparison with the writer's own hash is needed).
+pub fn open_file_with(
+    mut file: File,
+    max_ratio: u64,
+    identities: Option<&Identities>,
+    algo: DigestAlgo,
+) -> io::Result<OpenedArchive> {
     let mut magic = [0u8; AGE_MAGIC.len()];
     let got = read_up_to(&mut file, &mut magic)?;
-    let raw = RawStats::default();
+    let raw = RawStats::new(algo);
     let counted = RawReader {
         inner: BufReader::with_capacity(
             1 << 20,

@@ -722,7 +722,7 @@ pub fn verify_open_staged(
         }
     }
 
-    let sha256 = opened.raw.sha256_hex();
+    let sha256 = opened.raw.hex();
     let sidecar = check_sidecar(path, &sha256).map_err(fail)?;
     Ok(VerifyReport {
         root_members: root.members,
@@ -802,14 +802,16 @@ fn verify_sealed(path: &Path, sha256: &str) -> Result<(), VerifyError> {
 }
 
 /// What `backup.verify_after` checks of an archive this process has just written (`written`):
-/// the file read back from disk has exactly the size and SHA-256 the writer computed over the
-/// bytes it wrote (and the sidecar says so), and those bytes decompress, every gzip member's CRC-32
+/// the file read back from disk has exactly the size and digest the writer computed over the
+/// bytes it wrote (BLAKE3 here: the writer computed the sidecar's SHA-256 over the same bytes, and
+/// the sidecar must say that), and those bytes decompress, every gzip member's CRC-32
 /// or zstd frame's checksum passing, to exactly the uncompressed tar stream the writer produced
 /// (same length and CRC-32). That stream's members were hashed for the manifest from the very
 /// bytes written into it, so the manifest describes the archive without hashing it again.
 ///
 /// When the writer decoded its bytes as it wrote them ([`super::decode_check`]), that result is
-/// used and the file is only read back and hashed; otherwise it is decoded here.
+/// used and the file is only read back and hashed; otherwise it is decoded here, hashed as it is
+/// read.
 pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), VerifyError> {
     let path = &written.path;
     let fail = |message: String| VerifyError {
@@ -817,7 +819,7 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
         message,
     };
     let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let (decoded, sha256, size) = match &written.decoded {
+    let (decoded, digest, size) = match &written.decoded {
         Some(decoded) => {
             let decoded = decoded.clone().map_err(fail)?;
             if decoded.compressed != written.size {
@@ -826,14 +828,15 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
                     decoded.compressed, written.size
                 )));
             }
-            let mut h = Sha256::new();
+            let mut h = blake3::Hasher::new();
             let size = io::copy(&mut io::BufReader::with_capacity(1 << 20, file), &mut h)
                 .map_err(|e| fail(format!("cannot read back: {e}")))?;
             let plain = (decoded.plain_len, decoded.plain_crc);
-            (plain, hex::encode(h.finalize()), size)
+            (plain, h.finalize().to_hex().to_string(), size)
         }
         None => {
-            let mut opened = reader::open_file(file, reader::DEFAULT_MAX_RATIO, None)
+            let max = reader::DEFAULT_MAX_RATIO;
+            let mut opened = reader::open_file_with(file, max, None, DigestAlgo::Blake3)
                 .map_err(|e| fail(e.to_string()))?;
             let mut sum = super::segment::PlainSum::default();
             let mut buf = vec![0u8; 1 << 20];
@@ -845,20 +848,16 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
                     Err(e) => return Err(fail(format!("archive is damaged or truncated: {e}"))),
                 }
             }
-            (
-                (sum.len, sum.crc()),
-                opened.raw.sha256_hex(),
-                opened.raw.bytes(),
-            )
+            ((sum.len, sum.crc()), opened.raw.hex(), opened.raw.bytes())
         }
     };
-    if size != written.size || sha256 != written.sha256 {
+    if size != written.size || digest != written.blake3 {
         return Err(fail(format!(
-            "read back as {} bytes, sha256 {}, but was written as {} bytes, sha256 {}",
+            "read back as {} bytes, BLAKE3 {}, but was written as {} bytes, BLAKE3 {}",
             size,
-            short(&sha256),
+            short(&digest),
             written.size,
-            short(&written.sha256)
+            short(&written.blake3)
         )));
     }
     let (len, crc) = decoded;
@@ -868,7 +867,7 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
             written.plain_len, written.plain_crc
         )));
     }
-    check_sidecar(path, &sha256).map_err(fail)?;
+    check_sidecar(path, &written.sha256).map_err(fail)?;
     Ok(())
 }
 

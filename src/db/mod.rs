@@ -122,7 +122,9 @@ pub trait Engine: Send + Sync + fmt::Debug {
     }
 
     /// Writes a consistent dump into `out_dir` (empty, private, on the archive's filesystem).
-    /// Returns promptly with an error once `cancel` is set.
+    /// Returns promptly with an error once `cancel` is set. An engine that
+    /// [checks dump files](Engine::checks_dump_files) leaves only files that pass that check:
+    /// backup archives the dump as it is, without checking it a second time.
     fn dump(&self, out_dir: &Path, cancel: &AtomicBool) -> Result<(), DbError>;
 
     /// The database server's version, recorded in the archive so a restore can refuse a server

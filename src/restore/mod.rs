@@ -872,13 +872,13 @@ fn apply(
         }
         // Read to the end, so the hash covers every byte verify hashed.
         std::io::copy(&mut outer.into_inner(), &mut std::io::sink()).map_err(read)?;
-        if raw.sha256_hex() != plan.sha256 {
+        if raw.hex() != plan.sha256 {
             return Err((
                 step,
                 StepError::Archive(format!(
                     "{} changed after it was verified (sha256 {} now, {} verified)",
                     plan.archive.display(),
-                    raw.sha256_hex(),
+                    raw.hex(),
                     plan.sha256
                 )),
             ));

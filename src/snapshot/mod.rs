@@ -306,30 +306,6 @@ fn snapshot_and_write(
         Ok::<_, SnapshotError>((captured, root_members, dump?))
     })?;
     let root_tar_bytes = root_members.plain.len;
-    // With verification on, the engine's own check of the dump (SQLite `PRAGMA integrity_check`)
-    // runs beside the compression of it, on the staged copy that is archived.
-    let dump_check = (cfg.backup.verify_after && !dump.is_empty())
-        .then(|| {
-            engine
-                .as_ref()
-                .and_then(|e| db::for_archive(e.name(), &Default::default(), Path::new("/")))
-                .filter(|c| c.checks_dump_files())
-        })
-        .flatten()
-        .map(|checker| {
-            let files: Vec<(String, PathBuf)> = dump
-                .keys()
-                .map(|rel| (rel.clone(), dump_dir.join(rel)))
-                .collect();
-            std::thread::spawn(move || -> Result<(), String> {
-                for (rel, path) in &files {
-                    checker
-                        .check_dump_file(path)
-                        .map_err(|e| format!("dump `{rel}`: {e}"))?;
-                }
-                Ok(())
-            })
-        });
     let inventory = read_inventory(engine.as_deref(), &dump_dir);
     for (rel, d) in &dump {
         manifest
@@ -434,18 +410,6 @@ fn snapshot_and_write(
         .map_err(write_err)?;
     for (rel, d) in &dump {
         append_dump_file(&mut w, &dump_dir, rel, d, progress).map_err(write_err)?;
-    }
-    if let Some(check) = dump_check {
-        let verdict = check
-            .join()
-            .unwrap_or_else(|_| Err("the dump check panicked".into()));
-        if let Err(message) = verdict {
-            // `w` is dropped unfinished: its `.part` goes.
-            return Err(SnapshotError::Verify(verify::VerifyError {
-                path: dir.join(name.to_string()),
-                message,
-            }));
-        }
     }
     let archive = w.finish().map_err(write_err)?;
     drop(staging);
