@@ -22,6 +22,7 @@ pub mod reader;
 pub mod segment;
 pub mod sidecar;
 pub mod verify;
+pub mod writeback;
 pub mod writer;
 
 pub const TOP: &str = "juju-backup";

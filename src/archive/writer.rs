@@ -17,6 +17,7 @@ use super::encryption::Recipients;
 use super::name::{ArchiveName, PART_SUFFIX};
 use super::segment::{CompressSpec, Compressor, PlainSum};
 use super::sidecar::{self, Listing};
+use super::writeback::Writeback;
 
 /// What a finished archive is, as written.
 #[derive(Debug, Clone)]
@@ -44,6 +45,7 @@ pub(crate) struct HashingFile {
     quick: blake3::Hasher,
     bytes: u64,
     check: Option<DecodeCheck>,
+    writeback: Writeback,
 }
 
 impl Write for HashingFile {
@@ -52,6 +54,7 @@ impl Write for HashingFile {
         self.hash.update(&buf[..n]);
         self.quick.update(&buf[..n]);
         self.bytes += n as u64;
+        self.writeback.wrote(n as u64);
         if let Some(c) = &mut self.check {
             c.feed(&buf[..n]);
         }
@@ -170,7 +173,9 @@ impl ArchiveWriter {
             .mode(0o600)
             .open(&part)
             .map_err(|e| io::Error::new(e.kind(), format!("create {}: {e}", part.display())))?;
+        let writeback = Writeback::start(&file)?;
         let file = HashingFile {
+            writeback,
             out: BufWriter::with_capacity(1 << 20, file),
             hash: Sha256::new(),
             quick: blake3::Hasher::new(),
@@ -341,6 +346,7 @@ impl ArchiveWriter {
         // The decoding catches up while the file is synced.
         let check = sink.check.take();
         let file = sink.out.into_inner().map_err(|e| e.into_error())?;
+        sink.writeback.finish()?;
         file.sync_all()?;
         drop(file);
         let final_path = self.dir.join(self.name.to_string());
