@@ -408,8 +408,8 @@ struct Member<'a> {
 
 /// What opening a path that `lstat` showed as a regular file gave.
 enum Opened {
-    /// A regular file (checked with `fstat`).
-    File(File),
+    /// A regular file, with what `fstat` said of it.
+    File(File, std::fs::Metadata),
     /// The path is gone.
     Gone,
     /// Something else is there now (another file, a FIFO, a socket, a device, a symlink).
@@ -441,7 +441,7 @@ fn open_regular(real: &Path, seen: &std::fs::Metadata) -> Result<Opened, Snapsho
     };
     let md = file.metadata().map_err(io_err("stat", real))?;
     if md.is_file() {
-        Ok(Opened::File(file))
+        Ok(Opened::File(file, md))
     } else {
         Ok(Opened::Changed)
     }
@@ -540,8 +540,8 @@ impl Member<'_> {
                 tracing::warn!(path = %self.host.display(), "{what}, not a regular file, directory or symlink; skipped");
                 return Ok(None);
             }
-            let file = match open_regular(&real, &md)? {
-                Opened::File(f) => f,
+            let (file, opened) = match open_regular(&real, &md)? {
+                Opened::File(f, md) => (f, md),
                 Opened::Gone => return self.vanished(),
                 Opened::Changed => {
                     tracing::info!(path = %self.host.display(), attempt, "replaced between stat and open; looking at it again");
@@ -550,7 +550,7 @@ impl Member<'_> {
             };
             // A file with other hard links is stored whole each time, as Juju's own backups do:
             // Juju's extractor (juju/utils tar.UntarFiles) drops hardlink entries.
-            return capture_file(tar, &file, &real, &self.name, ctx, names, buf).map(Some);
+            return capture_file(tar, &file, opened, &real, &self.name, ctx, names, buf).map(Some);
         }
         // Never the same thing twice in a row: nothing whole can be archived under this name.
         if self.required {
@@ -614,10 +614,14 @@ fn append_xattrs(
 
 /// Reads the open regular `file` into the tar until a read is whole (see the module doc). Every
 /// attempt reads the same descriptor: a file replaced by `rename` meanwhile stays the version
-/// that was opened, and is archived whole.
+/// that was opened, and is archived whole. `opened` is what `fstat` said as it was opened: the
+/// first attempt starts from it (nothing happened to the descriptor since), each later one
+/// from a fresh `fstat` and the start of the file.
+#[allow(clippy::too_many_arguments)]
 fn capture_file(
     tar: &mut tar::Builder<Spool>,
     file: &File,
+    opened: std::fs::Metadata,
     real: &Path,
     member: &Path,
     ctx: &CaptureContext<'_>,
@@ -625,8 +629,16 @@ fn capture_file(
     buf: &mut Vec<u8>,
 ) -> Result<Entry, SnapshotError> {
     let attempts = ctx.retries + 1;
+    let mut first = Some(opened);
     for attempt in 1..=attempts {
-        let before = file.metadata().map_err(io_err("stat", real))?;
+        let before = match first.take() {
+            Some(md) => md,
+            None => {
+                let mut f = file;
+                f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
+                file.metadata().map_err(io_err("stat", real))?
+            }
+        };
         let stamp = Stamp::of(&before);
         if let Some(wait) = unsettled(stamp.ctime(), SystemTime::now()) {
             tracing::debug!(path = %real.display(), attempt, "changed a moment ago; letting it settle");
@@ -692,7 +704,6 @@ fn read_small(
 ) -> Result<Option<Entry>, SnapshotError> {
     let stamp = Stamp::of(before);
     let mut f = file;
-    f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
     let mut reader = CountingHash {
         inner: f,
         left: stamp.size,
@@ -728,7 +739,6 @@ fn read_large(
     let staging = |e| io_err("write staging archive", real)(e);
     tar.get_mut().seal().map_err(staging)?;
     let mut f = file;
-    f.seek(SeekFrom::Start(0)).map_err(io_err("seek", real))?;
     let mut header = header_for(before, names);
     append_xattrs(tar, real, Some(file))?;
     let mut reader = CountingHash {
