@@ -5,7 +5,8 @@
 //! The writer hands every compressed byte it writes (and hashes) to [`DecodeCheck::feed`]; the
 //! thread decodes them with the same decoders `verify` uses and sums what comes out. What this
 //! proves is about the bytes as written; `verify::verify_written` then reads the file back and
-//! requires the same size and SHA-256, which ties the proof to the bytes on disk.
+//! requires the same size and digest (BLAKE3, computed beside the sidecar's SHA-256), which ties
+//! the proof to the bytes on disk.
 //!
 //! Memory is bounded: at most [`DEPTH`] chunks of [`CHUNK`] bytes wait for the thread. If the
 //! thread stops early (the bytes do not decode), feeding stops too and [`DecodeCheck::finish`]

@@ -867,8 +867,11 @@ pub fn verify_written(written: &super::writer::WrittenArchive) -> Result<(), Ver
             written.plain_len, written.plain_crc
         )));
     }
-    check_sidecar(path, &written.sha256).map_err(fail)?;
-    Ok(())
+    // The writer has just written the sidecar: it must be there, and say what was written.
+    match check_sidecar(path, &written.sha256).map_err(fail)? {
+        SidecarStatus::Match => Ok(()),
+        SidecarStatus::Missing => Err(fail("the sidecar written with it is gone".into())),
+    }
 }
 
 /// Verifies as far as this process can read: completely (`Some(report)`), or for an encrypted

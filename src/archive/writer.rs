@@ -338,7 +338,22 @@ impl ArchiveWriter {
     }
 
     /// Completes the archive: tar trailer, compressor, fsync, rename, directory fsync, sidecar.
+    /// On an error nothing that looks like an archive is left: not the `.part`, and not the
+    /// renamed archive or its sidecar when the error came after the rename.
     pub fn finish(mut self) -> io::Result<WrittenArchive> {
+        let mut renamed = false;
+        let result = self.complete(&mut renamed);
+        if result.is_err() {
+            let _ = std::fs::remove_file(&self.part);
+            if renamed {
+                let _ = std::fs::remove_file(self.dir.join(self.name.to_string()));
+                let _ = std::fs::remove_file(self.dir.join(self.name.sidecar()));
+            }
+        }
+        result
+    }
+
+    fn complete(&mut self, renamed: &mut bool) -> io::Result<WrittenArchive> {
         let tar = self.tar.take().expect("finish called once");
         let compressor = tar.into_inner()?;
         let (mut sink, plain) = compressor.finish()?;
@@ -351,6 +366,7 @@ impl ArchiveWriter {
         drop(file);
         let final_path = self.dir.join(self.name.to_string());
         std::fs::rename(&self.part, &final_path)?;
+        *renamed = true;
         sync_dir(&self.dir)?;
         let sha256 = hex::encode(sink.hash.finalize());
         write_atomic(
@@ -536,6 +552,31 @@ mod tests {
                 assert_eq!(got[1], ("after".to_string(), b"z".to_vec()));
             }
         }
+    }
+
+    /// A failure after the archive was renamed into place (here: its sidecar cannot be
+    /// written) leaves neither the archive nor its `.part`.
+    #[test]
+    fn a_failed_finish_leaves_nothing_that_looks_like_an_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let name =
+            ArchiveName::first_free(dir.path(), chrono::Utc::now(), Compression::Zstd, false);
+        let blocker = dir.path().join(name.sidecar());
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("keep"), b"").unwrap();
+        let mut w = ArchiveWriter::create(dir.path(), name.clone(), 3, 2, None).unwrap();
+        w.append_bytes("juju-backup/a", b"content").unwrap();
+        assert!(w.finish().is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            vec![name.sidecar()],
+            "only the directory in the way is left"
+        );
+        assert!(blocker.join("keep").exists());
     }
 
     #[test]

@@ -626,11 +626,28 @@ impl<R: io::Read> io::Read for ProgressReader<'_, R> {
     }
 }
 
+/// The rest of a staged dump file on its way into the archive, hashed as it goes.
+struct HashedRest<'a> {
+    inner: ProgressReader<'a, File>,
+    hash: crate::archive::manifest::FileHasher,
+}
+
+impl io::Read for HashedRest<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// A dump file ready for the archive: its manifest entry, and the part of its content that was
 /// compressed on the dump's thread (from its start), in a staging file of compressed members.
 struct StagedDump {
     entry: Entry,
     head: Option<StagedHead>,
+    /// The manifest digest's state where the head ends: the archive's read of the rest goes on
+    /// from it, so the bytes archived are held to the digest the manifest records.
+    resume: crate::archive::manifest::FileHasher,
 }
 
 /// The start of a dump file, compressed on the dump's thread: where it is staged, its compressed
@@ -662,13 +679,33 @@ fn append_dump_file(
     let mut f = File::open(&p).map_err(in_context("open", &p))?;
     let start = d.head.as_ref().map_or(0, |h| h.plain.len);
     io::Seek::seek(&mut f, io::SeekFrom::Start(start)).map_err(in_context("seek", &p))?;
-    let rest = ProgressReader {
-        inner: f,
-        progress: &progress.bytes_done,
-        cancel: &progress.cancel,
+    // The rest is read from the staged dump a second time: what reaches the archive must be
+    // what was hashed for the manifest (a write to the staging copy that failed unseen, or any
+    // other change, would otherwise pass verify_after, which does not re-hash members).
+    let mut rest = HashedRest {
+        inner: ProgressReader {
+            inner: f,
+            progress: &progress.bytes_done,
+            cancel: &progress.cancel,
+        },
+        hash: d.resume.clone(),
+    };
+    let same_as_hashed = |rest: HashedRest<'_>| {
+        if crate::archive::manifest::file_digest(&rest.hash.finalize_hex()) == d.entry.digest {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "dump {rel}: the bytes read into the archive are not the ones hashed for \
+                     the manifest (the staged copy changed)"
+                ),
+            ))
+        }
     };
     let Some(head) = &d.head else {
-        return w.append_reader(&path, d.entry.size, rest);
+        w.append_reader(&path, d.entry.size, &mut rest)?;
+        return same_as_hashed(rest);
     };
     let mut members = crate::archive::segment::Members {
         file: File::open(&head.path).map_err(in_context("open", &head.path))?,
@@ -676,7 +713,8 @@ fn append_dump_file(
         plain: head.plain.clone(),
     };
     let cancelled = stop_when_cancelled(&progress.cancel);
-    w.append_compressed(&path, d.entry.size, &mut members, rest, &cancelled)?;
+    w.append_compressed(&path, d.entry.size, &mut members, &mut rest, &cancelled)?;
+    same_as_hashed(rest)?;
     drop(members);
     std::fs::remove_file(&head.path).map_err(in_context("remove", &head.path))
 }
@@ -747,6 +785,7 @@ fn stage_dump(
         let mut head = None;
         let mut f = File::open(e.path()).map_err(io_err("open", e.path()))?;
         let mut h = crate::archive::manifest::DigestAlgo::WRITTEN.hasher();
+        let mut resume = h.clone();
         let mut size = 0u64;
         loop {
             if how.stop.load(Ordering::Relaxed) {
@@ -759,6 +798,7 @@ fn stage_dump(
                     .finish()
                     .map_err(write_err())?;
                 head = Some(staged_head(&spool_path, done));
+                resume = h.clone();
             }
             let n = match f.read(&mut buf) {
                 Ok(0) => break,
@@ -776,6 +816,7 @@ fn stage_dump(
         if let Some(spool) = spool {
             let done = spool.finish().map_err(write_err())?;
             head = Some(staged_head(&spool_path, done));
+            resume = h.clone();
         }
         let entry = Entry {
             kind: Kind::File,
@@ -783,7 +824,14 @@ fn stage_dump(
             digest: crate::archive::manifest::file_digest(&h.finalize_hex()),
             link: None,
         };
-        out.insert(rel, StagedDump { entry, head });
+        out.insert(
+            rel,
+            StagedDump {
+                entry,
+                head,
+                resume,
+            },
+        );
     }
     Ok(out)
 }
@@ -886,6 +934,33 @@ mod tests {
         crate::archive::reader::members_of(&written.path)
     }
 
+    /// With byte `at` of the staged dump file `rel` changed after it was hashed, appending it
+    /// to an archive fails; the byte is put back afterwards.
+    fn changed_after_hashing_fails(
+        dump: &Path,
+        staged: &BTreeMap<String, StagedDump>,
+        rel: &str,
+        at: u64,
+    ) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dump.join(rel))
+            .unwrap();
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let name = ArchiveName::first_free(out.path(), Utc::now(), Compression::Zstd, false);
+        let mut w = ArchiveWriter::create(out.path(), name, 3, 2, None).unwrap();
+        let err = append_dump_file(&mut w, dump, rel, &staged[rel], &Progress::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not the ones hashed"), "{err}");
+        f.write_all_at(&b, at).unwrap();
+    }
+
     /// Each dump file is in the archive byte for byte, with the digest the manifest records.
     fn assert_archived(
         dump: &Path,
@@ -952,6 +1027,10 @@ mod tests {
                 let want = (compress && !capture_over).then_some(d.entry.size);
                 assert_eq!(head, want);
             }
+            if !early {
+                // Read again for the archive: held to what was hashed.
+                changed_after_hashing_fails(dump.path(), &staged, "c.db", 4096);
+            }
             let got = archive_of(dump.path(), &staged, compression);
             assert_archived(dump.path(), &staged, &got);
         }
@@ -991,6 +1070,8 @@ mod tests {
             let d = &staged["state.db"];
             let head = d.head.as_ref().unwrap().plain.len;
             if head > 0 && head < d.entry.size {
+                // The part read again for the archive is held to what was hashed.
+                changed_after_hashing_fails(dump.path(), &staged, "state.db", d.entry.size - 1);
                 let got = archive_of(dump.path(), &staged, Compression::Zstd);
                 assert_archived(dump.path(), &staged, &got);
                 split = Some(head);
