@@ -607,35 +607,25 @@ fn stop_when_cancelled(cancel: &AtomicBool) -> impl Fn(u64) -> io::Result<()> + 
     }
 }
 
-/// Counts what is read as backup progress; stops with an error once the backup is cancelled.
-struct ProgressReader<'a, R> {
-    inner: R,
+/// The rest of a staged dump file on its way into the archive: hashed on from where the staged
+/// head's hash ended, counted as backup progress; stops with an error once the backup is
+/// cancelled.
+struct DumpRest<'a> {
+    file: File,
+    hash: crate::archive::manifest::FileHasher,
     progress: &'a AtomicU64,
     cancel: &'a AtomicBool,
 }
 
-impl<R: io::Read> io::Read for ProgressReader<'_, R> {
+impl io::Read for DumpRest<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
             // Not `Interrupted`: io::copy would retry that forever.
             return Err(io::Error::other("backup cancelled"));
         }
-        let n = self.inner.read(buf)?;
-        self.progress.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-/// The rest of a staged dump file on its way into the archive, hashed as it goes.
-struct HashedRest<'a> {
-    inner: ProgressReader<'a, File>,
-    hash: crate::archive::manifest::FileHasher,
-}
-
-impl io::Read for HashedRest<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.file.read(buf)?;
         self.hash.update(&buf[..n]);
+        self.progress.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
@@ -682,15 +672,13 @@ fn append_dump_file(
     // The rest is read from the staged dump a second time: what reaches the archive must be
     // what was hashed for the manifest (a write to the staging copy that failed unseen, or any
     // other change, would otherwise pass verify_after, which does not re-hash members).
-    let mut rest = HashedRest {
-        inner: ProgressReader {
-            inner: f,
-            progress: &progress.bytes_done,
-            cancel: &progress.cancel,
-        },
+    let mut rest = DumpRest {
+        file: f,
         hash: d.resume.clone(),
+        progress: &progress.bytes_done,
+        cancel: &progress.cancel,
     };
-    let same_as_hashed = |rest: HashedRest<'_>| {
+    let same_as_hashed = |rest: DumpRest<'_>| {
         if crate::archive::manifest::file_digest(&rest.hash.finalize_hex()) == d.entry.digest {
             Ok(())
         } else {
