@@ -8,20 +8,32 @@
 //! requires the same size and digest (BLAKE3, computed beside the sidecar's SHA-256), which ties
 //! the proof to the bytes on disk.
 //!
-//! Memory is bounded: at most [`DEPTH`] chunks of [`CHUNK`] bytes wait for the thread. If the
-//! thread stops early (the bytes do not decode), feeding stops too and [`DecodeCheck::finish`]
-//! returns its error; the writing goes on unharmed.
+//! The writer marks where compressed members end ([`DecodeCheck::cut`]); the segments between
+//! are decoded by [`WORKERS`] threads in turn, and their sums are joined in order.
+//!
+//! Memory is bounded: at most [`DEPTH`] chunks of [`CHUNK`] bytes wait per segment, and at most
+//! two segments per thread are open (16 MiB in all). If a thread stops early (the bytes do not decode), feeding
+//! stops too and [`DecodeCheck::finish`] returns the first error in the stream's order; the
+//! writing goes on unharmed.
 
 use std::io::{self, Read};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
+use super::reader::{check_ratio, ratio_allowance, DEFAULT_MAX_RATIO};
 use super::segment::PlainSum;
 
 /// Compressed bytes handed over at a time.
 const CHUNK: usize = 256 << 10;
-/// Chunks that may wait for the decoding thread.
-const DEPTH: usize = 4;
+/// Chunks that may wait for a decoding thread, per segment: 4 MiB, about a whole segment of a
+/// state-server's data ([`super::segment::SEGMENT_BYTES`] uncompressed), so the writer can hand
+/// one segment over while the thread still decodes the one before, and go on to the next thread.
+const DEPTH: usize = 16;
+/// Decoding threads. A segment (see [`DecodeCheck::cut`]) is decoded whole by one of them, the
+/// one with the least work waiting: two keep both cores of a small state-server busy while the
+/// writer copies staged members, where one left a core idle.
+const WORKERS: usize = 2;
 
 /// What the compressed bytes decoded to: length and CRC-32 of the tar stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,65 +45,224 @@ pub struct Decoded {
 
 /// The writer's end of the check.
 pub struct DecodeCheck {
-    tx: Option<mpsc::SyncSender<Vec<u8>>>,
+    workers: Vec<Worker>,
+    /// Segments handed out so far: the next one's number.
+    segments: usize,
+    /// The open segment's bytes, on their way to its worker.
+    segment: Option<mpsc::SyncSender<Vec<u8>>>,
     buf: Vec<u8>,
-    thread: thread::JoinHandle<Result<Decoded, String>>,
+    /// Compressed bytes fed so far: where the next segment starts.
+    fed: u64,
+    /// A worker has stopped (the bytes do not decode): its result says why; feeding stops.
+    stopped: bool,
+}
+
+struct Worker {
+    tx: Option<mpsc::SyncSender<Segment>>,
+    /// Segments handed to it and not yet decoded.
+    queued: Arc<AtomicU64>,
+    thread: thread::JoinHandle<Decodings>,
+}
+
+/// One segment for a worker: its number, where it starts in the compressed stream, its bytes.
+struct Segment {
+    index: usize,
+    start: u64,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+/// What one segment decoded to.
+struct Part {
+    compressed: u64,
+    plain: PlainSum,
+    /// The largest `plain - max_ratio * compressed` seen within the segment (both counted from
+    /// its start): enough to apply the ratio bound to the whole stream once the parts before it
+    /// are known.
+    excess: i128,
+}
+
+/// A worker's segments by number, and the error that stopped it, with the segment's number.
+struct Decodings {
+    parts: Vec<(usize, Part)>,
+    failed: Option<(usize, String)>,
 }
 
 impl DecodeCheck {
     pub fn start() -> io::Result<Self> {
-        let (tx, rx) = mpsc::sync_channel(DEPTH);
-        let thread = thread::Builder::new()
-            .name("decode-check".into())
-            .spawn(move || decode(rx))?;
+        let mut workers = Vec::with_capacity(WORKERS);
+        for _ in 0..WORKERS {
+            // One segment may wait while the worker decodes another.
+            let (tx, rx) = mpsc::sync_channel(1);
+            let queued = Arc::new(AtomicU64::new(0));
+            let count = queued.clone();
+            let thread = thread::Builder::new()
+                .name("decode-check".into())
+                .spawn(move || work(rx, &count))?;
+            workers.push(Worker {
+                tx: Some(tx),
+                queued,
+                thread,
+            });
+        }
         Ok(DecodeCheck {
-            tx: Some(tx),
+            workers,
+            segments: 0,
+            segment: None,
             buf: Vec::with_capacity(CHUNK),
-            thread,
+            fed: 0,
+            stopped: false,
         })
     }
 
     /// The next compressed bytes, in the order they are written; handed over in chunks of at
     /// most [`CHUNK`] bytes however large the writes.
     pub fn feed(&mut self, mut bytes: &[u8]) {
-        while self.tx.is_some() && !bytes.is_empty() {
+        while !self.stopped && !bytes.is_empty() {
+            if self.segment.is_none() {
+                self.open_segment();
+                continue;
+            }
             let take = bytes.len().min(CHUNK - self.buf.len());
             self.buf.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
+            self.fed += take as u64;
             if self.buf.len() == CHUNK {
                 self.send();
             }
         }
     }
 
+    /// The bytes fed so far end a compressed member (gzip member or zstd frame), and the next
+    /// ones start another: what follows may be decoded apart from what came before, on another
+    /// thread. The writer cuts where it knows members end; without cuts the whole stream is one
+    /// segment, decoded by one thread.
+    pub fn cut(&mut self) {
+        if self.segment.is_some() {
+            self.send();
+            self.segment = None;
+        }
+    }
+
+    fn open_segment(&mut self) {
+        let (tx, rx) = mpsc::sync_channel(DEPTH);
+        let segment = Segment {
+            index: self.segments,
+            start: self.fed,
+            rx,
+        };
+        self.segments += 1;
+        let worker = self
+            .workers
+            .iter()
+            .min_by_key(|w| w.queued.load(Ordering::Relaxed))
+            .expect("at least one worker");
+        worker.queued.fetch_add(1, Ordering::Relaxed);
+        let sent = worker.tx.as_ref().is_some_and(|w| w.send(segment).is_ok());
+        if sent {
+            self.segment = Some(tx);
+        } else {
+            self.stopped = true;
+        }
+    }
+
     fn send(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        if let Some(tx) = &self.tx {
+        if let Some(tx) = &self.segment {
             if tx.send(chunk).is_err() {
-                // The thread has stopped: its result says why.
-                self.tx = None;
+                // The worker has stopped: its result says why.
+                self.stopped = true;
+                self.segment = None;
             }
         }
     }
 
-    /// The end of the compressed bytes: waits for the thread and returns what they decoded to.
+    /// The end of the compressed bytes: waits for the threads and returns what the bytes decoded
+    /// to, or the first failure in the stream's order.
     pub fn finish(mut self) -> Result<Decoded, String> {
-        if !self.buf.is_empty() {
-            self.send();
+        self.cut();
+        let mut results = Vec::with_capacity(self.workers.len());
+        for mut w in self.workers.drain(..) {
+            drop(w.tx.take());
+            let done = w.thread.join().unwrap_or_else(|_| Decodings {
+                parts: Vec::new(),
+                failed: Some((usize::MAX, "the decoding thread panicked".into())),
+            });
+            results.push(done);
         }
-        drop(self.tx.take());
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err("the decoding thread panicked".into()))
+        merge(results)
     }
 }
 
-/// Reads the chunks as one stream, counting them.
+/// The workers' parts in the stream's order, summed, with the ratio bound applied to every prefix
+/// of the whole stream as one decoder would have.
+fn merge(results: Vec<Decodings>) -> Result<Decoded, String> {
+    let mut parts = std::collections::BTreeMap::new();
+    let mut failures = std::collections::BTreeMap::new();
+    for r in results {
+        parts.extend(r.parts);
+        failures.extend(r.failed);
+    }
+    let (mut compressed, mut plain) = (0u64, PlainSum::default());
+    for k in 0.. {
+        let Some(part) = parts.remove(&k) else {
+            break;
+        };
+        let allowed = ratio_allowance(compressed, DEFAULT_MAX_RATIO) as i128;
+        if plain.len as i128 + part.excess > allowed {
+            return Err(ratio_error());
+        }
+        compressed += part.compressed;
+        plain.append(&part.plain);
+    }
+    // The first failure in the stream's order; any later one may only be the feeding stopping.
+    if let Some((_, e)) = failures.into_iter().next() {
+        return Err(e);
+    }
+    Ok(Decoded {
+        compressed,
+        plain_len: plain.len,
+        plain_crc: plain.crc(),
+    })
+}
+
+fn ratio_error() -> String {
+    check_ratio(0, u64::MAX, DEFAULT_MAX_RATIO)
+        .expect_err("beyond any bound")
+        .to_string()
+}
+
+/// A worker: decodes its segments one after another.
+fn work(rx: mpsc::Receiver<Segment>, queued: &AtomicU64) -> Decodings {
+    let mut parts = Vec::new();
+    for segment in rx.iter() {
+        let index = segment.index;
+        let decoded = decode(segment);
+        queued.fetch_sub(1, Ordering::Relaxed);
+        match decoded {
+            Ok(part) => parts.push((index, part)),
+            Err(e) => {
+                return Decodings {
+                    parts,
+                    failed: Some((index, e)),
+                }
+            }
+        }
+    }
+    Decodings {
+        parts,
+        failed: None,
+    }
+}
+
+/// Reads a segment's chunks as one stream, counting them.
 struct ChunkReader {
     rx: mpsc::Receiver<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
-    total: u64,
+    seen: Arc<AtomicU64>,
 }
 
 impl Read for ChunkReader {
@@ -99,47 +270,31 @@ impl Read for ChunkReader {
         while self.pos == self.chunk.len() {
             match self.rx.recv() {
                 Ok(next) => (self.chunk, self.pos) = (next, 0),
-                // The writer is done (or gone): end of stream.
+                // The segment is over (or the writer gone): end of stream.
                 Err(_) => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len() - self.pos);
         buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
-        self.total += n as u64;
+        self.seen.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 }
 
-/// Shares the count of compressed bytes the decoder has taken, which it keeps once boxed.
-struct Counted {
-    inner: ChunkReader,
-    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Read for Counted {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.seen
-            .store(self.inner.total, std::sync::atomic::Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
-fn decode(rx: mpsc::Receiver<Vec<u8>>) -> Result<Decoded, String> {
-    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let input = Counted {
-        inner: ChunkReader {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-            total: 0,
-        },
+fn decode(segment: Segment) -> Result<Part, String> {
+    // The decoder keeps the reader once boxed; the count of what it took is shared.
+    let seen = Arc::new(AtomicU64::new(0));
+    let input = ChunkReader {
+        rx: segment.rx,
+        chunk: Vec::new(),
+        pos: 0,
         seen: seen.clone(),
     };
     let (mut plain, _) =
         super::reader::decompressor(Box::new(input)).map_err(|e| format!("cannot decode: {e}"))?;
     let mut sum = PlainSum::default();
+    let mut excess = i128::MIN;
     let mut buf = vec![0u8; CHUNK];
     loop {
         match plain.read(&mut buf) {
@@ -149,20 +304,21 @@ fn decode(rx: mpsc::Receiver<Vec<u8>>) -> Result<Decoded, String> {
             Err(e) => return Err(format!("archive is damaged or truncated: {e}")),
         }
         // The bound `verify` and restore hold every archive to: one they would refuse must not
-        // pass for verified here.
-        let compressed = seen.load(std::sync::atomic::Ordering::Relaxed);
-        let ratio = super::reader::DEFAULT_MAX_RATIO;
-        if let Err(e) = super::reader::check_ratio(compressed, sum.len, ratio) {
-            return Err(e.to_string());
-        }
+        // pass for verified here. Exactly, once the parts before are known (`merge`); here, the
+        // plain bytes before this segment counted as none, which stops a bomb early.
+        let compressed = seen.load(Ordering::Relaxed);
+        let r = DEFAULT_MAX_RATIO as i128;
+        excess = excess.max(sum.len as i128 - r * compressed as i128);
+        check_ratio(segment.start + compressed, sum.len, DEFAULT_MAX_RATIO)
+            .map_err(|e| e.to_string())?;
     }
     // Both decoders read their input to its end (a trailing byte is an error to them); `seen`
     // says how much that was.
     drop(plain);
-    Ok(Decoded {
-        compressed: seen.load(std::sync::atomic::Ordering::Relaxed),
-        plain_len: sum.len,
-        plain_crc: sum.crc(),
+    Ok(Part {
+        compressed: seen.load(Ordering::Relaxed),
+        plain: sum,
+        excess,
     })
 }
 
@@ -191,6 +347,12 @@ mod tests {
         e.include_checksum(true).unwrap();
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(data).unwrap();
+        gz.finish().unwrap()
     }
 
     fn sample() -> Vec<u8> {
@@ -233,6 +395,65 @@ mod tests {
         assert!(c.buf.len() < CHUNK && c.buf.capacity() <= CHUNK);
         let got = c.finish().unwrap();
         assert_eq!((got.plain_len, got.plain_crc), sum(&data));
+    }
+
+    /// Segments fed with cuts between them: decoded by different threads, joined in order.
+    fn check_segments(segments: &[Vec<u8>], pieces: usize) -> Result<Decoded, String> {
+        let mut c = DecodeCheck::start().unwrap();
+        for seg in segments {
+            for part in seg.chunks(seg.len().div_ceil(pieces).max(1)) {
+                c.feed(part);
+            }
+            c.cut();
+        }
+        c.finish()
+    }
+
+    #[test]
+    fn segments_decoded_apart_join_to_the_whole() {
+        let data = sample();
+        for codec in [zstd as fn(&[u8]) -> Vec<u8>, gzip] {
+            // Uneven sizes, an empty cut, many more segments than threads.
+            let bounds = [
+                0, 10, 700_000, 700_001, 2_500_000, 2_600_000, 4_999_999, 5_000_000,
+            ];
+            let segments: Vec<Vec<u8>> = bounds
+                .windows(2)
+                .map(|b| codec(&data[b[0]..b[1]]))
+                .collect();
+            let total: usize = segments.iter().map(Vec::len).sum();
+            for pieces in [1, 3, 1000] {
+                let got = check_segments(&segments, pieces).unwrap();
+                assert_eq!((got.plain_len, got.plain_crc), sum(&data));
+                assert_eq!(got.compressed, total as u64);
+            }
+            // A cut inside a member is a member cut short: the check fails.
+            let whole = codec(&data);
+            let (a, b) = whole.split_at(whole.len() / 2);
+            assert!(check_segments(&[a.to_vec(), b.to_vec()], 5).is_err());
+        }
+    }
+
+    /// Each segment alone is below the bound, the stream is not: the bound holds for the whole.
+    #[test]
+    fn the_ratio_bound_spans_segments() {
+        let zeros = zstd(&vec![0u8; 40 << 20]);
+        let err = check_segments(&[zeros.clone(), zeros.clone()], 3).unwrap_err();
+        assert!(err.contains("beyond 200:1"), "{err}");
+        assert!(check_segments(&[zeros], 3).is_ok());
+    }
+
+    /// The first damaged segment is what the check reports, whichever thread got it.
+    #[test]
+    fn the_first_failure_in_the_stream_is_reported() {
+        let data = sample();
+        let good = zstd(&data);
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        let segments = [good.clone(), bad, b"not an archive".to_vec(), good];
+        let err = check_segments(&segments, 20).unwrap_err();
+        assert!(err.contains("damaged"), "{err}");
     }
 
     #[test]

@@ -74,14 +74,18 @@ impl<R: Read> Read for RatioLimit<R> {
 /// Refuses `plain` bytes decoded from `compressed` beyond `max_ratio` (past a floor that small
 /// archives may reach): the same bound wherever an archive is decoded.
 pub fn check_ratio(compressed: u64, plain: u64, max_ratio: u64) -> io::Result<()> {
-    let allowed = RATIO_FLOOR.saturating_add(compressed.saturating_mul(max_ratio));
-    if plain > allowed {
+    if plain > ratio_allowance(compressed, max_ratio) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("decompresses beyond {max_ratio}:1 (a compression bomb?); refused"),
         ));
     }
     Ok(())
+}
+
+/// The plain bytes that `compressed` bytes may decode to under `max_ratio` (see [`check_ratio`]).
+pub fn ratio_allowance(compressed: u64, max_ratio: u64) -> u64 {
+    RATIO_FLOOR.saturating_add(compressed.saturating_mul(max_ratio))
 }
 
 pub struct OpenedArchive {

@@ -65,6 +65,15 @@ impl Write for HashingFile {
     }
 }
 
+impl HashingFile {
+    /// A compressed member ends here (see [`DecodeCheck::cut`]).
+    fn cut(&mut self) {
+        if let Some(c) = &mut self.check {
+            c.cut();
+        }
+    }
+}
+
 /// Between the compressor and the file: plain, or an age stream when the archive is encrypted.
 /// The sidecar's checksum is over what reaches the disk (the ciphertext when sealed).
 pub(crate) enum Sealed {
@@ -88,6 +97,13 @@ impl Write for Sealed {
 }
 
 impl Sealed {
+    /// A compressed member ends here. (An encrypted archive is decoded after it is written.)
+    fn cut(&mut self) {
+        if let Sealed::Plain(w) = self {
+            w.cut();
+        }
+    }
+
     fn finish(self) -> io::Result<HashingFile> {
         match self {
             Sealed::Plain(w) => Ok(w),
@@ -298,10 +314,18 @@ impl ArchiveWriter {
         self.tar().append_data(&mut h, path, io::empty())?;
         let stream = self.tar().get_mut();
         let sink = stream.sink()?;
+        // The members before are whole, and so is each staged one: the decoding that verifies
+        // the archive may take them apart.
+        sink.cut();
+        let mut ends = head.ends.iter().copied().peekable();
         let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
         while done < head.compressed {
-            let want = buf.len().min((head.compressed - done) as usize);
+            while ends.next_if(|&end| end <= done).is_some() {
+                sink.cut();
+            }
+            let end = ends.peek().copied().unwrap_or(head.compressed);
+            let want = buf.len().min((end.min(head.compressed) - done) as usize);
             let n = io::Read::read(&mut head.file, &mut buf[..want])?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -314,6 +338,7 @@ impl ArchiveWriter {
             done += n as u64;
             progress(n as u64)?;
         }
+        sink.cut();
         stream.plain.append(&head.plain);
         let mut left = size - head.plain.len;
         let mut rest = rest;
@@ -551,6 +576,47 @@ mod tests {
                 assert_eq!(got[0], (long.clone(), data.clone()), "split {split}");
                 assert_eq!(got[1], ("after".to_string(), b"z".to_vec()));
             }
+        }
+    }
+
+    /// Staged members sealed at several points are copied in as segments that the decoding
+    /// threads take apart, and what they decode to, joined, is the whole stream as written.
+    #[test]
+    fn staged_members_are_decoded_apart_and_joined_whole() {
+        let data: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+        for compression in [Compression::Zstd, Compression::Gzip] {
+            let dir = tempfile::tempdir().unwrap();
+            let spec = CompressSpec {
+                compression,
+                level: 3,
+                threads: 2,
+            };
+            let mut staged =
+                super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+            for piece in data[..5_000_000].chunks(700_001) {
+                staged.write_all(piece).unwrap();
+                staged.seal().unwrap();
+            }
+            let mut head = staged.finish().unwrap();
+            assert_eq!(head.ends.len(), 8);
+            assert_eq!(head.ends.last(), Some(&head.compressed));
+            let name = ArchiveName::first_free(dir.path(), chrono::Utc::now(), compression, false);
+            let mut w = ArchiveWriter::create(dir.path(), name, 3, 2, None).unwrap();
+            w.decode_as_written().unwrap();
+            w.append_bytes("before", b"a").unwrap();
+            let size = data.len() as u64;
+            w.append_compressed("m", size, &mut head, &data[5_000_000..], &|_| Ok(()))
+                .unwrap();
+            w.append_bytes("after", b"z").unwrap();
+            let written = w.finish().unwrap();
+            let decoded = written.decoded.clone().unwrap().unwrap();
+            assert_eq!(
+                (decoded.compressed, decoded.plain_len, decoded.plain_crc),
+                (written.size, written.plain_len, written.plain_crc)
+            );
+            verify_written(&written).unwrap();
+            let got = crate::archive::reader::members_of(&written.path);
+            assert_eq!(got[1], ("m".to_string(), data.clone()));
         }
     }
 

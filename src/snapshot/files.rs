@@ -379,6 +379,10 @@ pub fn capture(
             name: host.strip_prefix("/").unwrap_or(host).to_path_buf(),
             required: plan.required.contains(host),
         };
+        // Between two entries a compressed member may end.
+        tar.get_mut()
+            .seal_if_long()
+            .map_err(io_err("write staging archive", &member.real))?;
         let Some(entry) = member.capture(&mut tar, ctx, &mut names, &mut buf)? else {
             continue;
         };

@@ -647,6 +647,8 @@ struct StagedHead {
     path: PathBuf,
     compressed: u64,
     plain: crate::archive::segment::PlainSum,
+    /// Where its members end.
+    ends: Vec<u64>,
 }
 
 /// Appends the dump file `rel` to the archive as `d` staged it: its compressed head copied as it
@@ -699,6 +701,7 @@ fn append_dump_file(
         file: File::open(&head.path).map_err(in_context("open", &head.path))?,
         compressed: head.compressed,
         plain: head.plain.clone(),
+        ends: head.ends.clone(),
     };
     let cancelled = stop_when_cancelled(&progress.cancel);
     w.append_compressed(&path, d.entry.size, &mut members, &mut rest, &cancelled)?;
@@ -712,6 +715,7 @@ fn staged_head(path: &Path, done: crate::archive::segment::Members) -> StagedHea
     StagedHead {
         path: path.to_path_buf(),
         compressed: done.compressed,
+        ends: done.ends,
         plain: done.plain,
     }
 }
@@ -797,6 +801,7 @@ fn stage_dump(
             h.update(&buf[..n]);
             size += n as u64;
             if let Some(spool) = &mut spool {
+                spool.seal_if_long().map_err(write_err())?;
                 spool.write_all(&buf[..n]).map_err(write_err())?;
                 how.progress.fetch_add(n as u64, Ordering::Relaxed);
             }
