@@ -242,6 +242,16 @@ fn bash_completion_offers_the_subcommands() {
             "COMPREPLY for `juju-brd <TAB>` lacks {sub}: {reply:?}"
         );
     }
+    // Not the hidden one a workstation runs over SSH.
+    assert!(
+        !reply.iter().any(|r| r.contains("stream-backup")),
+        "COMPREPLY for `juju-brd <TAB>` offers the hidden _stream-backup: {reply:?}"
+    );
+    let reply = bash_complete(&script, &["juju-brd", "_"]);
+    assert!(
+        reply.is_empty(),
+        "COMPREPLY for `juju-brd _<TAB>`: {reply:?}"
+    );
     // A prefix narrows it; a subcommand's value list is offered after it.
     let reply = bash_complete(&script, &["juju-brd", "re"]);
     assert_eq!(reply, ["restore"], "COMPREPLY for `juju-brd re<TAB>`");

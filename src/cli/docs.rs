@@ -30,11 +30,28 @@ pub fn completions(shell: CompletionShell) -> Result<ExitCode> {
         CompletionShell::Fish => Shell::Fish,
     };
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), BIN, &mut script);
+    clap_complete::generate(shell, &mut command_for_completions(), BIN, &mut script);
     if let Shell::Bash = shell {
         script = fix_bash_hyphenated_name(script);
     }
     write_stdout(&script)
+}
+
+/// The CLI as the completions offer it: without its hidden subcommands (`_stream-backup` is what a
+/// workstation runs over SSH, never typed), which clap_complete (4.6.11) offers all the same.
+/// clap cannot remove a subcommand, so the top level is rebuilt around the visible ones.
+fn command_for_completions() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new(BIN)
+        .args(full.get_arguments().cloned())
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    if full.get_version().is_some() {
+        cmd = cmd.version(env!("CARGO_PKG_VERSION"));
+    }
+    cmd
 }
 
 /// clap_complete (4.6.11 and before) spells the completion states of a hyphenated binary two
