@@ -255,11 +255,17 @@ impl Write for MemberFile {
 /// Releases the disk blocks of `file` in `[from, to)` (rounded inwards to 1 MiB): the staging copy
 /// of what has already been copied into the archive stops taking space. Filesystems that cannot
 /// punch holes simply keep the blocks until the file is removed.
-pub fn release(file: &File, from: u64, to: u64) {
+///
+/// Returns where the released part ends, the `from` of the next call: copying in pieces that do
+/// not start on a MiB (they end where members do), each piece alone would release nothing.
+pub fn release(file: &File, from: u64, to: u64) -> u64 {
     const MIB: u64 = 1 << 20;
     let start = from.div_ceil(MIB) * MIB;
     let end = to / MIB * MIB;
-    if end > start {
+    if end <= start {
+        return from;
+    }
+    {
         let _ = nix::fcntl::fallocate(
             std::os::fd::AsRawFd::as_raw_fd(file),
             nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
@@ -268,6 +274,7 @@ pub fn release(file: &File, from: u64, to: u64) {
             (end - start) as i64,
         );
     }
+    end
 }
 
 #[cfg(test)]

@@ -320,6 +320,7 @@ impl ArchiveWriter {
         let mut ends = head.ends.iter().copied().peekable();
         let mut buf = vec![0u8; 1 << 20];
         let mut done = 0u64;
+        let mut released = 0u64;
         while done < head.compressed {
             while ends.next_if(|&end| end <= done).is_some() {
                 sink.cut();
@@ -334,7 +335,7 @@ impl ArchiveWriter {
                 ));
             }
             sink.write_all(&buf[..n])?;
-            super::segment::release(&head.file, done, done + n as u64);
+            released = super::segment::release(&head.file, released, done + n as u64);
             done += n as u64;
             progress(n as u64)?;
         }
@@ -618,6 +619,52 @@ mod tests {
             let got = crate::archive::reader::members_of(&written.path);
             assert_eq!(got[1], ("m".to_string(), data.clone()));
         }
+    }
+
+    /// The staging file's blocks are given back as they are copied, also when members end off
+    /// the MiB boundaries that releasing rounds to.
+    #[test]
+    fn staged_blocks_are_released_as_they_are_copied() {
+        use std::os::unix::fs::MetadataExt;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..8_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = CompressSpec {
+            compression: Compression::Zstd,
+            level: 3,
+            threads: 1,
+        };
+        let mut staged = super::super::segment::MemberFile::with(
+            tempfile::tempfile_in(dir.path()).unwrap(),
+            spec,
+        );
+        for piece in noise.chunks(700_001) {
+            staged.write_all(piece).unwrap();
+            staged.seal().unwrap();
+        }
+        let mut head = staged.finish().unwrap();
+        let allocated = |f: &File| f.metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated(&head.file) >= 8_000_000,
+            "the staging file is written"
+        );
+        let name =
+            ArchiveName::first_free(dir.path(), chrono::Utc::now(), Compression::Zstd, false);
+        let mut w = ArchiveWriter::create(dir.path(), name, 3, 2, None).unwrap();
+        let size = noise.len() as u64;
+        w.append_compressed("m", size, &mut head, io::empty(), &|_| Ok(()))
+            .unwrap();
+        // All but the last, partial MiB (and the one before, when a piece ended just short).
+        let left = allocated(&head.file);
+        assert!(left <= 2 << 20, "{left} bytes of staging still allocated");
+        w.finish().unwrap();
     }
 
     /// A failure after the archive was renamed into place (here: its sidecar cannot be
