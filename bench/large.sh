@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 db_mib=${1:-9216}
 out=bench/out
+cargo build --release --quiet        # the code as it is, as bench/run.sh does
 target=${CARGO_TARGET_DIR:-target}
 bin=$target/release/juju-brd
 big=$out/big
