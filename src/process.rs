@@ -4,9 +4,14 @@
 //!   it left running in the background (`nohup x &`), and the reading of its output. When the
 //!   child exits, on timeout and on cancellation, the whole group is signalled (SIGTERM, a short
 //!   grace, SIGKILL), so nothing it started outlives it holding our pipe or its files.
+//! - A descendant that left the group (`setsid`, a daemonising tool) is found by the
+//!   [`RUN_MARK`] variable every child starts with (each run its own value, inherited by whatever
+//!   it starts) and stopped the same way: nothing started for a backup outlives its command,
+//!   unless it dropped its environment on the way (`env -i`, `sudo`). Commands that start
+//!   services ([`ChildSpec::starts_services`]) are the exception.
 //! - Its stderr tail is kept (bounded) for the error message with known secrets redacted, by a
-//!   reader thread that the caller never waits on without a deadline: a descendant that escaped the
-//!   group (`setsid`) and still holds the pipe costs that thread, not the backup.
+//!   reader thread that the caller never waits on without a deadline: a descendant that escaped
+//!   and still holds the pipe costs that thread, not the backup.
 //! - The child's environment is scrubbed: only [`PASSED_ENV`] (and `LC_*`) from ours, plus what
 //!   the config names for it (`ChildSpec::env`, e.g. an `environment_file`). The daemon's own
 //!   environment may hold secrets (`AWS_SECRET_ACCESS_KEY` for a `[[remote]]`) or systemd's
@@ -34,6 +39,8 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 pub const PASSED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
 ];
+/// Set in every child's environment to a value of its own run: see the module doc.
+pub const RUN_MARK: &str = "JUJU_BRD_RUN";
 /// PATH for a child when the daemon has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -89,6 +96,10 @@ pub struct ChildSpec<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Working directory of the child (inherited when `None`).
     pub dir: Option<&'a std::path::Path>,
+    /// The command starts a service meant to outlive it (`restore.start_commands`,
+    /// `database_start_commands`: `mongod --fork`, an init script): what it left running outside
+    /// its process group is not stopped.
+    pub starts_services: bool,
 }
 
 impl<'a> ChildSpec<'a> {
@@ -102,6 +113,7 @@ impl<'a> ChildSpec<'a> {
             timeout,
             cancel: None,
             dir: None,
+            starts_services: false,
         }
     }
 }
@@ -199,6 +211,7 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
         program: program.clone(),
         err,
     };
+    let mark = run_mark();
     let mut cmd = Command::new(&program);
     cmd.args(spec.argv.get(1..).unwrap_or_default())
         .stdin(spec.stdin)
@@ -206,7 +219,8 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
         .stderr(Stdio::piped())
         .process_group(0)
         .env_clear()
-        .envs(child_environment(spec.env));
+        .envs(child_environment(spec.env))
+        .env(RUN_MARK, &mark);
     if let Some(d) = spec.dir {
         cmd.current_dir(d);
     }
@@ -222,6 +236,9 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
             Ok(false) => {}
             Err(err) => {
                 stop_group(pid, &mut child, &output);
+                if !spec.starts_services {
+                    stop_strays(&mark, spec.what, &program);
+                }
                 return Err(spawn_err(err));
             }
         }
@@ -242,6 +259,9 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
     };
     if let Some(err) = stopped_early {
         stop_group(pid, &mut child, &output);
+        if !spec.starts_services {
+            stop_strays(&mark, spec.what, &program);
+        }
         return Err(err);
     }
     // The child is gone; whatever it left in its group goes too. Something that still holds its
@@ -251,6 +271,9 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
         tracing::warn!(what = spec.what, program = %program, "left processes running in the background; stopping them");
     }
     stop_group(pid, &mut child, &output);
+    if !spec.starts_services {
+        stop_strays(&mark, spec.what, &program);
+    }
     let status = child.wait().map_err(spawn_err)?;
     if status.success() {
         return Ok(redact(&output.text(), spec.env));
@@ -284,6 +307,112 @@ fn stop_group(pgid: Pid, child: &mut std::process::Child, output: &OutputTail) {
     // left to finish on its own, the caller does not wait for it.
     output.wait(Duration::from_millis(100));
     let _ = child.wait();
+}
+
+/// A value of [`RUN_MARK`] no other run of this or another juju-brd process has.
+fn run_mark() -> String {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let boot = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{}-{boot}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Stops the processes that still carry this run's `mark` after its process group was stopped:
+/// descendants that left the group. SIGTERM, up to [`TERM_GRACE`], then SIGKILL; a few rounds,
+/// for one that forks while it is stopped. Each is signalled through a pidfd opened before its
+/// environment is read, so a PID reused meanwhile is never signalled.
+fn stop_strays(mark: &str, what: &str, program: &str) {
+    let needle = format!("{RUN_MARK}={mark}");
+    let mut stopped = 0usize;
+    for _ in 0..4 {
+        let strays = marked_processes(needle.as_bytes());
+        if strays.is_empty() {
+            break;
+        }
+        stopped += strays.len();
+        for s in &strays {
+            s.signal(rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        while strays.iter().any(Stray::alive) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for s in &strays {
+            s.signal(rustix::process::Signal::KILL);
+        }
+    }
+    if stopped > 0 {
+        tracing::warn!(
+            what,
+            program,
+            processes = stopped,
+            "left processes running outside its process group (setsid); stopped them"
+        );
+    }
+}
+
+/// A process found by its mark, held by a pidfd.
+struct Stray {
+    pidfd: std::os::fd::OwnedFd,
+}
+
+impl Stray {
+    fn signal(&self, sig: rustix::process::Signal) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, sig);
+    }
+
+    /// A pidfd becomes readable once its process has exited.
+    fn alive(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&now)), Ok(0))
+    }
+}
+
+/// Every process (but this one) whose environment holds `needle` as one variable.
+fn marked_processes(needle: &[u8]) -> Vec<Stray> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let Some(raw) = rustix::process::Pid::from_raw(pid) else {
+            continue;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+        else {
+            continue;
+        };
+        // Read after the pidfd is open: if the PID was reused in between, the pidfd is of the
+        // process that exited, and signalling it does nothing.
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|var| var == needle) {
+            found.push(Stray { pidfd });
+        }
+    }
+    found
 }
 
 /// Replaces every secret value that appears in `text` (values of 4+ characters; shorter ones would
@@ -396,6 +525,70 @@ mod tests {
             .parse()
             .unwrap();
         assert!(!alive(pid), "the background child survived the timeout");
+    }
+
+    /// A descendant that left the process group (`setsid`) is stopped too, when the command
+    /// exits and when it times out.
+    #[test]
+    fn descendants_that_left_the_group_are_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("escaped.pid");
+        for (wait, timeout) in [("", 60_000), ("; sleep 600", 500)] {
+            // `setsid` in a background job is not a group leader: it calls setsid() and execs,
+            // so `$!` is the escaped `sleep` itself. Its output goes elsewhere: it does not
+            // hold the pipe, only its session.
+            // Once it has its own session (field 6 of /proc/PID/stat) it is out of the group.
+            let script = format!(
+                "setsid sleep 600 >/dev/null 2>&1 </dev/null & p=$!; \
+                 until [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = \"$p\" ]; do :; done; \
+                 echo $p > {}{wait}",
+                pidfile.display()
+            );
+            let cmd = argv(&["sh", "-c", &script]);
+            let t = Instant::now();
+            let result = run(ChildSpec::new("hook", &cmd, Duration::from_millis(timeout)));
+            assert_eq!(result.is_ok(), timeout > 1000, "{result:?}");
+            assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+            let pid: i32 = std::fs::read_to_string(&pidfile)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            assert!(
+                sid.is_empty() || !alive(pid),
+                "the escaped child survived: {sid}"
+            );
+        }
+    }
+
+    /// A command that starts a service keeps what it started outside its group.
+    #[test]
+    fn a_started_service_is_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("service.pid");
+        // Exits once the service has its own session (field 6 of /proc/PID/stat), as a daemon
+        // started by an init script has: before that, it is still in the group that is stopped.
+        let script = format!(
+            "setsid sleep 600 >/dev/null 2>&1 </dev/null & p=$!; \
+             until [ \"$(cut -d' ' -f6 /proc/$p/stat)\" = \"$p\" ]; do :; done; echo $p > {}",
+            pidfile.display()
+        );
+        let cmd = argv(&["sh", "-c", &script]);
+        let mut spec = ChildSpec::new("start", &cmd, Duration::from_secs(60));
+        spec.starts_services = true;
+        run(spec).unwrap();
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        assert!(
+            !running.is_empty() && !running.contains(") Z "),
+            "the started service is gone: {running:?}"
+        );
     }
 
     fn alive(pid: i32) -> bool {

@@ -534,11 +534,9 @@ impl Engine for MongoEngine {
 
     fn restore(&self, ctx: &mut RestoreContext) -> Result<(), DbError> {
         for argv in ctx.database_start_commands.iter().filter(|c| !c.is_empty()) {
-            process::run(ChildSpec::new(
-                "starting juju-db",
-                argv,
-                Duration::from_secs(300),
-            ))?;
+            let mut spec = ChildSpec::new("starting juju-db", argv, Duration::from_secs(300));
+            spec.starts_services = true;
+            process::run(spec)?;
         }
         let home = NewHome {
             address: ctx.address,

@@ -246,7 +246,9 @@ impl<'a> Services<'a> {
         let mut reloaded = false;
         for argv in self.start.iter().filter(|c| !c.is_empty()) {
             let Some(cmd) = UnitCommand::parse(argv).filter(|c| c.verb == Verb::Start) else {
-                process::run(ChildSpec::new(STARTING, argv, timeout))?;
+                let mut spec = ChildSpec::new(STARTING, argv, timeout);
+                spec.starts_services = true;
+                process::run(spec)?;
                 continue;
             };
             // The restore may have replaced or added unit files: systemd reads them again first.
