@@ -506,11 +506,7 @@ mod tests {
         let t = Instant::now();
         run(ChildSpec::new("hook", &cmd, Duration::from_secs(60))).unwrap();
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = pid_in(&pidfile);
         assert!(!alive(pid), "the background child survived");
 
         let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
@@ -519,11 +515,7 @@ mod tests {
         let e = run(ChildSpec::new("hook", &cmd, Duration::from_millis(500))).unwrap_err();
         assert!(matches!(e, ProcessError::Timeout { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = pid_in(&pidfile);
         assert!(!alive(pid), "the background child survived the timeout");
     }
 
@@ -549,11 +541,7 @@ mod tests {
             let result = run(ChildSpec::new("hook", &cmd, Duration::from_millis(timeout)));
             assert_eq!(result.is_ok(), timeout > 1000, "{result:?}");
             assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
-            let pid: i32 = std::fs::read_to_string(&pidfile)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+            let pid = pid_in(&pidfile);
             let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
             assert!(
                 sid.is_empty() || !alive(pid),
@@ -578,17 +566,22 @@ mod tests {
         let mut spec = ChildSpec::new("start", &cmd, Duration::from_secs(60));
         spec.starts_services = true;
         run(spec).unwrap();
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = pid_in(&pidfile);
         let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         assert!(
             !running.is_empty() && !running.contains(") Z "),
             "the started service is gone: {running:?}"
         );
+    }
+
+    /// The PID a test script wrote to `file`.
+    fn pid_in(file: &std::path::Path) -> i32 {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     fn alive(pid: i32) -> bool {

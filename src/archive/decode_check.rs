@@ -355,6 +355,14 @@ mod tests {
         gz.finish().unwrap()
     }
 
+    /// `bytes` with one bit of the middle byte flipped.
+    fn flipped_in_the_middle(bytes: &[u8]) -> Vec<u8> {
+        let mut v = bytes.to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x40;
+        v
+    }
+
     fn sample() -> Vec<u8> {
         (0..5_000_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 27) as u8)
@@ -448,9 +456,7 @@ mod tests {
     fn the_first_failure_in_the_stream_is_reported() {
         let data = sample();
         let good = zstd(&data);
-        let mut bad = good.clone();
-        let mid = bad.len() / 2;
-        bad[mid] ^= 0x40;
+        let bad = flipped_in_the_middle(&good);
         let segments = [good.clone(), bad, b"not an archive".to_vec(), good];
         let err = check_segments(&segments, 20).unwrap_err();
         assert!(err.contains("damaged"), "{err}");
@@ -460,9 +466,7 @@ mod tests {
     fn damaged_or_cut_bytes_fail_and_feeding_goes_on() {
         let data = sample();
         let zst = zstd(&data);
-        let mut flipped = zst.clone();
-        let mid = flipped.len() / 2;
-        flipped[mid] ^= 0x40;
+        let flipped = flipped_in_the_middle(&zst);
         // Many more bytes than the channel holds after the thread has given up: no hang.
         let mut long = flipped.clone();
         long.extend(std::iter::repeat_n(0u8, 40 << 20));
