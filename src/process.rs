@@ -330,7 +330,16 @@ fn stop_strays(mark: &str, what: &str, program: &str) {
     let needle = format!("{RUN_MARK}={mark}");
     let mut stopped = 0usize;
     for _ in 0..4 {
-        let strays = marked_processes(needle.as_bytes());
+        let Some(strays) = scan_within(&needle, SCAN_LIMIT) else {
+            tracing::warn!(
+                what,
+                program,
+                "could not finish looking for processes it left outside its process group \
+                 within {}s (a process's /proc entry did not answer)",
+                SCAN_LIMIT.as_secs()
+            );
+            break;
+        };
         if strays.is_empty() {
             break;
         }
@@ -354,6 +363,24 @@ fn stop_strays(mark: &str, what: &str, program: &str) {
             "left processes running outside its process group (setsid); stopped them"
         );
     }
+}
+
+/// Bound of one look through /proc: reading a process's environment waits for its memory map,
+/// which a process stuck in the kernel (a hung NFS mount) may hold indefinitely.
+const SCAN_LIMIT: Duration = Duration::from_secs(2);
+
+/// [`marked_processes`] on a thread of its own, waited for at most `limit`: `None` if it did not
+/// finish (the thread is left to end on its own).
+fn scan_within(needle: &str, limit: Duration) -> Option<Vec<Stray>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    let needle = needle.as_bytes().to_vec();
+    std::thread::Builder::new()
+        .name("stray-scan".into())
+        .spawn(move || {
+            let _ = tx.send(marked_processes(&needle));
+        })
+        .ok()?;
+    rx.recv_timeout(limit).ok()
 }
 
 /// A process found by its mark, held by a pidfd.
