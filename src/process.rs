@@ -221,6 +221,8 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
         .env_clear()
         .envs(child_environment(spec.env))
         .env(RUN_MARK, &mark);
+    // A command that starts services keeps what it started (`ChildSpec::starts_services`).
+    let strays_of = (!spec.starts_services).then_some(mark.as_str());
     if let Some(d) = spec.dir {
         cmd.current_dir(d);
     }
@@ -236,9 +238,7 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
             Ok(false) => {}
             Err(err) => {
                 stop_group(pid, &mut child, &output);
-                if !spec.starts_services {
-                    stop_strays(&mark, spec.what, &program);
-                }
+                stop_strays(strays_of, spec.what, &program);
                 return Err(spawn_err(err));
             }
         }
@@ -259,9 +259,7 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
     };
     if let Some(err) = stopped_early {
         stop_group(pid, &mut child, &output);
-        if !spec.starts_services {
-            stop_strays(&mark, spec.what, &program);
-        }
+        stop_strays(strays_of, spec.what, &program);
         return Err(err);
     }
     // The child is gone; whatever it left in its group goes too. Something that still holds its
@@ -271,9 +269,7 @@ pub fn run_with_stderr(spec: ChildSpec<'_>) -> Result<String, ProcessError> {
         tracing::warn!(what = spec.what, program = %program, "left processes running in the background; stopping them");
     }
     stop_group(pid, &mut child, &output);
-    if !spec.starts_services {
-        stop_strays(&mark, spec.what, &program);
-    }
+    stop_strays(strays_of, spec.what, &program);
     let status = child.wait().map_err(spawn_err)?;
     if status.success() {
         return Ok(redact(&output.text(), spec.env));
@@ -323,10 +319,14 @@ fn run_mark() -> String {
 }
 
 /// Stops the processes that still carry this run's `mark` after its process group was stopped:
-/// descendants that left the group. SIGTERM, up to [`TERM_GRACE`], then SIGKILL; a few rounds,
-/// for one that forks while it is stopped. Each is signalled through a pidfd opened before its
+/// descendants that left the group (`None`: a command that starts services, nothing to stop).
+/// SIGTERM, up to [`TERM_GRACE`], then SIGKILL; a few rounds, for one that forks while it is
+/// stopped. Each is signalled through a pidfd opened before its
 /// environment is read, so a PID reused meanwhile is never signalled.
-fn stop_strays(mark: &str, what: &str, program: &str) {
+fn stop_strays(mark: Option<&str>, what: &str, program: &str) {
+    let Some(mark) = mark else {
+        return;
+    };
     let needle = format!("{RUN_MARK}={mark}");
     let mut stopped = 0usize;
     for _ in 0..4 {

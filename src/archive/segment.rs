@@ -265,15 +265,13 @@ pub fn release(file: &File, from: u64, to: u64) -> u64 {
     if end <= start {
         return from;
     }
-    {
-        let _ = nix::fcntl::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            start as i64,
-            (end - start) as i64,
-        );
-    }
+    let _ = nix::fcntl::fallocate(
+        std::os::fd::AsRawFd::as_raw_fd(file),
+        nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+            | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        start as i64,
+        (end - start) as i64,
+    );
     end
 }
 

@@ -326,7 +326,7 @@ impl ArchiveWriter {
                 sink.cut();
             }
             let end = ends.peek().copied().unwrap_or(head.compressed);
-            let want = buf.len().min((end.min(head.compressed) - done) as usize);
+            let want = buf.len().min((end - done) as usize);
             let n = io::Read::read(&mut head.file, &mut buf[..want])?;
             if n == 0 {
                 return Err(io::Error::new(
@@ -525,6 +525,16 @@ mod tests {
 
     /// A member whose content begins precompressed and ends from a reader reads back whole,
     /// padding and a long name included, at every split (none, some, all of it precompressed).
+    /// An empty staging file of compressed members, at level 3.
+    fn staging(compression: Compression, threads: usize) -> super::super::segment::MemberFile {
+        let spec = CompressSpec {
+            compression,
+            level: 3,
+            threads,
+        };
+        super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec)
+    }
+
     #[test]
     fn a_member_split_between_staged_and_fresh_bytes_reads_back_whole() {
         let data: Vec<u8> = (0..3_000_001u32).map(|i| (i % 253) as u8).collect();
@@ -533,13 +543,7 @@ mod tests {
         for compression in [Compression::Zstd, Compression::Gzip] {
             for split in [0, 1, 1 << 20, data.len()] {
                 let dir = tempfile::tempdir().unwrap();
-                let spec = CompressSpec {
-                    compression,
-                    level: 3,
-                    threads: 1,
-                };
-                let mut staged =
-                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+                let mut staged = staging(compression, 1);
                 staged.write_all(&data[..split]).unwrap();
                 let mut head = staged.finish().unwrap();
                 let name =
@@ -550,10 +554,7 @@ mod tests {
                     .unwrap();
                 w.append_bytes("after", b"z").unwrap();
                 // A short rest is an error, not a short member.
-                let mut short =
-                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec)
-                        .finish()
-                        .unwrap();
+                let mut short = staging(compression, 1).finish().unwrap();
                 let err = w
                     .append_compressed("short", 10, &mut short, &b"123"[..], &|_| Ok(()))
                     .unwrap_err();
@@ -563,8 +564,7 @@ mod tests {
                 let name =
                     ArchiveName::first_free(dir.path(), chrono::Utc::now(), compression, false);
                 let mut w = ArchiveWriter::create(dir.path(), name, 3, 2, None).unwrap();
-                let mut staged =
-                    super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+                let mut staged = staging(compression, 1);
                 staged.write_all(&data[..split]).unwrap();
                 let mut head = staged.finish().unwrap();
                 w.append_compressed(&long, size, &mut head, &data[split..], &|_| Ok(()))
@@ -587,13 +587,7 @@ mod tests {
         let data: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
         for compression in [Compression::Zstd, Compression::Gzip] {
             let dir = tempfile::tempdir().unwrap();
-            let spec = CompressSpec {
-                compression,
-                level: 3,
-                threads: 2,
-            };
-            let mut staged =
-                super::super::segment::MemberFile::with(tempfile::tempfile().unwrap(), spec);
+            let mut staged = staging(compression, 2);
             for piece in data[..5_000_000].chunks(700_001) {
                 staged.write_all(piece).unwrap();
                 staged.seal().unwrap();
@@ -636,15 +630,7 @@ mod tests {
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();
-        let spec = CompressSpec {
-            compression: Compression::Zstd,
-            level: 3,
-            threads: 1,
-        };
-        let mut staged = super::super::segment::MemberFile::with(
-            tempfile::tempfile_in(dir.path()).unwrap(),
-            spec,
-        );
+        let mut staged = staging(Compression::Zstd, 1);
         for piece in noise.chunks(700_001) {
             staged.write_all(piece).unwrap();
             staged.seal().unwrap();
